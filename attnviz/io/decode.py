@@ -1,0 +1,86 @@
+"""Decode any image Pillow can read into an upright 8-bit RGB array."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from attnviz.errors import AttnvizError
+
+# Transparent areas become neutral grey: black or white would read as strong features.
+BACKGROUND = (128, 128, 128)
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Errors Pillow's format plugins raise on malformed files (some predate OSError use).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a recognised image format"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    reason = text[0] if text else type(exc).__name__
+    return reason if len(reason) <= 100 else reason[:97] + "..."
+
+
+def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a single-channel high-depth array to uint8 without clipping to white."""
+    if mode.startswith("I;16"):
+        return np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
+    data = values.astype(np.float64)
+    finite = np.isfinite(data)
+    if not finite.any():
+        return np.zeros(data.shape, np.uint8)
+    lo, hi = float(data[finite].min()), float(data[finite].max())
+    if mode == "I" and lo >= 0 and hi <= 65535:
+        # 'I' almost always holds 16-bit samples (PNG, TIFF) widened to int32.
+        scaled = data / 257.0
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        scaled = data * 255.0
+    else:
+        # Arbitrary range (signed ints, HDR floats): stretch what is there to 0..255.
+        scaled = (data - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(data)
+    return np.rint(np.where(finite, scaled, 0.0)).clip(0, 255).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode.startswith("I") or img.mode == "F":
+        grey = _to_uint8(np.asarray(img), img.mode)
+        return Image.fromarray(grey).convert("RGB")
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        backdrop = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(backdrop, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """Decode `path` to a C-contiguous uint8 (H, W, 3) RGB array, EXIF-upright.
+
+    Animated images give their first frame. Raises AttnvizError naming the file for
+    anything that is missing, not an image, truncated or corrupt.
+    """
+    try:
+        with Image.open(path) as img:
+            # load() inside the try: Image.open only reads the header, truncation shows here.
+            img.load()
+            upright = ImageOps.exif_transpose(img) or img  # None only when in_place=True
+            rgb = _to_rgb(upright)
+    except Image.DecompressionBombError as exc:
+        raise AttnvizError(
+            f"{path}: cannot decode image (too many pixels to decode safely; downscale it)"
+        ) from exc
+    except _DECODE_ERRORS as exc:
+        raise AttnvizError(f"{path}: cannot decode image ({_reason(exc)})") from exc
+    return np.ascontiguousarray(np.array(rgb, dtype=np.uint8))

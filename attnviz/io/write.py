@@ -1,0 +1,113 @@
+"""Encode and write outputs atomically, so an interrupted run never leaves half a file."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from attnviz.errors import AttnvizError, UsageError
+
+FORMATS = ("png", "jpg", "webp")
+
+# PNG level 3: lossless, and much faster than 9 for a few percent larger files.
+_ENCODE_PARAMS: dict[str, tuple[str, list[int]]] = {
+    "png": (".png", [cv2.IMWRITE_PNG_COMPRESSION, 3]),
+    "jpg": (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95]),
+    "webp": (".webp", [cv2.IMWRITE_WEBP_QUALITY, 95]),
+}
+# The WebP format itself cannot store larger images; check first for a clear message.
+_WEBP_MAX_SIDE = 16383
+# Fixed zip timestamp so the same arrays always give byte-identical .npz files.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def encode_image(image: np.ndarray, fmt: str) -> bytes:
+    """Encode an RGB uint8 (H, W, 3) array as `fmt` ("png", "jpg" or "webp").
+
+    The rest of attnviz is RGB throughout; OpenCV expects BGR, and this is the one place
+    in attnviz.io where arrays cross into OpenCV, so the channel swap happens here only.
+    """
+    if fmt not in _ENCODE_PARAMS:
+        raise UsageError(f"unknown image format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    if fmt == "webp" and max(h, w) > _WEBP_MAX_SIDE:
+        raise AttnvizError(
+            f"cannot encode {w}x{h} image as webp (at most {_WEBP_MAX_SIDE} px a side; use png)"
+        )
+    ext, params = _ENCODE_PARAMS[fmt]
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    try:
+        ok, buf = cv2.imencode(ext, bgr, params)
+    except cv2.error as exc:
+        ok, buf = False, None
+        detail = str(exc).strip().splitlines()[-1]
+    else:
+        detail = "encoder refused the image"
+    if not ok or buf is None:
+        raise AttnvizError(f"cannot encode {w}x{h} image as {fmt} ({detail})")
+    return buf.tobytes()
+
+
+@functools.cache
+def _file_mode() -> int:
+    # mkstemp creates 0600 files; give outputs the usual umask-derived mode instead.
+    # os.umask can only be read by setting it, so do it once, not per write.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see either the old file or the complete new one."""
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Same directory as the target: os.replace is only atomic within one filesystem.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        # BaseException too: Ctrl-C mid-write must not leave .tmp litter behind.
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise AttnvizError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        raise
+
+
+def write_image(path: Path, image: np.ndarray, fmt: str) -> None:
+    """Encode an RGB uint8 image as `fmt` and write it atomically to `path`."""
+    atomic_write_bytes(path, encode_image(image, fmt))
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write arrays as float32 to a compressed .npz, readable with np.load, atomically.
+
+    Built by hand rather than with np.savez_compressed: that takes names as keyword
+    arguments (so keys like "file" clash) and stamps the current time into the zip.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as member:
+                arr = np.ascontiguousarray(value, dtype=np.float32)
+                np.lib.format.write_array(member, arr, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,467 @@
+"""attnviz.io: finding inputs, decoding, naming and writing outputs, the manifest."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from attnviz.errors import AttnvizError, UsageError
+from attnviz.io import (
+    FORMATS,
+    MANIFEST_NAME,
+    InputItem,
+    ManifestWriter,
+    atomic_write_bytes,
+    discover,
+    encode_image,
+    load_rgb,
+    output_path,
+    read_manifest,
+    write_image,
+    write_npz,
+)
+
+
+def _png(path: Path, color: tuple[int, int, int] = (10, 20, 30), size: int = 4) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), color).save(path)
+    return path
+
+
+def _tmp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+# --- discover / output_path ----------------------------------------------------------
+
+
+def test_discover_mirrors_nested_tree_sorted(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    for rel in ["b.png", "a.jpg", "sub/z.png", "sub/deep/c.JPEG", "notes.txt"]:
+        _png(root / rel) if not rel.endswith(".txt") else (root / rel).write_text("x")
+
+    items, rejected = discover([root])
+
+    assert rejected == []
+    assert [i.relative.as_posix() for i in items] == [
+        "a.jpg",
+        "b.png",
+        "sub/deep/c.JPEG",
+        "sub/z.png",
+    ]
+    assert all(i.path == root / i.relative for i in items)
+    out = tmp_path / "out"
+    assert output_path(items[2], out, ".png") == out / "sub" / "deep" / "c.png"
+
+
+def test_discover_glob_matches_name_or_relative_path(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    for rel in ["a.png", "a.jpg", "cats/b.jpg", "cats/c.png", "dogs/d.jpg"]:
+        _png(root / rel)
+
+    by_name, _ = discover([root], pattern="*.png")
+    by_path, _ = discover([root], pattern="cats/*.jpg")
+
+    assert [i.relative.as_posix() for i in by_name] == ["a.png", "cats/c.png"]
+    assert [i.relative.as_posix() for i in by_path] == ["cats/b.jpg"]
+
+
+def test_direct_file_taken_whatever_its_suffix(tmp_path: Path) -> None:
+    odd = tmp_path / "scan.dat"
+    odd.write_bytes(b"whatever")
+
+    items, rejected = discover([odd], pattern="*.png")
+
+    assert items == [InputItem(path=odd, relative=Path("scan.dat"))]
+    assert rejected == []
+
+
+def test_missing_path_rejected(tmp_path: Path) -> None:
+    good = _png(tmp_path / "ok.png")
+    missing = tmp_path / "nope.jpg"
+
+    items, rejected = discover([missing, good])
+
+    assert [i.path for i in items] == [good]
+    assert len(rejected) == 1
+    assert rejected[0].path == missing
+    assert rejected[0].reason == "no such file or directory"
+
+
+def test_output_folder_inside_input_folder_is_excluded(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    _png(root / "a.png")
+    _png(root / "attnviz-out" / "a.png")  # result of an earlier run
+    _png(root / "attnviz-out" / "sub" / "b.png")
+
+    items, rejected = discover([root], exclude=root / "attnviz-out")
+
+    assert [i.relative.as_posix() for i in items] == ["a.png"]
+    assert rejected == []
+
+
+def test_file_named_inside_output_folder_is_rejected(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    inside = _png(out / "a.png")
+
+    items, rejected = discover([inside], exclude=out)
+
+    assert items == []
+    assert [r.path for r in rejected] == [inside]
+
+
+def test_duplicate_inputs_taken_once(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    a = _png(root / "a.png")
+    _png(root / "b.png")
+
+    # The same file directly, via the folder, and via a different spelling.
+    items, rejected = discover([a, root, root / ".." / "photos" / "a.png"])
+
+    assert [i.path for i in items] == [a, root / "b.png"]
+    assert rejected == []
+
+
+def test_clashing_output_names_rejected_not_overwritten(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    first = _png(root / "x.jpg")
+    second = _png(root / "x.png")
+
+    items, rejected = discover([root])
+
+    assert [i.path for i in items] == [first]
+    assert [r.path for r in rejected] == [second]
+    assert str(first) in rejected[0].reason
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_symlinked_directories_not_followed(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    _png(root / "a.png")
+    (root / "loop").symlink_to(root, target_is_directory=True)
+
+    items, _ = discover([root])
+
+    assert [i.relative.as_posix() for i in items] == ["a.png"]
+
+
+@pytest.mark.parametrize("relative", ["../evil.jpg", "a/../../evil.jpg", "/abs/evil.jpg", "."])
+def test_output_path_never_escapes(tmp_path: Path, relative: str) -> None:
+    item = InputItem(path=tmp_path / "evil.jpg", relative=Path(relative))
+
+    with pytest.raises(AttnvizError, match="evil.jpg|unsafe"):
+        output_path(item, tmp_path / "out", ".png")
+
+
+def test_output_path_replaces_suffix(tmp_path: Path) -> None:
+    item = InputItem(path=Path("x/My.Photo.JPG"), relative=Path("sub/My.Photo.JPG"))
+
+    assert output_path(item, tmp_path, ".png") == tmp_path / "sub" / "My.Photo.png"
+    assert output_path(item, tmp_path, "webp") == tmp_path / "sub" / "My.Photo.webp"
+
+
+# --- load_rgb ------------------------------------------------------------------------
+
+
+def test_exif_rotated_jpeg_comes_out_upright(tmp_path: Path) -> None:
+    # Stored 40 wide x 20 high: left half red, right half blue.
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = (255, 0, 0)
+    stored[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+
+    rgb = load_rgb(path)
+
+    assert rgb.shape == (40, 20, 3)
+    # Clockwise: the left (red) column ends up on top.
+    assert rgb[5, 10, 0] > 200 and rgb[5, 10, 2] < 60
+    assert rgb[35, 10, 2] > 200 and rgb[35, 10, 0] < 60
+
+
+def test_result_is_contiguous_uint8_rgb(tmp_path: Path) -> None:
+    rgb = load_rgb(_png(tmp_path / "a.png", (1, 2, 3)))
+
+    assert rgb.dtype == np.uint8 and rgb.shape == (4, 4, 3)
+    assert rgb.flags.c_contiguous
+    assert tuple(rgb[0, 0]) == (1, 2, 3)
+
+
+def test_rgba_composited_on_grey(tmp_path: Path) -> None:
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red
+    rgba[0, 1] = (255, 255, 255, 0)  # fully transparent white
+    path = tmp_path / "alpha.png"
+    Image.fromarray(rgba).save(path)
+
+    rgb = load_rgb(path)
+
+    assert tuple(rgb[0, 0]) == (255, 0, 0)
+    assert tuple(rgb[0, 1]) == (128, 128, 128)
+
+
+def test_16bit_grayscale_scaled_not_clipped(tmp_path: Path) -> None:
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+
+    rgb = load_rgb(path)
+
+    assert rgb.shape == (1, 3, 3)
+    assert tuple(rgb[0, 0]) == (0, 0, 0)
+    assert abs(int(rgb[0, 1, 0]) - 128) <= 1
+    assert tuple(rgb[0, 2]) == (255, 255, 255)
+
+
+def test_float_image_scaled(tmp_path: Path) -> None:
+    path = tmp_path / "float.tiff"
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(path)
+
+    rgb = load_rgb(path)
+
+    assert [int(v) for v in rgb[0, :, 0]] == [0, 128, 255]
+
+
+def test_palette_png_with_transparency(tmp_path: Path) -> None:
+    img = Image.new("P", (2, 1))
+    img.putpalette([0, 255, 0, 9, 9, 9] + [0] * 762)
+    img.putpixel((0, 0), 0)
+    img.putpixel((1, 0), 1)
+    path = tmp_path / "palette.png"
+    img.save(path, transparency=1)
+
+    rgb = load_rgb(path)
+
+    assert tuple(rgb[0, 0]) == (0, 255, 0)
+    assert tuple(rgb[0, 1]) == (128, 128, 128)
+
+
+def test_cmyk_jpeg(tmp_path: Path) -> None:
+    path = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(path, quality=95)  # red
+
+    rgb = load_rgb(path)
+
+    r, g, b = (int(v) for v in rgb[4, 4])
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_animated_gif_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 0, 255))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+    rgb = load_rgb(path)
+
+    assert tuple(rgb[0, 0]) == (255, 0, 0)
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG")
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: p.write_text("this is not a picture"),
+        lambda p: p.write_bytes(b""),
+        _truncated_jpeg,
+        lambda p: None,  # missing
+    ],
+    ids=["text-file", "zero-bytes", "truncated", "missing"],
+)
+def test_undecodable_raises_attnviz_error_naming_file(tmp_path: Path, make) -> None:
+    path = tmp_path / "broken.jpg"
+    make(path)
+
+    with pytest.raises(AttnvizError) as info:
+        load_rgb(path)
+
+    message = str(info.value)
+    assert str(path) in message
+    assert "cannot decode image" in message
+    assert "\n" not in message
+
+
+def test_decompression_bomb_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _png(tmp_path / "big.png", size=64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+
+    with pytest.raises(AttnvizError, match="too many pixels"):
+        load_rgb(path)
+
+
+# --- writing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_encode_keeps_colours(fmt: str) -> None:
+    red = np.zeros((16, 16, 3), np.uint8)
+    red[..., 0] = 255
+
+    data = encode_image(red, fmt)
+    back = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    r, g, b = (int(v) for v in back[8, 8])
+    assert r > 240 and g < 15 and b < 15  # a BGR mix-up would come out blue
+
+
+def test_encode_png_lossless_and_deterministic() -> None:
+    img = np.random.default_rng(1).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+
+    data = encode_image(img, "png")
+
+    assert data == encode_image(img, "png")
+    assert np.array_equal(np.array(Image.open(io.BytesIO(data))), img)
+
+
+def test_encode_unknown_format_is_usage_error() -> None:
+    with pytest.raises(UsageError, match="png, jpg, webp"):
+        encode_image(np.zeros((2, 2, 3), np.uint8), "gif")
+
+
+def test_atomic_write_creates_parents_and_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "out.bin"
+
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new")
+
+    assert target.read_bytes() == b"new"
+    assert _tmp_files(tmp_path) == []
+    assert list(target.parent.iterdir()) == [target]
+
+
+def test_write_image_writes_decodable_file(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "x.png"
+    img = np.full((3, 5, 3), (0, 128, 255), np.uint8)
+
+    write_image(target, img, "png")
+
+    assert np.array_equal(np.array(Image.open(target)), img)
+
+
+def test_failed_replace_keeps_old_file_and_no_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+
+    def disk_full(src: str, dst: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", disk_full)
+
+    with pytest.raises(AttnvizError) as info:
+        atomic_write_bytes(target, b"new")
+
+    assert str(target) in str(info.value)
+    assert os.strerror(errno.ENOSPC) in str(info.value)
+    assert target.read_bytes() == b"old"
+    assert _tmp_files(tmp_path) == []
+
+
+def test_write_under_a_file_fails_cleanly(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_bytes(b"i am a file")
+    target = blocker / "out.png"
+
+    with pytest.raises(AttnvizError, match="cannot write"):
+        write_image(target, np.zeros((2, 2, 3), np.uint8), "png")
+
+    assert blocker.read_bytes() == b"i am a file"
+    assert _tmp_files(tmp_path) == []
+
+
+def test_interrupted_write_leaves_no_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupt)
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(tmp_path / "out.png", b"data")
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_npz_round_trip(tmp_path: Path) -> None:
+    target = tmp_path / "maps" / "a.npz"
+    arrays = {
+        "gates.2": np.arange(6, dtype=np.float64).reshape(2, 3) / 7,
+        "file": np.ones(3, dtype=np.int64),  # would clash with np.savez's own argument
+    }
+
+    write_npz(target, arrays)
+    first = target.read_bytes()
+    write_npz(target, arrays)
+
+    with np.load(target) as npz:
+        assert sorted(npz.files) == ["file", "gates.2"]
+        assert npz["gates.2"].dtype == np.float32
+        np.testing.assert_allclose(npz["gates.2"], arrays["gates.2"], rtol=1e-6)
+        assert npz["file"].dtype == np.float32
+    assert target.read_bytes() == first  # byte-identical across runs
+
+
+# --- manifest ------------------------------------------------------------------------
+
+
+def test_manifest_writes_json_lines_in_order(tmp_path: Path) -> None:
+    records = [
+        {"input": "z.jpg", "output": "z.png", "score": 0.5},
+        {"input": "a.jpg", "output": "a.png", "label": "café"},
+        {"input": "m.jpg", "error": "cannot decode"},
+    ]
+
+    with ManifestWriter(tmp_path) as manifest:
+        for rec in records:
+            manifest.add(rec)
+        assert not (tmp_path / MANIFEST_NAME).exists()  # written only on close
+
+    path = tmp_path / MANIFEST_NAME
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3
+    assert lines[0] == '{"input":"z.jpg","output":"z.png","score":0.5}'
+    assert "café" in lines[1]
+    assert read_manifest(path) == records
+    assert _tmp_files(tmp_path) == []
+
+
+def test_manifest_written_even_when_run_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), ManifestWriter(tmp_path) as manifest:
+        manifest.add({"input": "a.jpg"})
+        raise RuntimeError("boom")
+
+    assert read_manifest(tmp_path / MANIFEST_NAME) == [{"input": "a.jpg"}]
+
+
+def test_manifest_rejects_unserialisable_record_at_add(tmp_path: Path) -> None:
+    manifest = ManifestWriter(tmp_path)
+
+    with pytest.raises(TypeError):
+        manifest.add({"bad": object()})
+
+
+def test_read_manifest_reports_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / MANIFEST_NAME
+    path.write_text('{"ok": 1}\nnot json\n', encoding="utf-8")
+
+    with pytest.raises(AttnvizError, match=":2:"):
+        read_manifest(path)
+
+
+def test_encode_oversized_webp_gives_clear_error() -> None:
+    with pytest.raises(AttnvizError, match="use png"):
+        encode_image(np.zeros((20000, 2, 3), np.uint8), "webp")
