@@ -1,0 +1,54 @@
+"""OpenCV colormaps by name, returning RGB.
+
+OpenCV's ``applyColorMap`` yields BGR; everything else in attnviz is RGB. The conversion happens
+in exactly one place, :func:`apply_colormap`, so no other code needs to think about channel order.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import cv2
+import numpy as np
+
+from attnviz.errors import UsageError
+
+_PREFIX = "COLORMAP_"
+
+# Built from the installed cv2 rather than hard-coded, so colormaps added by newer OpenCV
+# releases show up without a code change.
+COLORMAPS: dict[str, int] = {
+    attr[len(_PREFIX) :].lower(): int(getattr(cv2, attr))
+    for attr in sorted(dir(cv2))
+    if attr.startswith(_PREFIX) and isinstance(getattr(cv2, attr), int)
+}
+
+
+def resolve_colormap(name: str) -> int:
+    """Return the OpenCV colormap id for ``name`` (case-insensitive).
+
+    Raises UsageError (a user's bad flag, not a bug) naming the valid choices and the closest match.
+    """
+    key = name.strip().lower()
+    if key in COLORMAPS:
+        return COLORMAPS[key]
+    close = difflib.get_close_matches(key, COLORMAPS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UsageError(
+        f"unknown colormap {name!r}{hint}; choose one of: {', '.join(sorted(COLORMAPS))}"
+    )
+
+
+def apply_colormap(values: np.ndarray, name: str) -> np.ndarray:
+    """Colour a 2-D map of values in [0, 1] (clipped; NaN counts as 0); returns RGB uint8 (h, w, 3).
+
+    This is the package's only BGR->RGB conversion: cv2.applyColorMap returns BGR.
+    """
+    cmap = resolve_colormap(name)
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"apply_colormap expects a 2-D map, got shape {values.shape}")
+    unit = np.clip(np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    levels = np.rint(unit * 255.0).astype(np.uint8)
+    bgr = cv2.applyColorMap(levels, cmap)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -1,0 +1,195 @@
+"""Spec of attnviz.render: pure numpy rendering of attention triptychs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attnviz.errors import UsageError
+from attnviz.render import (
+    COLORMAPS,
+    LayerMaps,
+    apply_colormap,
+    blend,
+    normalize,
+    render_triptych,
+    resolve_colormap,
+    upsample,
+)
+from attnviz.render.panels import caption, caption_height, colorbar, colorbar_width
+from attnviz.render.triptych import compute_layout, fit_height
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _layer(name: str = "layer", shape: tuple[int, int] = (7, 7), seed: int = 0) -> LayerMaps:
+    rng = np.random.default_rng(seed)
+    return LayerMaps(name, rng.uniform(0, 1, shape), rng.uniform(0, 5, shape))
+
+
+# --- colormaps --------------------------------------------------------------------------------
+
+
+def test_colormap_names_cover_the_common_opencv_maps() -> None:
+    for name in ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "parula", "hot", "bone"):
+        assert name in COLORMAPS
+
+
+def test_resolve_colormap_is_case_insensitive() -> None:
+    assert resolve_colormap("Viridis") == COLORMAPS["viridis"]
+
+
+def test_unknown_colormap_lists_names_and_suggests_close_match() -> None:
+    with pytest.raises(UsageError) as info:
+        resolve_colormap("virdis")
+    message = str(info.value)
+    assert "viridis" in message
+    assert "did you mean" in message
+    assert "jet" in message and "turbo" in message
+    assert "\n" not in message
+
+
+def test_apply_colormap_returns_rgb_not_bgr() -> None:
+    rgb = apply_colormap(np.array([[0.0, 1.0]]), "jet")
+    assert rgb.shape == (1, 2, 3) and rgb.dtype == np.uint8
+    low, high = rgb[0, 0].astype(int), rgb[0, 1].astype(int)
+    assert low[2] > low[0]  # jet 0 is blue
+    assert high[0] > high[2]  # jet 1 is red
+
+
+def test_apply_colormap_clips_out_of_range_values() -> None:
+    clipped = apply_colormap(np.array([[-3.0, 7.0]]), "jet")
+    assert np.array_equal(clipped, apply_colormap(np.array([[0.0, 1.0]]), "jet"))
+
+
+# --- panels -----------------------------------------------------------------------------------
+
+
+def test_normalize_returns_unit_range_and_original_bounds() -> None:
+    out, lo, hi = normalize(np.array([[2.0, 4.0], [6.0, 10.0]]))
+    assert out.dtype == np.float32
+    assert (lo, hi) == (2.0, 10.0)
+    assert out.min() == 0.0 and out.max() == 1.0
+
+
+def test_normalize_constant_map_is_zeros_without_nan() -> None:
+    out, lo, hi = normalize(np.full((3, 4), 0.7))
+    assert np.array_equal(out, np.zeros((3, 4), np.float32))
+    assert lo == hi == pytest.approx(0.7)
+
+
+def test_upsample_takes_height_width() -> None:
+    out = upsample(np.zeros((7, 5)), (40, 90))
+    assert out.shape == (40, 90) and out.dtype == np.float32
+
+
+def test_blend_alpha_is_heatmap_weight() -> None:
+    image = np.full((2, 2, 3), 200, np.uint8)
+    heat = np.zeros((2, 2, 3), np.uint8)
+    assert np.array_equal(blend(image, heat, 0.0), image)
+    assert np.array_equal(blend(image, heat, 1.0), heat)
+    assert np.all(blend(image, heat, 0.5) == 100)
+
+
+def test_caption_strip_height_depends_only_on_width() -> None:
+    panel = np.zeros((50, 240, 3), np.uint8)
+    short = caption(panel, "a")
+    long = caption(panel, "a very long caption that will certainly not fit on one line " * 3)
+    assert short.shape == long.shape == (50 + caption_height(240), 240, 3)
+    assert np.array_equal(long[-50:], panel)  # strip goes above, panel untouched
+
+
+def test_colorbar_size_and_direction() -> None:
+    bar = colorbar(200, "jet", 0.0, 1.0)
+    assert bar.shape == (200, colorbar_width(200), 3) and bar.dtype == np.uint8
+    assert colorbar_width(200) >= 60
+    # Sample the gradient column near the top (high) and bottom (low).
+    column = bar[:, 8].astype(int)
+    top, bottom = column[15], column[-15]
+    assert top[0] > top[2]  # high = red
+    assert bottom[2] > bottom[0]  # low = blue
+
+
+# --- triptych ---------------------------------------------------------------------------------
+
+
+def test_fit_height_keeps_aspect_and_never_crops() -> None:
+    assert fit_height(_image(100, 300), 200).shape == (200, 600, 3)
+    assert fit_height(_image(400, 100), 200).shape == (200, 50, 3)
+    assert fit_height(_image(1000, 1), 10).shape == (10, 1, 3)
+
+
+def test_layout_wide_image_keeps_whole_original_panel() -> None:
+    image = _image(100, 300)
+    layout = compute_layout(image.shape, 200)
+    assert (layout.panel_height, layout.panel_width) == (200, 600)
+
+    out = render_triptych(image, [_layer()], panel_height=200)
+    assert out.dtype == np.uint8 and out.shape == (layout.height(1), layout.width, 3)
+    # Panel 1 is the whole image resized, not a crop.
+    y, x = layout.panel_origin(0, 0)
+    assert np.array_equal(out[y : y + 200, x : x + 600], fit_height(image, 200))
+
+
+def test_three_panels_share_one_height() -> None:
+    image = _image(120, 160)
+    layout = compute_layout(image.shape, 240)
+    out = render_triptych(image, [_layer()], panel_height=240)
+    origins = [layout.panel_origin(0, col) for col in range(3)]
+    assert len({y for y, _ in origins}) == 1
+    for y, x in origins:
+        region = out[y : y + layout.panel_height, x : x + layout.panel_width]
+        assert region.shape == (240, layout.panel_width, 3)
+    assert out.shape[0] == layout.row_height
+
+
+def test_one_row_per_layer() -> None:
+    image = _image(64, 64)
+    one = render_triptych(image, [_layer("a")], panel_height=128)
+    two = render_triptych(image, [_layer("a"), _layer("b", seed=1)], panel_height=128)
+    assert two.shape[1] == one.shape[1]
+    assert 1.9 < two.shape[0] / one.shape[0] < 2.2
+
+
+def test_render_is_deterministic() -> None:
+    image = _image(90, 120)
+    layers = [_layer("a", (5, 6)), _layer("b", (10, 12), seed=3)]
+    first = render_triptych(image, layers, cmap="turbo", alpha=0.4, panel_height=150)
+    second = render_triptych(image.copy(), layers, cmap="turbo", alpha=0.4, panel_height=150)
+    assert first.tobytes() == second.tobytes()
+
+
+def test_weights_panel_shows_absolute_map_colours() -> None:
+    weights = np.zeros((4, 4))
+    weights[:, :2] = 1.0  # left half high, right half low
+    layer = LayerMaps("attn", weights, np.ones((4, 4)))
+    image = _image(100, 100)
+    layout = compute_layout(image.shape, 200)
+    out = render_triptych(image, [layer], cmap="jet", panel_height=200)
+    y, x = layout.panel_origin(0, 1)
+    mid = y + layout.panel_height // 2
+    left = out[mid, x + layout.panel_width // 10].astype(int)
+    right = out[mid, x + 9 * layout.panel_width // 10].astype(int)
+    assert left[0] > left[2]  # red-ish
+    assert right[2] > right[0]  # blue-ish
+
+
+def test_weights_panel_is_not_stretched() -> None:
+    # A flat 0.5 map must look mid-scale (jet: green-ish), not like the extreme of a stretch.
+    layer = LayerMaps("attn", np.full((3, 3), 0.5), np.ones((3, 3)))
+    image = _image(50, 50)
+    layout = compute_layout(image.shape, 100)
+    out = render_triptych(image, [layer], cmap="jet", panel_height=100)
+    y, x = layout.panel_origin(0, 1)
+    assert np.array_equal(out[y + 50, x + 50], apply_colormap(np.array([[0.5]]), "jet")[0, 0])
+
+
+def test_render_rejects_empty_layers_bad_image_and_bad_cmap() -> None:
+    with pytest.raises(ValueError):
+        render_triptych(_image(10, 10), [])
+    with pytest.raises(ValueError):
+        render_triptych(np.zeros((10, 10), np.uint8), [_layer()])
+    with pytest.raises(UsageError):
+        render_triptych(_image(10, 10), [_layer()], cmap="nope")
