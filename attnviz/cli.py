@@ -1,0 +1,231 @@
+"""The attnviz command line. Thin: flags -> options -> library calls.
+
+Nothing here imports torch at module level, so ``attnviz --help`` answers at once;
+each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from attnviz.errors import AttnvizError, UsageError
+
+app = typer.Typer(
+    help="See where a vision network's spatial attention lands.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _fail(exc: AttnvizError) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(2 if isinstance(exc, UsageError) else 1)
+
+
+@app.command()
+def run(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (recursive).")],
+    out: Annotated[Path, typer.Option(help="Output folder; folder inputs are mirrored.")] = Path(
+        "attnviz-out"
+    ),
+    model: Annotated[str, typer.Option(help="Built-in model (see `attnviz models`).")] = (
+        "lite0-cbam"
+    ),
+    weights: Annotated[
+        Path | None, typer.Option(help="Checkpoint (safetensors or tensors-only torch file).")
+    ] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option(help="Layer name, glob, index (-1 = deepest), or 'all'. Comma-separated."),
+    ] = None,
+    cmap: Annotated[str, typer.Option(help="OpenCV colormap: jet, turbo, viridis, …")] = "jet",
+    alpha: Annotated[float, typer.Option(help="Heatmap opacity over the photo, 0..1.")] = 0.5,
+    size: Annotated[int | None, typer.Option(help="Network input size (default: model's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
+    fmt: Annotated[str, typer.Option("--format", help="png, jpg or webp.")] = "png",
+    save_raw: Annotated[
+        bool, typer.Option(help="Also write <stem>.npz with each layer's native map.")
+    ] = False,
+    glob: Annotated[str | None, typer.Option(help="Only files matching this glob.")] = None,
+    panel_height: Annotated[int, typer.Option(help="Height of each panel in pixels.")] = 320,
+    random_init: Annotated[
+        bool, typer.Option(help="Random weights: structure checks only, maps mean nothing.")
+    ] = False,
+) -> None:
+    """Write a triptych (photo | weight map | weighted features) for every input image.
+
+    Example: attnviz run photos/ --layer all --cmap turbo --out figures/
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from attnviz.pipeline import RunOptions
+    from attnviz.pipeline import run as run_pipeline
+
+    opts = RunOptions(
+        inputs=inputs, out=out, model=model, weights=weights, random_init=random_init,
+        layer=layer, cmap=cmap, alpha=alpha, size=size, device=device, batch_size=batch_size,
+        fmt=fmt.lower(), save_raw=save_raw, glob=glob, panel_height=panel_height,
+    )  # fmt: skip
+    progress = Progress(
+        TextColumn("[bold]attnviz"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} images/s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task("run", total=None, rate="-")
+
+    def on_progress(done: int, total: int) -> None:
+        elapsed = progress.tasks[0].elapsed or 0.0
+        rate = f"{done / elapsed:.1f}" if elapsed > 0 else "-"
+        progress.update(task, completed=done, total=total, rate=rate)
+
+    try:
+        with progress:
+            summary = run_pipeline(opts, on_progress)
+    except AttnvizError as exc:
+        raise _fail(exc) from None
+    _print_summary(summary)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary) -> None:  # noqa: ANN001 - RunSummary, imported lazily
+    table = Table(title="attnviz run", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("processed", str(summary.processed))
+    table.add_row("skipped", str(summary.skipped))
+    table.add_row("failed", str(len(summary.failed)))
+    table.add_row("output", str(summary.out))
+    table.add_row("wall time", f"{summary.wall_s:.1f} s")
+    out_console.print(table)
+    for path, reason in summary.failed:
+        # One line per failure; the reason already names the file when it came from decoding.
+        line = reason if reason.startswith(path) else f"{path}: {reason}"
+        console.print(f"[red]failed:[/] {line}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def layers(
+    model: Annotated[str, typer.Option(help="Built-in model.")] = "lite0-cbam",
+    size: Annotated[int | None, typer.Option(help="Input size (default: model's).")] = None,
+) -> None:
+    """List a model's attention layers: name, family, feature and map shapes.
+
+    Example: attnviz layers --model cbam-resnet50
+    """
+    from attnviz.describe import describe_layers
+
+    try:
+        rows, default = describe_layers(model, size)
+    except AttnvizError as exc:
+        raise _fail(exc) from None
+    table = Table(title=f"attention layers of {model}", title_justify="left")
+    for column in ("#", "name", "family", "feature shape", "map shape"):
+        table.add_column(column)
+    for i, row in enumerate(rows):
+        mark = " (default)" if row.name == default else ""
+        table.add_row(
+            str(i - len(rows)), row.name + mark, row.family, _shape(row.feature), _shape(row.map)
+        )
+    out_console.print(table)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape))
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models and where their weights come from.
+
+    Example: attnviz models
+    """
+    from attnviz.models.registry import MODELS
+
+    table = Table(title="built-in models", title_justify="left")
+    for column in ("name", "family", "input size", "weights", "description"):
+        table.add_column(column)
+    for spec in MODELS.values():
+        table.add_row(
+            spec.name, spec.family, str(spec.input_size), spec.weights.value, spec.description
+        )
+    out_console.print(table)
+
+
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Argument(help="Folders of training photos (no labels).")],
+    out: Annotated[Path, typer.Option(help="Where to write the gate weights.")] = Path(
+        "pretrained/lite0-cbam.safetensors"
+    ),
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 400,
+    batch_size: Annotated[int, typer.Option(help="Photos per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.02,
+    sparsity: Annotated[float, typer.Option(help="Weight of the gate-opening penalty.")] = 0.3,
+    holdout: Annotated[int, typer.Option(help="Photos kept aside to measure agreement.")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train lite0-cbam's spatial gates by distilling the frozen trunk.
+
+    Example: attnviz train ../shared/data/imagenette-train ../shared/data/imagenet-sample
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from attnviz.train import TrainConfig, train_gates
+
+    cfg = TrainConfig(
+        data=data, out=out, steps=steps, batch_size=batch_size, lr=lr, sparsity=sparsity,
+        holdout=holdout, seed=seed,
+    )  # fmt: skip
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+    )  # fmt: skip
+    cache_task = progress.add_task("caching trunk", total=None, info="")
+    step_task = progress.add_task("training gates", total=steps, info="")
+
+    def on_step(step: int, total: int, stats: dict[str, float]) -> None:
+        info = " ".join(f"{k}={v:.3f}" for k, v in stats.items())
+        progress.update(step_task, completed=step, info=info)
+
+    try:
+        with progress:
+            report = train_gates(
+                cfg,
+                lambda done, total: progress.update(cache_task, completed=done, total=total),
+                on_step,
+            )
+    except AttnvizError as exc:
+        raise _fail(exc) from None
+    out_console.print(
+        f"wrote {out}: hold-out agreement {report.holdout_agreement:.1%} on "
+        f"{report.holdout_images} photos; mean gate opening "
+        + ", ".join(f"{o:.2f}" for o in report.holdout_opening)
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Built-in attention models and the loader shared by the CLI and the library API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from attnviz.errors import UsageError
+from attnviz.models.registry import MODELS, ModelSpec, WeightsSource, get_spec
+
+__all__ = ["MODELS", "LoadedModel", "ModelSpec", "WeightsSource", "load_model", "resolve_device"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; an unavailable device is a usage error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {name!r} requested but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("device 'mps' requested but MPS is not available here")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode on its device, with the preprocessing it was trained with."""
+
+    net: nn.Module
+    spec: ModelSpec
+    device: torch.device
+    size: int
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
+        """RGB uint8 photos -> a normalised batch on the device.
+
+        The whole photo is resized (bicubic) to size x size, never cropped, so the maps
+        cover every pixel the user sees in the first panel.
+        """
+        batch = np.stack([_resize(image, self.size) for image in images])
+        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+    def __call__(self, x: Tensor) -> object:
+        return self.net(x)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def load_model(
+    name: str = "lite0-cbam",
+    weights: str | Path | None = None,
+    device: str | torch.device = "auto",
+    *,
+    size: int | None = None,
+    random_init: bool = False,
+) -> LoadedModel:
+    """Build a built-in model with its weights, in eval mode on ``device``.
+
+    ``weights`` replaces the default weights with a checkpoint file (safetensors or a
+    tensors-only torch file); ``random_init`` skips weights for structure checks.
+    """
+    from attnviz.models.weights import load_into, read_state_dict
+
+    spec = get_spec(name)
+    target = device if isinstance(device, torch.device) else resolve_device(device)
+    if weights is not None:
+        net = spec.build(True)
+        load_into(net, read_state_dict(Path(weights)), str(weights))
+    else:
+        net = spec.build(random_init)
+    net = net.eval().to(target, memory_format=torch.channels_last)
+    return LoadedModel(net, spec, target, size or spec.input_size)

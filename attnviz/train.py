@@ -1,0 +1,202 @@
+"""Training attnviz's CBAM spatial gates by self-distillation on a frozen trunk.
+
+The gates start open (M ~ 0.98 everywhere, so the gated network is the trunk up to a
+uniform 2 % scale) and learn to close wherever the trunk's own prediction does not need
+the evidence: the loss is KL(trunk || gated) plus a penalty on the gates' mean opening.
+No labels are used. The trunk is frozen, so everything up to the first gate is computed
+once per image and cached; each step then runs only the gated part of the network.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from attnviz.errors import AttnvizError
+from attnviz.io.inputs import IMAGE_SUFFIXES
+from attnviz.models.efficientnet_lite import EfficientNetLite
+from attnviz.models.registry import LITE0_GATE_BLOCKS, build_lite0_cbam
+
+INIT_BIAS = 4.0  # sigmoid(4) = 0.982: gates start (almost) fully open
+
+
+@dataclass
+class TrainConfig:
+    data: Sequence[Path]
+    out: Path = Path("pretrained/lite0-cbam.safetensors")
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 0.02
+    sparsity: float = 0.3  # weight of the mean-opening penalty
+    size: int = 224
+    holdout: int = 500  # training photos kept aside to measure agreement
+    fill_until: float = 0.5  # mean fill decays from 1 to 0 over this share of the steps
+    seed: int = 0
+
+
+@dataclass
+class TrainReport:
+    config: dict
+    train_images: int
+    holdout_images: int
+    holdout_agreement: float
+    holdout_opening: list[float] = field(default_factory=list)
+    final_kl: float = 0.0
+
+
+def find_images(folders: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise AttnvizError(f"{folder}: training data folder not found")
+        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise AttnvizError("no training images found in " + ", ".join(map(str, folders)))
+    return files
+
+
+def load_input(path: Path, size: int) -> Tensor:
+    """The whole photo stretched to size x size (as attnviz run sees it), scaled to [-1, 1]."""
+    with Image.open(path) as img:
+        img = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        array = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def open_gates(model: EfficientNetLite) -> None:
+    for gate in model.attention.values():
+        conv = gate.spatial.conv
+        torch.nn.init.zeros_(conv.weight)
+        torch.nn.init.constant_(conv.bias, INIT_BIAS)
+
+
+@torch.inference_mode()
+def cache_trunk(
+    model: EfficientNetLite, files: Sequence[Path], cfg: TrainConfig, tick: Callable[[int], None]
+) -> tuple[Tensor, Tensor]:
+    """Features entering the first gated block, and the bare trunk's logits."""
+    first = min(LITE0_GATE_BLOCKS)
+    features, logits = [], []
+    for start in range(0, len(files), cfg.batch_size):
+        batch = files[start : start + cfg.batch_size]
+        x = torch.stack([load_input(p, cfg.size) for p in batch])
+        x = x.contiguous(memory_format=torch.channels_last)
+        f = model.run_blocks(model.stem(x), 0, first + 1)  # the gate after `first` is not applied
+        with model.gates_disabled():
+            logits.append(model.head(model.run_blocks(f, first + 1)))
+        features.append(f.contiguous())
+        tick(len(batch))
+    return torch.cat(features), torch.cat(logits)
+
+
+def gated_forward(model: EfficientNetLite, cached: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Logits and gate maps of the gated network, from the features cached before it."""
+    first = min(LITE0_GATE_BLOCKS)
+    maps: list[Tensor] = []
+    gate = model.attention[f"block{first}"]
+    weights = gate.attention_map(cached)
+    maps.append(weights)
+    x = model.run_blocks(gate.gated(cached, weights), first + 1, maps=maps)
+    return model.head(x), maps
+
+
+def distillation_kl(student: Tensor, teacher: Tensor) -> Tensor:
+    return F.kl_div(
+        F.log_softmax(student, 1), F.log_softmax(teacher, 1), log_target=True, reduction="batchmean"
+    )
+
+
+def set_fill(model: EfficientNetLite, value: float) -> None:
+    for gate in model.attention.values():
+        gate.fill = value
+
+
+def train_gates(
+    cfg: TrainConfig,
+    on_cache: Callable[[int, int], None] = lambda done, total: None,
+    on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
+) -> TrainReport:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(cfg.seed)
+    files = find_images(cfg.data)
+    random.Random(cfg.seed).shuffle(files)
+    holdout, train = files[: cfg.holdout], files[cfg.holdout :]
+    if not train:
+        raise AttnvizError(f"need more than {cfg.holdout} training images, found {len(files)}")
+
+    model = build_lite0_cbam(with_gates=False)
+    assert isinstance(model, EfficientNetLite)
+    model.eval().to(memory_format=torch.channels_last)  # BatchNorm stays frozen
+    for p in model.parameters():
+        p.requires_grad_(False)
+    open_gates(model)
+    gate_params = [p for gate in model.attention.values() for p in gate.parameters()]
+    for p in gate_params:
+        p.requires_grad_(True)
+
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        on_cache(done, len(files))
+
+    train_x, train_t = cache_trunk(model, train, cfg, tick)
+    hold_x, hold_t = cache_trunk(model, holdout, cfg, tick)
+
+    optimizer = torch.optim.Adam(gate_params, lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    kl = torch.tensor(0.0)
+    for step in range(cfg.steps):
+        fill_steps = max(cfg.fill_until * cfg.steps, 1)
+        set_fill(model, max(0.0, 1.0 - step / fill_steps))
+        idx = torch.randint(len(train_x), (cfg.batch_size,), generator=generator)
+        logits, maps = gated_forward(model, train_x[idx])
+        kl = distillation_kl(logits, train_t[idx])
+        opening = torch.stack([m.mean() for m in maps])
+        loss = kl + cfg.sparsity * opening.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        stats = {"kl": kl.item(), **{f"open{i}": o.item() for i, o in enumerate(opening)}}
+        on_step(step + 1, cfg.steps, stats)
+
+    set_fill(model, 0.0)
+    agreement, openings = holdout_scores(model, hold_x, hold_t, cfg.batch_size)
+    state = model.attention.state_dict()
+    gates = {f"attention.{k}": v.detach().contiguous() for k, v in state.items()}
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(gates, str(cfg.out), metadata={"recipe": repr(asdict(cfg))})
+    return TrainReport(
+        config={k: str(v) for k, v in asdict(cfg).items()},
+        train_images=len(train),
+        holdout_images=len(holdout),
+        holdout_agreement=agreement,
+        holdout_opening=openings,
+        final_kl=float(kl),
+    )
+
+
+@torch.inference_mode()
+def holdout_scores(
+    model: EfficientNetLite, features: Tensor, teacher: Tensor, batch_size: int
+) -> tuple[float, list[float]]:
+    """Top-1 agreement with the trunk, and each gate's mean opening, on held-out photos."""
+    agree, openings = 0, torch.zeros(len(model.attention))
+    for start in range(0, len(features), batch_size):
+        logits, maps = gated_forward(model, features[start : start + batch_size])
+        agree += int((logits.argmax(1) == teacher[start : start + batch_size].argmax(1)).sum())
+        openings += torch.stack([m.mean(dim=(1, 2, 3)).sum() for m in maps])
+    n = max(len(features), 1)
+    return agree / n, (openings / n).tolist()

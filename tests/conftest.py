@@ -1,0 +1,33 @@
+"""Shared fixtures: photos written by the tests, toy attention models, the shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_photo(path: Path, size: tuple[int, int] = (96, 64), seed: int = 0) -> Path:
+    """A synthetic photo (width, height): smooth background plus a bright disc at a seeded spot."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
+    disc = ((xx - cx) ** 2 + (yy - cy) ** 2) < (0.2 * min(w, h)) ** 2
+    image = np.stack([xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1), np.full_like(xx, 80)], -1)
+    image[disc] = rng.integers(0, 256, 3)
+    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present (a user's clone)")
+    return SHARED_DATA

