@@ -180,7 +180,13 @@ def train(
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 400,
     batch_size: Annotated[int, typer.Option(help="Photos per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.02,
-    sparsity: Annotated[float, typer.Option(help="Weight of the gate-opening penalty.")] = 0.3,
+    target_open: Annotated[
+        str, typer.Option(help="Share of positions each gate keeps open (block4,10,15,head).")
+    ] = "0.95,0.9,0.8,0.5",
+    sparsity: Annotated[float, typer.Option(help="Weight of the opening-budget penalty.")] = 10.0,
+    cache: Annotated[
+        Path | None, typer.Option(help="File to keep the frozen trunk's features for reruns.")
+    ] = None,
     holdout: Annotated[int, typer.Option(help="Photos kept aside to measure agreement.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
@@ -192,9 +198,14 @@ def train(
 
     from attnviz.train import TrainConfig, train_gates
 
+    try:
+        targets = tuple(float(v) for v in target_open.split(","))
+    except ValueError:
+        msg = f"--target-open needs numbers like 0.9,0.5, got {target_open!r}"
+        raise _fail(UsageError(msg)) from None
     cfg = TrainConfig(
         data=data, out=out, steps=steps, batch_size=batch_size, lr=lr, sparsity=sparsity,
-        holdout=holdout, seed=seed,
+        target_open=targets, holdout=holdout, seed=seed, cache=cache,
     )  # fmt: skip
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

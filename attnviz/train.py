@@ -23,7 +23,7 @@ from torch import Tensor
 from attnviz.errors import AttnvizError
 from attnviz.io.inputs import IMAGE_SUFFIXES
 from attnviz.models.efficientnet_lite import EfficientNetLite
-from attnviz.models.registry import LITE0_GATE_BLOCKS, build_lite0_cbam
+from attnviz.models.registry import LITE0_GATE_BLOCKS, LITE0_GATES, build_lite0_cbam
 
 INIT_BIAS = 4.0  # sigmoid(4) = 0.982: gates start (almost) fully open
 
@@ -35,11 +35,15 @@ class TrainConfig:
     steps: int = 400
     batch_size: int = 32
     lr: float = 0.02
-    sparsity: float = 0.3  # weight of the mean-opening penalty
+    # Each gate's share of positions left open is pulled towards its target: a budget that
+    # makes the gate choose where the evidence is, without collapsing shut or staying open.
+    target_open: tuple[float, ...] = (0.95, 0.9, 0.8, 0.5)
+    sparsity: float = 10.0  # weight of the squared distance to the targets
     size: int = 224
     holdout: int = 500  # training photos kept aside to measure agreement
     fill_until: float = 0.5  # mean fill decays from 1 to 0 over this share of the steps
     seed: int = 0
+    cache: Path | None = None  # reuse the trunk's features across runs (a sweep)
 
 
 @dataclass
@@ -105,7 +109,7 @@ def gated_forward(model: EfficientNetLite, cached: Tensor) -> tuple[Tensor, list
     weights = gate.attention_map(cached)
     maps.append(weights)
     x = model.run_blocks(gate.gated(cached, weights), first + 1, maps=maps)
-    return model.head(x), maps
+    return model.head(x, maps), maps
 
 
 def distillation_kl(student: Tensor, teacher: Tensor) -> Tensor:
@@ -130,6 +134,8 @@ def train_gates(
     files = find_images(cfg.data)
     random.Random(cfg.seed).shuffle(files)
     holdout, train = files[: cfg.holdout], files[cfg.holdout :]
+    if len(cfg.target_open) != len(LITE0_GATES):
+        raise AttnvizError(f"give one target opening per gate ({', '.join(LITE0_GATES)})")
     if not train:
         raise AttnvizError(f"need more than {cfg.holdout} training images, found {len(files)}")
 
@@ -150,8 +156,15 @@ def train_gates(
         done += n
         on_cache(done, len(files))
 
-    train_x, train_t = cache_trunk(model, train, cfg, tick)
-    hold_x, hold_t = cache_trunk(model, holdout, cfg, tick)
+    key = {"files": [str(p) for p in files], "size": cfg.size, "holdout": cfg.holdout}
+    cached = torch.load(cfg.cache, weights_only=True) if cfg.cache and cfg.cache.is_file() else {}
+    if cached.get("key") == key:
+        train_x, train_t, hold_x, hold_t = cached["tensors"]
+    else:
+        train_x, train_t = cache_trunk(model, train, cfg, tick)
+        hold_x, hold_t = cache_trunk(model, holdout, cfg, tick)
+        if cfg.cache is not None:
+            torch.save({"key": key, "tensors": (train_x, train_t, hold_x, hold_t)}, cfg.cache)
 
     optimizer = torch.optim.Adam(gate_params, lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
@@ -163,8 +176,10 @@ def train_gates(
         idx = torch.randint(len(train_x), (cfg.batch_size,), generator=generator)
         logits, maps = gated_forward(model, train_x[idx])
         kl = distillation_kl(logits, train_t[idx])
-        opening = torch.stack([m.mean() for m in maps])
-        loss = kl + cfg.sparsity * opening.mean()
+        per_image = torch.stack([m.mean(dim=(1, 2, 3)) for m in maps])  # (gates, batch)
+        targets = torch.tensor(cfg.target_open).view(-1, 1)
+        loss = kl + cfg.sparsity * (per_image - targets).pow(2).mean()
+        opening = per_image.mean(dim=1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -184,7 +199,7 @@ def train_gates(
         holdout_images=len(holdout),
         holdout_agreement=agreement,
         holdout_opening=openings,
-        final_kl=float(kl),
+        final_kl=kl.item(),
     )
 
 

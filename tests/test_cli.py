@@ -81,11 +81,12 @@ def test_layer_all_stacks_one_row_per_layer(tmp_path: Path) -> None:
     one = Image.open(tmp_path / "one" / "p.png")
     every = Image.open(tmp_path / "all" / "p.png")
     assert every.width == one.width
-    assert every.height > 2.5 * one.height
+    assert every.height > 3.5 * one.height
     assert manifest(tmp_path / "all")[0]["layers"] == [
         "attention.block4",
         "attention.block10",
         "attention.block15",
+        "attention.head",
     ]
 
 
@@ -108,9 +109,15 @@ def test_save_raw_contract(tmp_path: Path) -> None:
     code, output = attnviz("run", photo, "--out", out, "--layer", "all", "--save-raw")
     assert code == 0, output
     raw = np.load(out / "p.npz")
-    assert sorted(raw.files) == ["attention.block10", "attention.block15", "attention.block4"]
+    assert sorted(raw.files) == [
+        "attention.block10",
+        "attention.block15",
+        "attention.block4",
+        "attention.head",
+    ]
     assert raw["attention.block4"].shape == (28, 28)  # stride 8 at the default 224 input
-    assert raw["attention.block15"].shape == (7, 7)
+    assert raw["attention.block10"].shape == (14, 14)
+    assert raw["attention.head"].shape == (7, 7)
     for key in raw.files:
         assert raw[key].dtype == np.float32
         assert 0.0 <= raw[key].min() <= raw[key].max() <= 1.0
@@ -122,7 +129,7 @@ def test_save_raw_contract(tmp_path: Path) -> None:
     assert {"index", "label", "prob"} <= set(record["top5"][0])
     probs = [c["prob"] for c in record["top5"]]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
-    stats = record["maps"]["attention.block15"]
+    stats = record["maps"]["attention.head"]
     assert stats["shape"] == [7, 7]
     assert stats["min"] <= stats["mean"] <= stats["max"]
 
@@ -161,7 +168,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg")
     assert attnviz("run", photo, "--model", "lite0-cbm", "--out", tmp_path / "o")[0] == 2
     code, output = attnviz("run", photo, "--layer", "nope", "--out", tmp_path / "o")
-    assert code == 2 and "attention.block15" in output
+    assert code == 2 and "attention.head" in output
     assert attnviz("run", photo, "--format", "gif", "--out", tmp_path / "o")[0] == 2
 
 
@@ -171,10 +178,13 @@ def test_cbam_resnet_without_weights_refuses_clearly(tmp_path: Path) -> None:
     assert code == 2 and "--weights" in output
 
 
-def test_layers_and_models_tables() -> None:
+def test_layers_and_models_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnviz import cli
+
+    monkeypatch.setattr(cli.out_console, "width", 200)  # a wide terminal: no wrapped cells
     code, output = attnviz("layers")
     assert code == 0
-    for text in ("attention.block4", "attention.block15", "cbam-spatial", "1×28×28", "1×7×7"):
+    for text in ("attention.block4", "attention.head (default)", "1×28×28", "1280×7×7"):
         assert text in output
     code, output = attnviz("models")
     assert code == 0

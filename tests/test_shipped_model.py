@@ -19,7 +19,9 @@ def test_gate_weights_are_shipped_as_safetensors() -> None:
 
     gates = load_file(str(pretrained_file(LITE0_GATES_FILE)))
     assert set(gates) == {
-        f"attention.block{b}.spatial.conv.{p}" for b in (4, 10, 15) for p in ("weight", "bias")
+        f"attention.{g}.spatial.conv.{p}"
+        for g in ("block4", "block10", "block15", "head")
+        for p in ("weight", "bias")
     }
     assert all(t.abs().sum() > 0 for t in gates.values())
 

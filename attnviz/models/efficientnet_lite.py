@@ -100,13 +100,16 @@ class MBConv(nn.Module):
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite0 with optional CBAM spatial gates after chosen blocks.
 
-    Gates live in ``self.attention`` under ``block{N}``, so the layer names users see
-    (``attention.block15``) say where each gate sits; the trunk's keys stay untouched.
+    Gates live in ``self.attention`` under ``block{N}`` (after that block) and ``head``
+    (after the 1x1 head convolution, on the features the classifier pools), so the layer
+    names users see (``attention.block15``) say where each gate sits; the trunk's keys
+    stay untouched.
     """
 
     def __init__(
         self,
         gate_after: Sequence[int] = (),
+        gate_head: bool = False,
         num_classes: int = 1000,
         stages: Sequence[StageSpec] = LITE0_STAGES,
     ) -> None:
@@ -127,9 +130,8 @@ class EfficientNetLite(nn.Module):
         for index in gate_after:
             if not 0 <= index < len(blocks):
                 raise ValueError(f"no block {index} to gate (0..{len(blocks) - 1})")
-        self.attention = nn.ModuleDict(
-            {f"block{i}": SpatialGate(7, standardize=True) for i in sorted(gate_after)}
-        )
+        names = [f"block{i}" for i in sorted(gate_after)] + (["head"] if gate_head else [])
+        self.attention = nn.ModuleDict({name: SpatialGate(7, standardize=True) for name in names})
         self.gates_enabled = True
 
     @contextmanager
@@ -141,8 +143,7 @@ class EfficientNetLite(nn.Module):
         finally:
             self.gates_enabled = previous
 
-    def gate_for(self, index: int) -> SpatialGate | None:
-        key = f"block{index}"
+    def gate_for(self, key: str) -> SpatialGate | None:
         return self.attention[key] if self.gates_enabled and key in self.attention else None  # type: ignore[return-value]
 
     def stem(self, x: Tensor) -> Tensor:
@@ -154,16 +155,21 @@ class EfficientNetLite(nn.Module):
         """Blocks ``start`` to ``stop`` (exclusive) with their gates; gate maps go to ``maps``."""
         for index in range(start, len(self._blocks) if stop is None else stop):
             x = self._blocks[index](x)
-            gate = self.gate_for(index)
-            if gate is not None:
-                weights = gate.attention_map(x)
-                if maps is not None:
-                    maps.append(weights)
-                x = gate.gated(x, weights)
+            x = self._apply_gate(f"block{index}", x, maps)
         return x
 
-    def head(self, x: Tensor) -> Tensor:
-        x = F.relu6(self._bn1(self._conv_head(x)))
+    def _apply_gate(self, key: str, x: Tensor, maps: list[Tensor] | None) -> Tensor:
+        gate = self.gate_for(key)
+        if gate is None:
+            return x
+        if maps is None:
+            return gate(x)  # through __call__, so capture hooks see it
+        weights = gate.attention_map(x)
+        maps.append(weights)
+        return gate.gated(x, weights)
+
+    def head(self, x: Tensor, maps: list[Tensor] | None = None) -> Tensor:
+        x = self._apply_gate("head", F.relu6(self._bn1(self._conv_head(x))), maps)
         return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -39,6 +39,8 @@ PRETRAINED_DIRS = (
 )
 LITE0_GATES_FILE = "lite0-cbam.safetensors"
 LITE0_GATE_BLOCKS = (4, 10, 15)  # after the stride-8, stride-16 and stride-32 stages
+# ... and one on the head's features (stride 32), the ones the classifier pools.
+LITE0_GATES = tuple(f"block{b}" for b in LITE0_GATE_BLOCKS) + ("head",)
 
 
 def pretrained_file(name: str) -> Path:
@@ -63,7 +65,7 @@ def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> n
     from attnviz.models.efficientnet_lite import EfficientNetLite
     from attnviz.models.weights import load_into, read_state_dict
 
-    model = EfficientNetLite(gate_after=LITE0_GATE_BLOCKS)
+    model = EfficientNetLite(gate_after=LITE0_GATE_BLOCKS, gate_head=True)
     if random_init:
         return model
     trunk = read_state_dict(lite0_trunk_file())
@@ -97,7 +99,7 @@ MODELS: dict[str, ModelSpec] = {
             "cbam-spatial",
             224,
             WeightsSource.SHIPPED,
-            "EfficientNet-Lite0 (ImageNet) + CBAM spatial gates at strides 8/16/32",
+            "EfficientNet-Lite0 (ImageNet) + CBAM spatial gates at strides 8/16/32 and the head",
             build_lite0_cbam,
             (0.5, 0.5, 0.5),
             (0.5, 0.5, 0.5),
