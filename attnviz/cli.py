@@ -177,12 +177,12 @@ def train(
     out: Annotated[Path, typer.Option(help="Where to write the gate weights.")] = Path(
         "pretrained/lite0-cbam.safetensors"
     ),
-    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 400,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Photos per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.02,
     target_open: Annotated[
         str, typer.Option(help="Share of positions each gate keeps open (block4,10,15,head).")
-    ] = "0.95,0.9,0.8,0.5",
+    ] = "0.98,0.95,0.9,0.5",
     sparsity: Annotated[float, typer.Option(help="Weight of the opening-budget penalty.")] = 10.0,
     cache: Annotated[
         Path | None, typer.Option(help="File to keep the frozen trunk's features for reruns.")
