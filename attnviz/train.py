@@ -14,16 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from attnviz.errors import AttnvizError
-from attnviz.io.inputs import IMAGE_SUFFIXES
+from attnviz.io import IMAGE_SUFFIXES, load_rgb
+from attnviz.models import LoadedModel
 from attnviz.models.efficientnet_lite import EfficientNetLite
-from attnviz.models.registry import LITE0_GATE_BLOCKS, LITE0_GATES, build_lite0_cbam
+from attnviz.models.registry import LITE0_GATE_BLOCKS, LITE0_GATES, build_lite0_cbam, get_spec
 
 INIT_BIAS = 4.0  # sigmoid(4) = 0.982: gates start (almost) fully open
 
@@ -67,14 +66,6 @@ def find_images(folders: Sequence[Path]) -> list[Path]:
     return files
 
 
-def load_input(path: Path, size: int) -> Tensor:
-    """The whole photo stretched to size x size (as attnviz run sees it), scaled to [-1, 1]."""
-    with Image.open(path) as img:
-        img = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-        array = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
-
-
 def open_gates(model: EfficientNetLite) -> None:
     for gate in model.attention.values():
         conv = gate.spatial.conv
@@ -87,12 +78,13 @@ def cache_trunk(
     model: EfficientNetLite, files: Sequence[Path], cfg: TrainConfig, tick: Callable[[int], None]
 ) -> tuple[Tensor, Tensor]:
     """Features entering the first gated block, and the bare trunk's logits."""
+    # Decode and preprocess exactly as `attnviz run` does, so the gates see what users see.
+    loaded = LoadedModel(model, get_spec("lite0-cbam"), torch.device("cpu"), cfg.size)
     first = min(LITE0_GATE_BLOCKS)
     features, logits = [], []
     for start in range(0, len(files), cfg.batch_size):
         batch = files[start : start + cfg.batch_size]
-        x = torch.stack([load_input(p, cfg.size) for p in batch])
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = loaded.preprocess([load_rgb(p) for p in batch])
         f = model.run_blocks(model.stem(x), 0, first + 1)  # the gate after `first` is not applied
         with model.gates_disabled():
             logits.append(model.head(model.run_blocks(f, first + 1)))
