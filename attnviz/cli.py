@@ -182,8 +182,11 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.02,
     target_open: Annotated[
         str, typer.Option(help="Share of positions each gate keeps open (block4,10,15,head).")
-    ] = "0.98,0.95,0.9,0.5",
+    ] = "0.995,0.99,0.98,0.5",
     sparsity: Annotated[float, typer.Option(help="Weight of the opening-budget penalty.")] = 10.0,
+    evidence: Annotated[
+        float, typer.Option(help="Weight of the agreement with the trunk's class evidence.")
+    ] = 0.1,
     cache: Annotated[
         Path | None, typer.Option(help="File to keep the frozen trunk's features for reruns.")
     ] = None,
@@ -205,7 +208,7 @@ def train(
         raise _fail(UsageError(msg)) from None
     cfg = TrainConfig(
         data=data, out=out, steps=steps, batch_size=batch_size, lr=lr, sparsity=sparsity,
-        target_open=targets, holdout=holdout, seed=seed, cache=cache,
+        target_open=targets, evidence=evidence, holdout=holdout, seed=seed, cache=cache,
     )  # fmt: skip
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

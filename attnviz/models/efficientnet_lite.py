@@ -132,6 +132,10 @@ class EfficientNetLite(nn.Module):
                 raise ValueError(f"no block {index} to gate (0..{len(blocks) - 1})")
         names = [f"block{i}" for i in sorted(gate_after)] + (["head"] if gate_head else [])
         self.attention = nn.ModuleDict({name: SpatialGate(7, standardize=True) for name in names})
+        # The gates lower the features' overall magnitude (the head gate keeps about half of
+        # each position); one learned scalar gives the classifier back the scale it was
+        # trained on. The bare trunk (gates disabled) does not use it.
+        self.pool_gain = nn.Parameter(torch.ones(()))
         self.gates_enabled = True
 
     @contextmanager
@@ -168,9 +172,22 @@ class EfficientNetLite(nn.Module):
         maps.append(weights)
         return gate.gated(x, weights)
 
+    def head_features(self, x: Tensor) -> Tensor:
+        """The 1280 features the classifier pools, before the head gate."""
+        return F.relu6(self._bn1(self._conv_head(x)))
+
     def head(self, x: Tensor, maps: list[Tensor] | None = None) -> Tensor:
-        x = self._apply_gate("head", F.relu6(self._bn1(self._conv_head(x))), maps)
-        return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        x = self._apply_gate("head", self.head_features(x), maps)
+        pooled = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self._fc(pooled * self.pool_gain if self.gates_enabled else pooled)
+
+    def class_evidence(self, features: Tensor, classes: Tensor) -> Tensor:
+        """Each position's contribution to the logit of ``classes`` (N,): (N, 1, H, W).
+
+        The classifier is linear after average pooling, so a class logit is exactly the
+        mean of these maps plus a bias (the class activation map of Zhou et al., 2016).
+        """
+        return torch.einsum("nchw,nc->nhw", features, self._fc.weight[classes])[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.run_blocks(self.stem(x)))
