@@ -37,12 +37,15 @@ def test_maps_are_not_constant_and_differ_across_photos() -> None:
     assert len(photos) >= 3
     with torch.inference_mode(), attnviz.capture(model, "all") as maps:
         model(model.preprocess(photos))
-    for capture in maps.values():
+    # The default (head) map is strongly graded; the block gates stay 99 % open by design
+    # (their budget), so their maps vary only slightly, but they must still vary.
+    for name, capture in maps.items():
+        least_range, least_spread = (0.05, 0.01) if name == "attention.head" else (0.002, 3e-4)
         weights = capture.weights[:, 0]
         per_photo_range = weights.amax(dim=(1, 2)) - weights.amin(dim=(1, 2))
-        assert (per_photo_range > 0.05).all(), "a map is (nearly) constant over a photo"
+        assert (per_photo_range > least_range).all(), f"{name} is constant over a photo"
         spread = (weights[0] - weights[1]).abs().mean()
-        assert spread > 0.01, "two different photos gave the same map"
+        assert spread > least_spread, f"{name} gave the same map for two photos"
 
 
 def test_library_api_renders_a_triptych() -> None:
