@@ -216,7 +216,8 @@ def train_gates(
         train_set = cache_trunk(model, train, cfg, tick)
         hold_set = cache_trunk(model, holdout, cfg, tick)
         if cfg.cache is not None:
-            torch.save({"key": key, "train": train_set.tensors(), "holdout": hold_set.tensors()}, cfg.cache)
+            tensors = {"train": train_set.tensors(), "holdout": hold_set.tensors()}
+            torch.save({"key": key, **tensors}, cfg.cache)
 
     # The maps' shape (conv weights) is learnt more slowly than their level (biases, gain):
     # a fast slope turns the maps into 0/1 cut-outs that cost the trunk its context.
