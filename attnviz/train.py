@@ -1,7 +1,8 @@
 """Training attnviz's CBAM spatial gates by self-distillation on a frozen trunk.
 
-The gates start open (M ~ 0.98 everywhere, so the gated network is the trunk up to a
-uniform 2 % scale) and learn to keep the evidence the trunk's own prediction rests on.
+The gates start from the channel-mean map (block gates almost open, the head gate half
+open with its scale given back; see ``seed_gates``) and learn to keep the evidence the
+trunk's own prediction rests on.
 The loss has three parts, none using labels:
 
 - KL(trunk || gated): the gated network must still predict what the trunk predicts;
