@@ -7,3 +7,7 @@ class AttnvizError(Exception):
 
 class UsageError(AttnvizError):
     """A bad flag or choice (unknown model, layer or colormap): the CLI exits with code 2."""
+
+
+class OutputError(AttnvizError):
+    """The output folder cannot take more files (disk full, read-only): the run stops."""

@@ -18,14 +18,17 @@ from attnviz.io import (
     InputItem,
     ManifestWriter,
     atomic_write_bytes,
+    decode_image,
     discover,
     encode_image,
     load_rgb,
     output_path,
     read_manifest,
+    remove_stale_temps,
     write_image,
     write_npz,
 )
+from attnviz.io.resume import PreviousRun
 
 
 def _png(path: Path, color: tuple[int, int, int] = (10, 20, 30), size: int = 4) -> Path:
@@ -125,7 +128,9 @@ def test_duplicate_inputs_taken_once(tmp_path: Path) -> None:
     items, rejected = discover([a, root, root / ".." / "photos" / "a.png"])
 
     assert [i.path for i in items] == [a, root / "b.png"]
-    assert rejected == []
+    assert [(r.reason, r.failed) for r in rejected] == [
+        ("given more than once; processed once", False)
+    ] * 2
 
 
 def test_clashing_output_names_rejected_not_overwritten(tmp_path: Path) -> None:
@@ -149,6 +154,25 @@ def test_symlinked_directories_not_followed(tmp_path: Path) -> None:
     items, _ = discover([root])
 
     assert [i.relative.as_posix() for i in items] == ["a.png"]
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_symlink_loops_and_dangling_links_are_rejected_not_fatal(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    good = _png(root / "good.png")
+    (root / "a.jpg").symlink_to(root / "b.jpg")
+    (root / "b.jpg").symlink_to(root / "a.jpg")
+    (root / "gone.png").symlink_to(root / "nowhere.png")
+    (root / "dir.jpg").mkdir()  # a folder named like a photo is just walked
+
+    items, rejected = discover([root, root / "a.jpg"])
+
+    assert [i.path for i in items] == [good]
+    assert sorted((r.path.name, r.reason) for r in rejected) == [
+        ("a.jpg", "symlink loop"),
+        ("b.jpg", "symlink loop"),
+        ("gone.png", "broken symlink"),
+    ]
 
 
 @pytest.mark.parametrize("relative", ["../evil.jpg", "a/../../evil.jpg", "/abs/evil.jpg", "."])
@@ -295,12 +319,45 @@ def test_undecodable_raises_attnviz_error_naming_file(tmp_path: Path, make) -> N
     assert "\n" not in message
 
 
-def test_decompression_bomb_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _png(tmp_path / "big.png", size=64)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+def test_header_claiming_too_many_pixels_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    _claim_size(_png(path, size=4), 60000, 60000)
 
-    with pytest.raises(AttnvizError, match="too many pixels"):
+    with pytest.raises(AttnvizError, match=r"60000x60000 .*over the limit.*--max-pixels"):
         load_rgb(path)
+
+
+def test_pixel_limit_is_configurable(tmp_path: Path) -> None:
+    path = _png(tmp_path / "small.png", size=64)
+
+    with pytest.raises(AttnvizError, match="over the limit"):
+        load_rgb(path, max_pixels=64 * 64 - 1)
+    assert load_rgb(path, max_pixels=64 * 64).shape == (64, 64, 3)
+
+
+def _claim_size(path: Path, width: int, height: int) -> Path:
+    """Rewrite a PNG's IHDR so its header claims width x height (CRC fixed up)."""
+    import struct
+    import zlib
+
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_animated_image_notes_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    path = tmp_path / "anim.webp"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+    decoded = decode_image(path)
+
+    assert decoded.notes == ["animated (3 frames): used the first frame"]
+    assert [int(v) for v in decoded.rgb[0, 0]] == pytest.approx([255, 0, 0], abs=8)
 
 
 # --- writing -------------------------------------------------------------------------
@@ -465,3 +522,89 @@ def test_read_manifest_reports_bad_line(tmp_path: Path) -> None:
 def test_encode_oversized_webp_gives_clear_error() -> None:
     with pytest.raises(AttnvizError, match="use png"):
         encode_image(np.zeros((20000, 2, 3), np.uint8), "webp")
+
+
+# --- outputs never leave the output folder; resume trusts only what is inside it --------
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_a_symlinked_folder_inside_out_cannot_carry_a_write_outside(tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    item = InputItem(path=tmp_path / "in" / "sub" / "a.jpg", relative=Path("sub/a.jpg"))
+
+    with pytest.raises(AttnvizError, match="links outside"):
+        output_path(item, out, ".png")
+
+
+def _record(name: str, figure: str) -> dict:
+    return {
+        "input": name,
+        "outputs": {"figure": figure},
+        "input_stat": {"bytes": 1},
+        "settings": "k",
+    }
+
+
+@pytest.mark.parametrize("figure", ["/etc/hostname", "../outside.png", "link/outside.png"])
+def test_resume_ignores_manifest_entries_that_point_outside_out(
+    tmp_path: Path, figure: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    _png(tmp_path / "outside.png")
+    (out / "link").symlink_to(tmp_path, target_is_directory=True)
+    with ManifestWriter(out) as manifest:
+        manifest.add(_record("a.jpg", figure))
+        manifest.add(_record("b.jpg", "b.png"))
+    _png(out / "b.png")
+
+    previous, note = PreviousRun.load(out)
+
+    assert note is None
+    assert previous.up_to_date("a.jpg", {"bytes": 1}, "k") is None
+    assert previous.up_to_date("b.jpg", {"bytes": 1}, "k") is not None
+    assert previous.up_to_date("b.jpg", {"bytes": 2}, "k") is None  # the input changed
+    assert previous.up_to_date("b.jpg", {"bytes": 1}, "other") is None  # other settings
+
+
+def test_an_unreadable_manifest_means_reprocessing_with_a_note(tmp_path: Path) -> None:
+    (tmp_path / MANIFEST_NAME).write_text("{not json\n")
+
+    previous, note = PreviousRun.load(tmp_path)
+
+    assert note is not None and "reprocessing every input" in note
+    assert previous.others(set()) == []
+
+
+def test_non_utf8_names_round_trip_through_the_manifest(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9.jpg")
+    with ManifestWriter(tmp_path) as manifest:
+        manifest.add({"input": name})
+
+    raw = (tmp_path / MANIFEST_NAME).read_bytes()
+
+    raw.decode("utf-8")  # valid UTF-8 on disk
+    assert read_manifest(tmp_path / MANIFEST_NAME) == [{"input": name}]
+
+
+def test_stale_temporary_files_of_dead_runs_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    dead = tmp_path / "sub" / ".attnviz-999999999-a.png.xyz.tmp"
+    live = tmp_path / f".attnviz-{os.getpid()}-b.png.xyz.tmp"
+    unrelated = tmp_path / ".other.tmp"
+    for path in (dead, live, unrelated):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+
+    assert remove_stale_temps(tmp_path) == 1
+    assert not dead.exists() and live.exists() and unrelated.exists()
+
+
+def test_a_very_long_file_name_can_still_be_written_atomically(tmp_path: Path) -> None:
+    target = tmp_path / ("n" * 251 + ".png")
+
+    write_image(target, np.zeros((4, 4, 3), np.uint8), "png")
+
+    assert target.is_file() and not _tmp_files(tmp_path)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from attnviz.errors import AttnvizError
+
+# attnviz enforces its own, configurable limit (see decode_image); Pillow's fixed one
+# would warn or refuse with a message about "DOS attacks" that users cannot act on.
+Image.MAX_IMAGE_PIXELS = None
+
+# 16k x 10k: far above any camera photo a network would see, far below a bomb's claim.
+DEFAULT_MAX_PIXELS = 160_000_000
 
 # Transparent areas become neutral grey: black or white would read as strong features.
 BACKGROUND = (128, 128, 128)
@@ -65,22 +73,42 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """Decode `path` to a C-contiguous uint8 (H, W, 3) RGB array, EXIF-upright.
+@dataclass(frozen=True)
+class Decoded:
+    """An upright uint8 (H, W, 3) RGB photo, with notes the user should hear about."""
 
-    Animated images give their first frame. Raises AttnvizError naming the file for
-    anything that is missing, not an image, truncated or corrupt.
+    rgb: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode `path` to a C-contiguous uint8 RGB array, EXIF-upright.
+
+    Animated images give their first frame (and a note saying so). Images whose header
+    claims more than `max_pixels` are refused before any pixel is decoded. Raises
+    AttnvizError naming the file for anything missing, not an image, truncated or corrupt.
     """
+    notes: list[str] = []
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise AttnvizError(
+                    f"{path}: refused: {width}x{height} is {width * height / 1e6:.0f} megapixels, "
+                    f"over the limit of {max_pixels / 1e6:.0f} (raise it with --max-pixels)"
+                )
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                notes.append(f"animated ({frames} frames): used the first frame")
             # load() inside the try: Image.open only reads the header, truncation shows here.
             img.load()
             upright = ImageOps.exif_transpose(img) or img  # None only when in_place=True
             rgb = _to_rgb(upright)
-    except Image.DecompressionBombError as exc:
-        raise AttnvizError(
-            f"{path}: cannot decode image (too many pixels to decode safely; downscale it)"
-        ) from exc
     except _DECODE_ERRORS as exc:
         raise AttnvizError(f"{path}: cannot decode image ({_reason(exc)})") from exc
-    return np.ascontiguousarray(np.array(rgb, dtype=np.uint8))
+    return Decoded(np.ascontiguousarray(np.array(rgb, dtype=np.uint8)), notes)
+
+
+def load_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The photo of decode_image(), for callers that need no notes."""
+    return decode_image(path, max_pixels).rgb

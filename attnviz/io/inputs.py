@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +27,34 @@ class InputItem:
 
 @dataclass(frozen=True)
 class Rejected:
-    """An input that will not be processed, with a reason to show the user."""
+    """An input that will not be processed, with a reason to show the user.
+
+    ``failed`` is False for inputs that are harmlessly left out (the same file given twice),
+    so they are reported without making the run fail.
+    """
 
     path: Path
     reason: str
+    failed: bool = True
+
+
+def _classify(path: Path) -> tuple[Path | None, str]:
+    """(resolved path, "") for a readable regular file, else (None, why not)."""
+    try:
+        st = os.stat(path)  # follows links: a loop or a dangling link fails here
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "symlink loop"
+        if exc.errno == errno.ENAMETOOLONG:
+            return None, "file name too long"
+        if os.path.lexists(path):
+            return None, "broken symlink" if os.path.islink(path) else (exc.strerror or str(exc))
+        return None, "no such file or directory"
+    if stat.S_ISDIR(st.st_mode):
+        return None, "is a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return None, "not a regular file (device, pipe or socket)"
+    return Path(os.path.realpath(path)), ""
 
 
 def _inside(path: Path, folder: Path | None) -> bool:
@@ -71,7 +97,8 @@ def discover(
     Files named directly are taken whatever their suffix (decoding decides); folders are
     walked recursively for image suffixes, filtered by `pattern` if given. Files under
     `exclude` (the output folder) are skipped. Inputs that would write the same output
-    file as an earlier one are rejected rather than silently overwriting it.
+    file as an earlier one are rejected rather than silently overwriting it; a file given
+    twice is processed once (and reported, not failed).
     """
     excluded = exclude.resolve() if exclude is not None else None
     items: list[InputItem] = []
@@ -85,25 +112,20 @@ def discover(
         given = Path(given)
         if given.is_dir():
             candidates = _walk(given, pattern, excluded, rejected)
-        elif given.is_file():
-            candidates = [(given, Path(given.name))]
-        elif given.exists():
-            rejected.append(Rejected(given, "not a regular file or directory"))
-            continue
         else:
-            rejected.append(Rejected(given, "no such file or directory"))
-            continue
+            candidates = [(given, Path(given.name))]
 
         for path, rel in candidates:
-            real = path.resolve()
+            real, why_not = _classify(path)
+            if real is None:
+                rejected.append(Rejected(path, why_not))
+                continue
             if _inside(real, excluded):
                 # Only a directly named file can get here; say why it was dropped.
                 rejected.append(Rejected(path, "inside the output folder"))
                 continue
             if real in seen:
-                continue
-            if not real.is_file():
-                rejected.append(Rejected(path, "not a regular file (broken link?)"))
+                rejected.append(Rejected(path, "given more than once; processed once", False))
                 continue
             key = rel.with_suffix("").as_posix().casefold()
             if key in claimed:
@@ -112,7 +134,9 @@ def discover(
             seen.add(real)
             claimed[key] = path
             items.append(InputItem(path=path, relative=rel))
-    return items, rejected
+    # A bad file reached twice (named and inside a named folder) is still one line.
+    unique = list({(r.path, r.reason): r for r in rejected}.values())
+    return items, unique
 
 
 def output_path(item: InputItem, out_dir: Path, suffix: str) -> Path:
@@ -123,4 +147,8 @@ def output_path(item: InputItem, out_dir: Path, suffix: str) -> Path:
         raise AttnvizError(f"{item.path}: unsafe output location {str(rel)!r}")
     if not suffix.startswith("."):
         suffix = "." + suffix
-    return out_dir / rel.with_suffix(suffix)
+    target = out_dir / rel.with_suffix(suffix)
+    # A symlinked folder inside out_dir must not carry the write somewhere else.
+    if not Path(os.path.realpath(target.parent)).is_relative_to(os.path.realpath(out_dir)):
+        raise AttnvizError(f"{item.path}: output folder {target.parent} links outside {out_dir}")
+    return target

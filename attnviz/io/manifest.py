@@ -15,14 +15,21 @@ MANIFEST_NAME = "manifest.jsonl"
 
 
 def _dumps(record: Mapping[str, Any]) -> str:
-    return json.dumps(dict(record), ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(dict(record), ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A non-UTF-8 file name (decoded by Python with lone surrogates): JSON's \u escapes
+        # keep the line valid UTF-8, and json.loads gives back the exact same path string.
+        text = json.dumps(dict(record), ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 class ManifestWriter:
     """Collects records and writes them, in the order added, when closed.
 
-    Written once at the end (atomically) so a manifest on disk is always complete and
-    well-formed; it is still written if the run stops early, for the outputs that exist.
+    Written whole and atomically (at checkpoints and at the end), so a manifest on disk is
+    always well-formed; it is still written if the run stops early, for the outputs that exist.
     """
 
     def __init__(self, out_dir: Path) -> None:
@@ -36,12 +43,16 @@ class ManifestWriter:
             raise RuntimeError("ManifestWriter is closed")
         self._lines.append(_dumps(record))
 
+    def checkpoint(self) -> None:
+        """Write what is known so far, so even a killed run leaves a manifest to resume from."""
+        text = "".join(line + "\n" for line in self._lines)
+        atomic_write_bytes(self.path, text.encode("utf-8"))
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        text = "".join(line + "\n" for line in self._lines)
-        atomic_write_bytes(self.path, text.encode("utf-8"))
+        self.checkpoint()
 
     def __enter__(self) -> ManifestWriter:
         return self

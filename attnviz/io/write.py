@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -14,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from attnviz.errors import AttnvizError, UsageError
+from attnviz.errors import AttnvizError, OutputError, UsageError
 
 FORMATS = ("png", "jpg", "webp")
 
@@ -68,13 +70,71 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+# Errors that will recur for every later file too: stop the run instead of failing each input.
+_FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+# Temporary files are ".attnviz-<pid>-<name>.<random>.tmp" next to their target; the pid lets
+# a later run remove those of a killed one (SIGKILL leaves them) without touching a live run's.
+_TMP_PATTERN = re.compile(r"^\.attnviz-(\d+)-.*\.tmp$")
+_TMP_NAME_CHARS = 64  # keeps the temporary name under NAME_MAX even for a 255-byte target
+
+
+def _temp_prefix(name: str) -> str:
+    return f".attnviz-{os.getpid()}-{name[:_TMP_NAME_CHARS]}."
+
+
+def _write_error(path: Path, exc: OSError) -> AttnvizError:
+    reason = exc.strerror or str(exc)
+    if exc.errno in _FATAL_ERRNOS:
+        return OutputError(f"{path}: cannot write ({reason}); stopping")
+    return AttnvizError(f"{path}: cannot write ({reason})")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temporary files left under `folder` by attnviz runs that were killed."""
+    removed = 0
+    for tmp in Path(folder).rglob(".attnviz-*.tmp"):
+        match = _TMP_PATTERN.match(tmp.name)
+        if match and not _pid_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
+def check_writable(folder: Path) -> None:
+    """Fail early, before a model is loaded, when `folder` cannot be created or written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix("probe"), suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"{folder}: output folder is not writable ({exc.strerror or exc})"
+        ) from exc
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see either the old file or the complete new one."""
+    """Write `data` to `path` so readers see either the old file or the complete new one.
+
+    Raises OutputError when the disk is full or read-only (later writes would fail too),
+    AttnvizError for other write failures of this one file.
+    """
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Same directory as the target: os.replace is only atomic within one filesystem.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -87,7 +147,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise AttnvizError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+            raise _write_error(path, exc) from exc
         raise
 
 
