@@ -93,7 +93,7 @@ def load_model(
     target = device if isinstance(device, torch.device) else resolve_device(device)
     if weights is not None:
         net = spec.build(True)
-        load_into(net, read_state_dict(Path(weights)), str(weights))
+        load_into(net, read_state_dict(Path(weights)), str(weights), model_name=spec.name)
     else:
         net = spec.build(random_init)
     net = net.eval().to(target, memory_format=torch.channels_last)

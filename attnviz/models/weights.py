@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,6 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from attnviz.errors import AttnvizError
+
+# A file whose keys overlap less than this with every built-in model gets no suggestion.
+CLOSEST_MIN_OVERLAP = 0.5
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -22,16 +28,28 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
             raw: object = load_file(str(path))
         else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch warns about pickle protocols it may not read; the error says enough.
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else "not a plain tensor file"
         raise AttnvizError(
-            f"{path}: refused to load: the file holds more than tensors ({reason}); "
+            f"{path}: refused to load: the file holds more than tensors ({_refusal(exc)}); "
             "attnviz only loads weights that cannot run code"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
         raise AttnvizError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
     return unwrap_state_dict(raw, path)
+
+
+def _refusal(exc: pickle.UnpicklingError) -> str:
+    # torch's message is a multi-line essay that suggests weights_only=False; keep the fact.
+    text = str(exc)
+    if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        return f"it would import {found.group(1)}"
+    if found := re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text):
+        return found.group(1).strip()
+    return "not a plain tensor file"
 
 
 def unwrap_state_dict(raw: object, path: Path | str = "weights") -> dict[str, Tensor]:
@@ -46,19 +64,84 @@ def unwrap_state_dict(raw: object, path: Path | str = "weights") -> dict[str, Te
 
 
 def load_into(
-    model: nn.Module, state: Mapping[str, Tensor], source: str, *, strict: bool = True
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    source: str,
+    *,
+    strict: bool = True,
+    model_name: str | None = None,
 ) -> None:
-    """Load ``state`` into ``model``; a mismatch is one readable line, not a traceback."""
+    """Load ``state`` into ``model``; a mismatch is one readable line, not a traceback.
+
+    With ``model_name`` (the built-in the user chose), the line names that model and, when
+    the file clearly belongs to another built-in, suggests it.
+    """
+    target = model_name or "this model"
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches: keep the first line of torch's report
         detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-        raise AttnvizError(f"{source}: weights do not fit this model: {detail}") from None
+        hint = _closest_hint(state, model_name)
+        raise AttnvizError(f"{source}: weights do not fit {target}: {detail}{hint}") from None
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if strict and (missing or unexpected):
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+            parts.append(f"{len(missing)} missing (e.g. {_examples(missing)})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise AttnvizError(f"{source}: weights do not fit this model: {'; '.join(parts)}")
+            parts.append(f"{len(unexpected)} unexpected (e.g. {_examples(unexpected)})")
+        hint = _closest_hint(state, model_name)
+        raise AttnvizError(f"{source}: weights do not fit {target}: {'; '.join(parts)}{hint}")
+
+
+def _examples(keys: list[str]) -> str:
+    # BatchNorm step counters say nothing about the layout (safetensors sorts them first).
+    return ", ".join(sorted(keys, key=lambda key: key.endswith("num_batches_tracked"))[:3])
+
+
+def closest_builtin(state: Mapping[str, Tensor]) -> tuple[str, float] | None:
+    """The built-in model whose (key, shape) pairs overlap most with ``state``, and the overlap.
+
+    Overlap is the Jaccard index of the two sets of (key, shape) pairs, so a ResNet-18 file
+    does not pass for ResNet-50 just because many key names coincide.
+
+    Only called once loading has failed. Each built-in is built on the CPU (all of them: about
+    a second, at most ~180 MB at a time for cbam-resnet101) and dropped at once; its keys and
+    shapes are kept for the next failure in the process. Not on the meta device: there
+    ``normal_`` (the ResNets' kaiming init) runs torch's Python reference ops, whose first use
+    imports torch._dynamo and sympy, ~3.5 s in a fresh process.
+    """
+    from attnviz.models.registry import MODELS
+
+    have = {(key, tuple(value.shape)) for key, value in state.items()}
+    best: tuple[str, float] | None = None
+    for name in MODELS:
+        keys = _builtin_keys(name)
+        if keys is None:
+            continue
+        overlap = len(have & keys) / max(len(have | keys), 1)
+        if best is None or overlap > best[1]:
+            best = (name, overlap)
+    return best
+
+
+@functools.cache
+def _builtin_keys(name: str) -> frozenset[tuple[str, tuple[int, ...]]] | None:
+    from attnviz.models.registry import MODELS
+
+    try:
+        net = MODELS[name].build(True)
+    except Exception:  # noqa: BLE001 - a suggestion must never hide the real error
+        return None
+    return frozenset((key, tuple(value.shape)) for key, value in net.state_dict().items())
+
+
+def _closest_hint(state: Mapping[str, Tensor], model_name: str | None) -> str:
+    if model_name is None:
+        return ""
+    closest = closest_builtin(state)
+    if closest is None or closest[0] == model_name or closest[1] < CLOSEST_MIN_OVERLAP:
+        return ""
+    name, overlap = closest
+    # Floor, so that 99.6% never reads as a perfect match.
+    return f"; closest built-in model: {name} ({int(overlap * 100)}% of keys match)"
