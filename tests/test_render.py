@@ -17,7 +17,12 @@ from attnviz.render import (
     upsample,
 )
 from attnviz.render.panels import caption, caption_height, colorbar, colorbar_width
-from attnviz.render.triptych import compute_layout, fit_height
+from attnviz.render.triptych import (
+    compute_layout,
+    content_size,
+    fit_image,
+    panel_size,
+)
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -115,10 +120,82 @@ def test_colorbar_size_and_direction() -> None:
 # --- triptych ---------------------------------------------------------------------------------
 
 
-def test_fit_height_keeps_aspect_and_never_crops() -> None:
-    assert fit_height(_image(100, 300), 200).shape == (200, 600, 3)
-    assert fit_height(_image(400, 100), 200).shape == (200, 50, 3)
-    assert fit_height(_image(1000, 1), 10).shape == (10, 1, 3)
+GREY = 128  # the letterbox colour around content that does not fill its panel
+
+
+def _panel(
+    out: np.ndarray, image_shape: tuple[int, ...], panel_height: int, col: int
+) -> np.ndarray:
+    layout = compute_layout(image_shape, panel_height)
+    y, x = layout.panel_origin(0, col)
+    return out[y : y + layout.panel_height, x : x + layout.panel_width]
+
+
+def test_fit_image_keeps_aspect_and_never_crops() -> None:
+    assert fit_image(_image(100, 300), 200).shape == (200, 600, 3)
+    assert fit_image(_image(400, 100), 200).shape == (200, 50, 3)
+    assert fit_image(_image(1000, 1), 10).shape == (10, 1, 3)
+    assert fit_image(_image(1, 1000), 10).shape == (1, 40, 3)
+
+
+@pytest.mark.parametrize(("h", "w"), [(100, 100), (120, 160), (100, 400), (400, 100), (97, 25)])
+def test_ordinary_aspect_ratios_fill_the_panel_exactly(h: int, w: int) -> None:
+    # Between 1:4 and 4:1 the panel has the image's own aspect ratio: no letterbox.
+    assert panel_size((h, w), 200) == content_size((h, w), 200) == (200, round(w * 200 / h))
+
+
+@pytest.mark.parametrize("panel_height", [1, 3, 10, 200, 320])
+def test_panel_width_is_clamped_to_a_quarter_and_four_times_its_height(panel_height: int) -> None:
+    narrowest, widest = max(1, round(panel_height / 4)), 4 * panel_height
+    assert panel_size((5000, 1), panel_height) == (panel_height, narrowest)
+    assert panel_size((1, 5000), panel_height) == (panel_height, widest)
+
+
+def test_a_1x5000_image_gives_a_panel_4x_as_tall_as_wide_content_letterboxed() -> None:
+    image = _image(5000, 1)  # 1 px wide, 5000 px tall
+    layout = compute_layout(image.shape, 200)
+    assert (layout.panel_height, layout.panel_width) == (200, 50)
+    out = render_triptych(image, [_layer()], panel_height=200)
+    assert out.shape == (layout.height(1), layout.width, 3)
+    # The photo keeps its aspect (a 1-px column, full height), centred on grey.
+    panel = _panel(out, image.shape, 200, 0)
+    assert np.array_equal(panel[:, 24:25], fit_image(image, 200))
+    assert np.all(panel[:, :24] == GREY) and np.all(panel[:, 25:] == GREY)
+
+
+def test_a_5000x1_image_panel_is_at_most_4x_panel_height_wide() -> None:
+    image = _image(1, 5000)  # 5000 px wide, 1 px tall
+    layout = compute_layout(image.shape, 200)
+    assert (layout.panel_height, layout.panel_width) == (200, 800)
+    out = render_triptych(image, [_layer()], panel_height=200)
+    assert out.shape == (layout.height(1), layout.width, 3)
+    panel = _panel(out, image.shape, 200, 0)
+    assert np.array_equal(panel[99:100], fit_image(image, 200))
+    assert np.all(panel[:99] == GREY) and np.all(panel[100:] == GREY)
+
+
+def test_tall_image_is_pillarboxed_and_centred_in_all_three_panels() -> None:
+    image = _image(1000, 100)  # 1:10, beyond 1:4
+    assert content_size(image.shape, 200) == (200, 20)
+    out = render_triptych(image, [_layer()], panel_height=200)
+    for col in range(3):
+        panel = _panel(out, image.shape, 200, col)
+        assert panel.shape == (200, 50, 3)
+        # 15 px of grey either side of the 20-px-wide content; the content itself is not grey.
+        assert np.all(panel[:, :15] == GREY) and np.all(panel[:, 35:] == GREY)
+        assert not np.all(panel[:, 15:35] == GREY)
+
+
+def test_wide_image_is_letterboxed_and_maps_cover_only_the_image() -> None:
+    image = _image(100, 2000)  # 20:1, beyond 4:1
+    assert content_size(image.shape, 100) == (20, 400)
+    layer = LayerMaps("attn", np.full((3, 3), 0.5), np.ones((3, 3)))
+    out = render_triptych(image, [layer], cmap="jet", panel_height=100)
+    weights = _panel(out, image.shape, 100, 1)
+    assert weights.shape == (100, 400, 3)
+    assert np.all(weights[:40] == GREY) and np.all(weights[60:] == GREY)
+    mid = apply_colormap(np.array([[0.5]]), "jet")[0, 0]
+    assert np.all(weights[40:60] == mid)
 
 
 def test_layout_wide_image_keeps_whole_original_panel() -> None:
@@ -130,7 +207,7 @@ def test_layout_wide_image_keeps_whole_original_panel() -> None:
     assert out.dtype == np.uint8 and out.shape == (layout.height(1), layout.width, 3)
     # Panel 1 is the whole image resized, not a crop.
     y, x = layout.panel_origin(0, 0)
-    assert np.array_equal(out[y : y + 200, x : x + 600], fit_height(image, 200))
+    assert np.array_equal(out[y : y + 200, x : x + 600], fit_image(image, 200))
 
 
 def test_three_panels_share_one_height() -> None:

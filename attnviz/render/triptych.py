@@ -5,6 +5,9 @@ Layout of one row (all image areas share one height; captions sit above them)::
     [original] g [weights M_s] g [|M (x) F| over image] g [key: weights] g [key: |F_out|]
 
 Rows, one per layer, are stacked with the same white gutter ``g`` between them.
+
+A panel takes the image's aspect ratio clamped to [1:4, 4:1], so a 1x5000 strip still gives a
+readable figure; the image (and the maps over it) is fitted inside the panel whole, letterboxed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from attnviz.render.panels import (
 
 GUTTER = 6
 _WHITE = 255
+# Grey, not white: white would merge with the gutters and read as "high" in hot/bone colour maps.
+_LETTERBOX = 128
+MAX_ASPECT = 4  # a panel is at most 4x wider than tall, or 4x taller than wide
 
 
 @dataclass(frozen=True)
@@ -74,10 +80,32 @@ class Layout:
         )
 
 
-def panel_size(image_shape: tuple[int, ...], panel_height: int) -> tuple[int, int]:
-    """(height, width) of a panel showing an image of ``image_shape`` at ``panel_height``."""
+def _natural_width(image_shape: tuple[int, ...], height: int) -> int:
+    """Width of the image scaled to ``height`` with its aspect ratio kept (at least 1)."""
     h, w = image_shape[:2]
-    return panel_height, max(1, round(w * panel_height / h))
+    return max(1, round(w * height / h))
+
+
+def panel_size(image_shape: tuple[int, ...], panel_height: int) -> tuple[int, int]:
+    """(height, width) of an image's panel: its aspect clamped to 1:4..4:1."""
+    narrowest = max(1, round(panel_height / MAX_ASPECT))
+    widest = MAX_ASPECT * panel_height
+    width = min(max(_natural_width(image_shape, panel_height), narrowest), widest)
+    return panel_height, width
+
+
+def content_size(image_shape: tuple[int, ...], panel_height: int) -> tuple[int, int]:
+    """(height, width) of the image inside its panel: as large as fits, aspect kept, never cropped.
+
+    Equals ``panel_size`` unless the aspect ratio was clamped.
+    """
+    h, w = image_shape[:2]
+    _, panel_width = panel_size(image_shape, panel_height)
+    width = _natural_width(image_shape, panel_height)
+    if width <= panel_width:  # fits at full height (a too-tall image is pillarboxed)
+        return panel_height, width
+    # Too wide: the panel's width is the limit, so the height shrinks instead.
+    return max(1, round(h * panel_width / w)), panel_width
 
 
 def compute_layout(image_shape: tuple[int, ...], panel_height: int) -> Layout:
@@ -93,14 +121,27 @@ def compute_layout(image_shape: tuple[int, ...], panel_height: int) -> Layout:
     )
 
 
-def fit_height(image: np.ndarray, height: int) -> np.ndarray:
-    """Resize ``image`` to ``height`` keeping its aspect ratio; never crops, width at least 1."""
-    _, width = panel_size(image.shape, height)
+def fit_image(image: np.ndarray, panel_height: int) -> np.ndarray:
+    """Resize ``image`` to its ``content_size`` in a panel ``panel_height`` tall (aspect kept)."""
+    height, width = content_size(image.shape, panel_height)
     if (height, width) == image.shape[:2]:
         return image.copy()
     # INTER_AREA averages when shrinking (no aliasing); it blurs when enlarging, so use linear.
-    interp = cv2.INTER_AREA if height < image.shape[0] else cv2.INTER_LINEAR
+    shrinking = height < image.shape[0] or width < image.shape[1]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(image, (width, height), interpolation=interp)
+
+
+def letterbox(content: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``content`` centred on a grey canvas of size = (height, width); as is if it fills it."""
+    height, width = size
+    h, w = content.shape[:2]
+    if (h, w) == (height, width):
+        return content
+    canvas = np.full((height, width, 3), _LETTERBOX, dtype=np.uint8)
+    top, left = (height - h) // 2, (width - w) // 2
+    canvas[top : top + h, left : left + w] = content
+    return canvas
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -142,7 +183,9 @@ def _render_row(
     alpha: float,
     layout: Layout,
 ) -> np.ndarray:
-    size = (layout.panel_height, layout.panel_width)
+    # Maps are drawn over the image content only; letterbox() then pads all three panels alike.
+    size = (base.shape[0], base.shape[1])
+    panel = (layout.panel_height, layout.panel_width)
     h, w = original_hw
     weights = _check_map(layer, "weights")
     weighted = _check_map(layer, "weighted")
@@ -157,10 +200,13 @@ def _render_row(
     feature_rgb = blend(base, apply_colormap(upsample(unit, size), cmap), alpha)
 
     parts = [
-        caption(base, f"original {w}x{h}"),
+        caption(letterbox(base, panel), f"original {w}x{h}"),
         # Layer name on its own line, so a long name is shortened without losing the range.
-        caption(weights_rgb, f"{layer.name}\nweights [{w_lo:.3g}, {w_hi:.3g}]"),
-        caption(feature_rgb, f"{layer.name}\nweighted |F_out| [{f_lo:.3g}, {f_hi:.3g}]"),
+        caption(letterbox(weights_rgb, panel), f"{layer.name}\nweights [{w_lo:.3g}, {w_hi:.3g}]"),
+        caption(
+            letterbox(feature_rgb, panel),
+            f"{layer.name}\nweighted |F_out| [{f_lo:.3g}, {f_hi:.3g}]",
+        ),
         # Two keys because panels 2 and 3 use different scales: 0..1 vs the feature map's range.
         _key("weights", colorbar(layout.panel_height, cmap, 0.0, 1.0), layout),
         _key("|F_out|", colorbar(layout.panel_height, cmap, f_lo, f_hi), layout),
@@ -184,7 +230,8 @@ def render_triptych(
 ) -> np.ndarray:
     """Render one row per layer (see module docstring); returns an RGB uint8 image.
 
-    ``image`` is the original RGB uint8 (H, W, 3) picture; it is shown whole, never cropped.
+    ``image`` is the original RGB uint8 (H, W, 3) picture; it is shown whole, never cropped, and
+    letterboxed on grey when its aspect ratio is beyond 1:4..4:1 (see ``panel_size``).
     Deterministic: the same inputs give byte-identical output.
     """
     _check_image(image)
@@ -195,7 +242,7 @@ def render_triptych(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
 
     layout = compute_layout(image.shape, panel_height)
-    base = fit_height(image, panel_height)
+    base = fit_image(image, panel_height)
     original_hw = (image.shape[0], image.shape[1])
     rows = [_render_row(base, original_hw, layer, cmap, alpha, layout) for layer in layers]
 
