@@ -122,8 +122,15 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def get_spec(name: str) -> ModelSpec:
+    """A built-in model by name, or a user's ``file.py:factory`` (which runs their code)."""
+    from attnviz.models.user import is_user_model, user_model_spec
+
+    if is_user_model(name):
+        return user_model_spec(name)
     if name not in MODELS:
         close = difflib.get_close_matches(name, list(MODELS), n=2)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UsageError(f"unknown model {name!r}{hint}; built-in: {', '.join(MODELS)}")
+        raise UsageError(
+            f"unknown model {name!r}{hint}; built-in: {', '.join(MODELS)}, or file.py:factory"
+        )
     return MODELS[name]
