@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from attnviz.errors import AttnvizError, UsageError
@@ -25,14 +26,30 @@ console = Console(stderr=True)
 out_console = Console()
 
 
+def _printable(text: object) -> str:
+    """Text safe for any terminal: a non-UTF-8 file name shows its bytes as \\x escapes."""
+    raw = str(text)
+    try:
+        data = raw.encode("utf-8", "surrogateescape")  # back to the name's original bytes
+    except UnicodeEncodeError:
+        data = raw.encode("utf-8", "backslashreplace")
+    # escape(): a file name like "photo[1].jpg" must not be read as rich markup.
+    return escape(data.decode("utf-8", "backslashreplace"))
+
+
 def _fail(exc: AttnvizError) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {_printable(exc)}", highlight=False, soft_wrap=True)
     return typer.Exit(2 if isinstance(exc, UsageError) else 1)
 
 
 @app.command()
 def run(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (recursive).")],
+    inputs: Annotated[
+        list[Path],
+        # readable=False: an unreadable file is one failed input, reported by the run, not
+        # a usage error that stops every other input.
+        typer.Argument(help="Image files and/or folders (recursive).", readable=False),
+    ],
     out: Annotated[Path, typer.Option(help="Output folder; folder inputs are mirrored.")] = Path(
         "attnviz-out"
     ),
@@ -60,6 +77,13 @@ def run(
     random_init: Annotated[
         bool, typer.Option(help="Random weights: structure checks only, maps mean nothing.")
     ] = False,
+    strict: Annotated[bool, typer.Option(help="Stop at the first input that fails.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Redo inputs whose outputs are already up to date.")
+    ] = False,
+    max_pixels: Annotated[
+        int, typer.Option(help="Refuse images with more pixels than this (decompression bombs).")
+    ] = 160_000_000,
 ) -> None:
     """Write a triptych (photo | weight map | weighted features) for every input image.
 
@@ -80,6 +104,7 @@ def run(
         inputs=inputs, out=out, model=model, weights=weights, random_init=random_init,
         layer=layer, cmap=cmap, alpha=alpha, size=size, device=device, batch_size=batch_size,
         fmt=fmt.lower(), save_raw=save_raw, glob=glob, panel_height=panel_height,
+        strict=strict, overwrite=overwrite, max_pixels=max_pixels,
     )  # fmt: skip
     progress = Progress(
         TextColumn("[bold]attnviz"),
@@ -102,7 +127,13 @@ def run(
             summary = run_pipeline(opts, on_progress)
     except AttnvizError as exc:
         raise _fail(exc) from None
+    except KeyboardInterrupt:
+        # A second Ctrl-C: outputs are atomic and the manifest was written on the way out.
+        console.print("[bold red]interrupted[/]: rerun the same command to resume")
+        raise typer.Exit(130) from None
     _print_summary(summary)
+    if summary.signum is not None:
+        raise typer.Exit(128 + summary.signum)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -112,15 +143,28 @@ def _print_summary(summary) -> None:  # noqa: ANN001 - RunSummary, imported lazi
     table.add_column(style="bold")
     table.add_column()
     table.add_row("processed", str(summary.processed))
-    table.add_row("skipped", str(summary.skipped))
+    table.add_row("up to date", str(summary.skipped))
     table.add_row("failed", str(len(summary.failed)))
-    table.add_row("output", str(summary.out))
+    table.add_row("output", _printable(summary.out))
     table.add_row("wall time", f"{summary.wall_s:.1f} s")
     out_console.print(table)
-    for path, reason in summary.failed:
-        # One line per failure; the reason already names the file when it came from decoding.
-        line = reason if reason.startswith(path) else f"{path}: {reason}"
-        console.print(f"[red]failed:[/] {line}", highlight=False, soft_wrap=True)
+    for label, style, entries in (
+        ("note", "yellow", summary.notes),
+        ("failed", "red", summary.failed),
+    ):
+        for path, reason in entries:
+            # One line per input; a reason from decoding or writing already names the file.
+            line = reason if reason.startswith(path) else f"{path}: {reason}"
+            console.print(
+                f"[{style}]{label}:[/] {_printable(line)}", highlight=False, soft_wrap=True
+            )
+    if summary.stopped_by == "--strict":
+        console.print("[bold red]stopped[/] at the first failure (--strict)")
+    elif summary.stopped_by:
+        console.print(
+            f"[bold red]stopped[/] by {summary.stopped_by}: finished outputs and the manifest are "
+            "written; rerun the same command to resume"
+        )
 
 
 @app.command()

@@ -5,6 +5,7 @@ The only module that knows the order of the steps; each step lives in its own pa
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,22 +15,29 @@ import numpy as np
 import torch
 from torch import Tensor
 
+import attnviz
 from attnviz.api import capture_arrays
 from attnviz.attention import capture_maps, select_layers
-from attnviz.errors import AttnvizError, UsageError
+from attnviz.errors import AttnvizError, OutputError, UsageError
 from attnviz.io import (
+    DEFAULT_MAX_PIXELS,
     FORMATS,
     InputItem,
     ManifestWriter,
+    check_writable,
+    decode_image,
     discover,
-    load_rgb,
     output_path,
+    remove_stale_temps,
     write_image,
     write_npz,
 )
+from attnviz.io.resume import PreviousRun, input_fingerprint, settings_key
 from attnviz.models import LoadedModel, load_model
 from attnviz.models.imagenet import imagenet_categories
+from attnviz.models.user import is_user_model
 from attnviz.render import LayerMaps, render_triptych, resolve_colormap
+from attnviz.stopping import GracefulStop
 
 
 @dataclass
@@ -49,19 +57,29 @@ class RunOptions:
     save_raw: bool = False
     glob: str | None = None
     panel_height: int = 320
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    strict: bool = False  # stop at the first failed input
+    overwrite: bool = False  # redo inputs whose outputs are up to date
 
 
 @dataclass
 class RunSummary:
     out: Path
     processed: int = 0
-    skipped: int = 0
+    skipped: int = 0  # up to date from an earlier run
     failed: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    stopped_by: str | None = None  # "strict", or the signal's name
+    signum: int | None = None
     wall_s: float = 0.0
 
 
 # Called after each input with (inputs done, inputs total).
 Progress = Callable[[int, int], None]
+
+
+class _StrictStop(Exception):
+    """Internal: --strict and an input failed."""
 
 
 def check_options(opts: RunOptions) -> None:
@@ -75,45 +93,177 @@ def check_options(opts: RunOptions) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if opts.size is not None and opts.size < 32:
         raise UsageError(f"--size must be at least 32, got {opts.size}")
+    if opts.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be at least 1, got {opts.max_pixels}")
+
+
+def output_settings(opts: RunOptions) -> dict[str, object]:
+    """Everything that shapes an output file: a change to any of these redoes it."""
+    model_file = opts.model.rpartition(":")[0] if is_user_model(opts.model) else None
+    return {
+        "attnviz": attnviz.__version__,
+        "model": opts.model,
+        "model_file": _file_identity(model_file),
+        "weights": _file_identity(opts.weights),
+        "random_init": opts.random_init,
+        "layer": opts.layer,
+        "cmap": opts.cmap,
+        "alpha": opts.alpha,
+        "size": opts.size,
+        "format": opts.fmt,
+        "save_raw": opts.save_raw,
+        "panel_height": opts.panel_height,
+    }
+
+
+def _file_identity(path: Path | str | None) -> list[object] | None:
+    if path is None or not Path(path).is_file():
+        return None
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+class _Report:
+    """Failures and notes go to the summary and the manifest together, in one place."""
+
+    def __init__(self, summary: RunSummary, manifest: ManifestWriter, strict: bool) -> None:
+        self.summary, self.manifest, self.strict = summary, manifest, strict
+
+    def failed(self, path: Path | str, reason: str) -> None:
+        self.summary.failed.append((str(path), reason))
+        self.manifest.add({"input": str(path), "error": reason})
+        if self.strict:
+            raise _StrictStop
+
+    def note(self, path: Path | str, text: str) -> None:
+        self.summary.notes.append((str(path), text))
 
 
 def run(opts: RunOptions, progress: Progress = lambda done, total: None) -> RunSummary:
+    """Process every input of ``opts``; see the README for the guarantees on failures."""
     start = time.perf_counter()
     check_options(opts)
+    check_writable(opts.out)
+    # Read a killed run's manifest journal before sweeping its temporary files away.
+    previous, unusable = PreviousRun.load(opts.out)
+    remove_stale_temps(opts.out)
     summary = RunSummary(out=opts.out)
     items, rejected = discover(list(opts.inputs), opts.glob, exclude=opts.out)
-    summary.failed += [(str(r.path), r.reason) for r in rejected]
-    model = load_model(
-        opts.model, opts.weights, opts.device, size=opts.size, random_init=opts.random_init
-    )
-    layers = select_layers(model.net, opts.layer or model.spec.default_layer)
-    total = len(items)
-    with ManifestWriter(opts.out) as manifest:
-        for rejected_item in rejected:
-            manifest.add({"input": str(rejected_item.path), "error": rejected_item.reason})
-        done = 0
-        for batch in _decoded_batches(items, opts.batch_size, summary, manifest):
-            for record in _process_batch(model, batch, layers, opts):
-                manifest.add(record)
-                summary.processed += 1
-            done = summary.processed + len(summary.failed) - len(rejected)
-            progress(done, total)
+    key = settings_key(output_settings(opts))
+    with GracefulStop() as stop, ManifestWriter(opts.out) as manifest:
+        report = _Report(summary, manifest, opts.strict)
+        try:
+            if unusable:
+                report.note(opts.out, unusable)
+            for r in rejected:
+                report.failed(r.path, r.reason) if r.failed else report.note(r.path, r.reason)
+            todo = _plan(items, opts, previous, key, manifest, report)
+            if todo:
+                _process(todo, opts, key, manifest, report, stop, progress)
+        except _StrictStop:
+            summary.stopped_by = "--strict"
+        if stop.requested:
+            summary.signum = stop.signum
+            summary.stopped_by = signal.Signals(stop.signum).name
     summary.wall_s = time.perf_counter() - start
     return summary
 
 
-def _decoded_batches(
-    items: Sequence[InputItem], batch_size: int, summary: RunSummary, manifest: ManifestWriter
-) -> Iterator[list[tuple[InputItem, np.ndarray]]]:
-    """Batches of decoded photos; an input that fails to decode is recorded and left out."""
-    batch: list[tuple[InputItem, np.ndarray]] = []
+def _plan(
+    items: Sequence[InputItem],
+    opts: RunOptions,
+    previous: PreviousRun,
+    key: str,
+    manifest: ManifestWriter,
+    report: _Report,
+) -> list[tuple[InputItem, dict[str, int]]]:
+    """The inputs to process; up-to-date ones keep their earlier record and are skipped."""
+    todo: list[tuple[InputItem, dict[str, int]]] = []
     for item in items:
         try:
-            batch.append((item, load_rgb(item.path)))
+            fingerprint = input_fingerprint(item.path)
+        except OSError as exc:
+            report.failed(item.path, exc.strerror or str(exc))
+            continue
+        kept = None if opts.overwrite else previous.up_to_date(str(item.path), fingerprint, key)
+        if kept is not None:
+            manifest.add(kept)
+            report.summary.skipped += 1
+        else:
+            todo.append((item, fingerprint))
+    # Earlier results for other inputs stay listed, unless this run writes over them.
+    given = {str(item.path) for item in items}
+    targets = {output_path(item, opts.out, "." + opts.fmt).as_posix() for item, _ in todo}
+    for record in previous.others(given):
+        outputs = record.get("outputs", {}).values()
+        if not any((opts.out / rel).as_posix() in targets for rel in outputs):
+            manifest.add(record)
+    return todo
+
+
+def _process(
+    todo: Sequence[tuple[InputItem, dict[str, int]]],
+    opts: RunOptions,
+    key: str,
+    manifest: ManifestWriter,
+    report: _Report,
+    stop: GracefulStop,
+    progress: Progress,
+) -> None:
+    model = load_model(
+        opts.model, opts.weights, opts.device, size=opts.size, random_init=opts.random_init
+    )
+    runner = BatchRunner(model, select_layers(model.net, opts.layer or model.spec.default_layer))
+    summary = report.summary
+    done, total = 0, len(todo)
+    for batch in _decoded_batches(todo, opts, report, stop):
+        images = [image for _, image in batch]
+        for ((item, fingerprint, notes), image), result in zip(
+            batch, runner.run(images), strict=True
+        ):
+            try:
+                record = _write_outputs(item, image, result, opts)
+            except OutputError:
+                raise  # the disk is full or read-only: every later write would fail too
+            except AttnvizError as exc:
+                report.failed(item.path, str(exc))
+            else:
+                record.update(input_stat=fingerprint, settings=key)
+                if notes:
+                    record["notes"] = notes
+                manifest.add(record)
+                summary.processed += 1
+            done += 1
+            progress(done, total)
+            if stop.requested:
+                return
+    if runner.oom_note:
+        report.note("(run)", runner.oom_note)
+
+
+_Decoded = tuple[InputItem, dict[str, int], list[str]]
+
+
+def _decoded_batches(
+    todo: Sequence[tuple[InputItem, dict[str, int]]],
+    opts: RunOptions,
+    report: _Report,
+    stop: GracefulStop,
+) -> Iterator[list[tuple[_Decoded, np.ndarray]]]:
+    """Batches of decoded photos; an input that fails to decode is reported and left out."""
+    batch: list[tuple[_Decoded, np.ndarray]] = []
+    for item, fingerprint in todo:
+        if stop.requested:
+            return
+        try:
+            decoded = decode_image(item.path, opts.max_pixels)
         except AttnvizError as exc:
-            summary.failed.append((str(item.path), str(exc)))
-            manifest.add({"input": str(item.path), "error": str(exc)})
-        if len(batch) == batch_size:
+            report.failed(item.path, str(exc))
+            continue
+        for text in decoded.notes:
+            report.note(item.path, text)
+        batch.append(((item, fingerprint, decoded.notes), decoded.rgb))
+        if len(batch) == opts.batch_size:
             yield batch
             batch = []
     if batch:
@@ -163,46 +313,83 @@ def map_stats(weights: np.ndarray, image_hw: tuple[int, int]) -> dict[str, objec
     }
 
 
-def _process_batch(
-    model: LoadedModel,
-    batch: list[tuple[InputItem, np.ndarray]],
-    layers: list[str],
-    opts: RunOptions,
-) -> Iterator[dict[str, object]]:
-    with torch.inference_mode(), capture_maps(model.net, layers) as captured:
-        logits = logits_of(model(model.preprocess([image for _, image in batch])))
-        top5 = top_classes(logits)
-        maps = {name: capture_arrays(c) for name, c in captured.items()}
-    for index, (item, image) in enumerate(batch):
-        layer_maps = [
-            LayerMaps(name, maps[name][0][index], maps[name][1][index]) for name in layers
+@dataclass
+class ImageResult:
+    """What the forward pass gives for one photo: its top-5 classes and each layer's maps."""
+
+    top5: list[dict[str, object]]
+    layers: list[LayerMaps]
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    # CUDA raises its own type; MPS and older builds a RuntimeError with this message.
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    )
+
+
+class BatchRunner:
+    """Forward passes with hooks; on out-of-memory, retries at half the batch down to one."""
+
+    def __init__(self, model: LoadedModel, layers: list[str]) -> None:
+        self.model, self.layers = model, layers
+        self.batch_limit: int | None = None  # lowered after an out-of-memory error
+        self.oom_note: str | None = None
+
+    def run(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
+        limit = self.batch_limit or len(images)
+        results: list[ImageResult] = []
+        for i in range(0, len(images), limit):
+            results += self._run_or_split(images[i : i + limit])
+        return results
+
+    def _run_or_split(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
+        try:
+            return self._forward(images)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            if len(images) == 1:
+                raise AttnvizError(
+                    "out of memory with a batch of one image; try a smaller --size or --device cpu"
+                ) from None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = (len(images) + 1) // 2
+        self.batch_limit = half
+        self.oom_note = f"out of memory: retried with smaller batches, down to {half}"
+        return self._run_or_split(images[:half]) + self._run_or_split(images[half:])
+
+    def _forward(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
+        with torch.inference_mode(), capture_maps(self.model.net, self.layers) as captured:
+            logits = logits_of(self.model(self.model.preprocess(images)))
+            top5 = top_classes(logits)
+            maps = {name: capture_arrays(c) for name, c in captured.items()}
+        return [
+            ImageResult(top5[i], [LayerMaps(n, maps[n][0][i], maps[n][1][i]) for n in self.layers])
+            for i in range(len(images))
         ]
-        yield _write_outputs(item, image, layer_maps, top5[index], opts)
 
 
 def _write_outputs(
-    item: InputItem,
-    image: np.ndarray,
-    layer_maps: list[LayerMaps],
-    top5: list[dict[str, object]],
-    opts: RunOptions,
+    item: InputItem, image: np.ndarray, result: ImageResult, opts: RunOptions
 ) -> dict[str, object]:
     figure_path = output_path(item, opts.out, "." + opts.fmt)
     figure = render_triptych(
-        image, layer_maps, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height
+        image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height
     )
     write_image(figure_path, figure, opts.fmt)
     outputs = {"figure": figure_path.relative_to(opts.out).as_posix()}
     if opts.save_raw:
         raw_path = figure_path.with_suffix(".npz")
-        write_npz(raw_path, {m.name: m.weights.astype(np.float32) for m in layer_maps})
+        write_npz(raw_path, {m.name: m.weights.astype(np.float32) for m in result.layers})
         outputs["raw"] = raw_path.relative_to(opts.out).as_posix()
     return {
         "input": str(item.path),
         "outputs": outputs,
         "model": opts.model,
         "image_size": [int(image.shape[1]), int(image.shape[0])],
-        "layers": [m.name for m in layer_maps],
-        "top5": top5,
-        "maps": {m.name: map_stats(m.weights, image.shape[:2]) for m in layer_maps},
+        "layers": [m.name for m in result.layers],
+        "top5": result.top5,
+        "maps": {m.name: map_stats(m.weights, image.shape[:2]) for m in result.layers},
     }

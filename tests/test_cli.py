@@ -164,12 +164,45 @@ def test_bad_inputs_are_reported_and_the_rest_is_processed(tmp_path: Path) -> No
     assert len(records) == 4 and sum("error" in r for r in records) == 3
 
 
-def test_usage_errors_exit_2(tmp_path: Path) -> None:
+def test_usage_errors_exit_2_and_list_the_choices(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg")
-    assert attnviz("run", photo, "--model", "lite0-cbm", "--out", tmp_path / "o")[0] == 2
-    code, output = attnviz("run", photo, "--layer", "nope", "--out", tmp_path / "o")
-    assert code == 2 and "attention.head" in output
+    code, output = attnviz("run", photo, "--model", "lite0-cbm", "--out", tmp_path / "o")
+    assert code == 2 and "did you mean lite0-cbam?" in output
+    code, output = attnviz("run", photo, "--layer", "attention.haed", "--out", tmp_path / "o")
+    assert code == 2 and "did you mean attention.head" in output
     assert attnviz("run", photo, "--format", "gif", "--out", tmp_path / "o")[0] == 2
+    assert attnviz("run", photo, "--no-such-flag")[0] == 2
+    assert attnviz("run", photo, "--max-pixels", "0")[0] == 2
+
+
+def test_strict_stops_at_the_first_failure(tmp_path: Path) -> None:
+    broken = tmp_path / "a-broken.jpg"
+    broken.write_bytes(b"")
+    later = write_photo(tmp_path / "b-good.jpg")
+    out = tmp_path / "out"
+
+    code, output = attnviz("run", broken, later, "--strict", "--out", out)
+
+    assert code == 1 and "stopped at the first failure (--strict)" in output
+    assert not (out / "b-good.png").exists()
+    assert [r["input"] for r in manifest(out)] == [str(broken)]
+
+
+def test_a_user_model_file_runs_with_its_factory(tmp_path: Path) -> None:
+    """--model file.py:factory imports the user's file: it runs their code, by design."""
+    source = tmp_path / "my_model.py"
+    source.write_text(
+        "from tests.toy_models import ToyGated\n\ndef build():\n    return ToyGated()\n"
+    )
+    photo = write_photo(tmp_path / "p.jpg")
+
+    code, output = attnviz("run", photo, "--model", f"{source}:build", "--layer", "all",
+                           "--out", tmp_path / "o")  # fmt: skip
+
+    assert code == 0, output
+    assert manifest(tmp_path / "o")[0]["layers"] == ["gate1", "gate2"]
+    code, output = attnviz("run", photo, "--model", f"{source}:missing", "--out", tmp_path / "o")
+    assert code == 2 and "defines no function missing()" in output
 
 
 def test_cbam_resnet_without_weights_refuses_clearly(tmp_path: Path) -> None:
