@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from attnviz.io import (
     write_image,
     write_npz,
 )
+from attnviz.io.manifest import journal_name
 from attnviz.io.resume import PreviousRun
 
 
@@ -608,3 +610,26 @@ def test_a_very_long_file_name_can_still_be_written_atomically(tmp_path: Path) -
     write_image(target, np.zeros((4, 4, 3), np.uint8), "png")
 
     assert target.is_file() and not _tmp_files(tmp_path)
+
+
+def test_a_killed_runs_journal_is_resumed_from_even_with_a_torn_last_line(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png")
+    journal = tmp_path / journal_name(999999999)  # a pid that is not running
+    good = json.dumps(_record("a.jpg", "a.png"))
+    journal.write_text(good + "\n" + good[:20])  # killed in the middle of the second line
+
+    previous, note = PreviousRun.load(tmp_path)
+
+    assert note is None
+    assert previous.up_to_date("a.jpg", {"bytes": 1}, "k") is not None
+    assert remove_stale_temps(tmp_path) == 1 and not journal.exists()
+
+
+def test_the_manifest_appears_only_when_complete(tmp_path: Path) -> None:
+    manifest = ManifestWriter(tmp_path)
+    manifest.add({"input": "a.jpg"})
+
+    assert not (tmp_path / MANIFEST_NAME).exists()  # still a journal
+    manifest.close()
+    assert read_manifest(tmp_path / MANIFEST_NAME) == [{"input": "a.jpg"}]
+    assert [p.name for p in tmp_path.iterdir()] == [MANIFEST_NAME]

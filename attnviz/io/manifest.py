@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 from attnviz.errors import AttnvizError
-from attnviz.io.write import atomic_write_bytes
+from attnviz.io.write import atomic_write_bytes, output_file_mode, write_error
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -25,34 +27,58 @@ def _dumps(record: Mapping[str, Any]) -> str:
     return text
 
 
-class ManifestWriter:
-    """Collects records and writes them, in the order added, when closed.
+def journal_name(pid: int) -> str:
+    """The manifest being written by process `pid` (a temporary: see write.remove_stale_temps)."""
+    return f".attnviz-{pid}-{MANIFEST_NAME}.journal.tmp"
 
-    Written whole and atomically (at checkpoints and at the end), so a manifest on disk is
-    always well-formed; it is still written if the run stops early, for the outputs that exist.
+
+class ManifestWriter:
+    """Writes records, in the order added, to a journal that becomes the manifest on close.
+
+    Each record is appended to the journal as it comes (memory stays flat however long the
+    run); close() moves the journal over manifest.jsonl atomically, so the manifest on disk
+    is always a complete one. It is still written when the run stops early, for the outputs
+    that exist; after a SIGKILL the journal is left, and a later run resumes from it.
     """
 
     def __init__(self, out_dir: Path) -> None:
         self.path = Path(out_dir) / MANIFEST_NAME
-        self._lines: list[str] = []
+        self.journal = Path(out_dir) / journal_name(os.getpid())
+        self._file: BinaryIO | None = None
         self._closed = False
 
     def add(self, record: Mapping[str, Any]) -> None:
-        """Queue one record; it is serialised now so a bad value fails at its source."""
+        """Append one record; it is serialised now so a bad value fails at its source."""
         if self._closed:
             raise RuntimeError("ManifestWriter is closed")
-        self._lines.append(_dumps(record))
-
-    def checkpoint(self) -> None:
-        """Write what is known so far, so even a killed run leaves a manifest to resume from."""
-        text = "".join(line + "\n" for line in self._lines)
-        atomic_write_bytes(self.path, text.encode("utf-8"))
+        line = (_dumps(record) + "\n").encode("utf-8")
+        try:
+            if self._file is None:
+                self._file = open(self.journal, "wb")  # noqa: SIM115 - closed in close()
+            self._file.write(line)
+            self._file.flush()  # in the OS's hands: survives the process being killed
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self.checkpoint()
+        try:
+            if self._file is None:
+                atomic_write_bytes(self.path, b"")
+                return
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.chmod(self.journal, output_file_mode())
+            os.replace(self.journal, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.journal.unlink()
+            raise write_error(self.path, exc) from exc
+        finally:
+            if self._file is not None and not self._file.closed:
+                self._file.close()
 
     def __enter__(self) -> ManifestWriter:
         return self
@@ -71,16 +97,22 @@ class ManifestWriter:
                 raise
 
 
-def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """Read a manifest written by ManifestWriter (blank lines ignored)."""
+def read_manifest(path: Path, *, allow_torn_tail: bool = False) -> list[dict[str, Any]]:
+    """Read a manifest written by ManifestWriter (blank lines ignored).
+
+    ``allow_torn_tail`` is for the journal of a killed run: its last line may be cut short.
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8", errors="strict")
     except OSError as exc:
         raise AttnvizError(f"{path}: cannot read manifest ({exc.strerror or exc})") from exc
     except UnicodeDecodeError as exc:
         raise AttnvizError(f"{path}: cannot read manifest (not UTF-8 text)") from exc
+    lines = text.split("\n")
+    if allow_torn_tail:
+        lines[-1] = ""  # complete lines end with a newline; anything after the last is torn
     records: list[dict[str, Any]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

@@ -15,7 +15,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from attnviz.errors import AttnvizError
-from attnviz.io.manifest import MANIFEST_NAME, read_manifest
+from attnviz.io.manifest import MANIFEST_NAME, journal_name, read_manifest
+from attnviz.io.write import pid_alive
 
 
 def input_fingerprint(path: Path) -> dict[str, int]:
@@ -58,14 +59,22 @@ class PreviousRun:
 
     @classmethod
     def load(cls, out_dir: Path) -> tuple[PreviousRun, str | None]:
-        """The previous run's records, and a note if its manifest could not be used."""
+        """Records of the manifest and of journals left by killed runs (newest last).
+
+        Returns a note too when a manifest could not be used.
+        """
+        records: list[dict[str, Any]] = []
         path = out_dir / MANIFEST_NAME
-        if not path.exists():
-            return cls(out_dir, []), None
         try:
-            return cls(out_dir, read_manifest(path)), None
+            if path.exists():
+                records += read_manifest(path)
+            for journal in sorted(out_dir.glob(journal_name(0).replace("-0-", "-*-"))):
+                pid = int(journal.name.split("-")[1])
+                if not pid_alive(pid):
+                    records += read_manifest(journal, allow_torn_tail=True)
         except AttnvizError as exc:
             return cls(out_dir, []), f"{exc}; reprocessing every input"
+        return cls(out_dir, records), None
 
     def _outputs_present(self, record: Mapping[str, Any]) -> bool:
         outputs = record.get("outputs")

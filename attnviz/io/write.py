@@ -62,7 +62,8 @@ def encode_image(image: np.ndarray, fmt: str) -> bytes:
 
 
 @functools.cache
-def _file_mode() -> int:
+def output_file_mode() -> int:
+    """Permission bits for new outputs: what open() would give under the current umask."""
     # mkstemp creates 0600 files; give outputs the usual umask-derived mode instead.
     # os.umask can only be read by setting it, so do it once, not per write.
     umask = os.umask(0o022)
@@ -82,14 +83,15 @@ def _temp_prefix(name: str) -> str:
     return f".attnviz-{os.getpid()}-{name[:_TMP_NAME_CHARS]}."
 
 
-def _write_error(path: Path, exc: OSError) -> AttnvizError:
+def write_error(path: Path, exc: OSError) -> AttnvizError:
+    """The error to raise for a failed write: OutputError if later writes would fail too."""
     reason = exc.strerror or str(exc)
     if exc.errno in _FATAL_ERRNOS:
         return OutputError(f"{path}: cannot write ({reason}); stopping")
     return AttnvizError(f"{path}: cannot write ({reason})")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -104,7 +106,7 @@ def remove_stale_temps(folder: Path) -> int:
     removed = 0
     for tmp in Path(folder).rglob(".attnviz-*.tmp"):
         match = _TMP_PATTERN.match(tmp.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 removed += 1
@@ -139,7 +141,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, output_file_mode())
         os.replace(tmp, path)
     except BaseException as exc:
         # BaseException too: Ctrl-C mid-write must not leave .tmp litter behind.
@@ -147,7 +149,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise _write_error(path, exc) from exc
+            raise write_error(path, exc) from exc
         raise
 
 
