@@ -24,6 +24,7 @@ from torch import nn
 from attnviz.errors import AttnvizError
 from attnviz.models import LoadedModel, ModelSpec, WeightsSource
 from attnviz.pipeline import BatchRunner
+from attnviz.stopping import GracefulStop
 from tests.conftest import write_photo
 from tests.toy_models import ToyGated
 
@@ -249,3 +250,12 @@ def test_out_of_memory_with_one_image_is_a_clear_error() -> None:
 
     with pytest.raises(AttnvizError, match="out of memory with a batch of one image"):
         runner.run(_images(3))
+
+
+def test_the_first_signal_asks_to_stop_and_a_second_stops_at_once() -> None:
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
