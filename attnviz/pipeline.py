@@ -193,10 +193,9 @@ def _plan(
             todo.append((item, fingerprint))
     # Earlier results for other inputs stay listed, unless this run writes over them.
     given = {str(item.path) for item in items}
-    targets = {output_path(item, opts.out, "." + opts.fmt).as_posix() for item, _ in todo}
+    targets = {item.relative.with_suffix("." + opts.fmt).as_posix() for item, _ in todo}
     for record in previous.others(given):
-        outputs = record.get("outputs", {}).values()
-        if not any((opts.out / rel).as_posix() in targets for rel in outputs):
+        if not targets.intersection(record["outputs"].values()):
             manifest.add(record)
     return todo
 
@@ -215,7 +214,7 @@ def _process(
     )
     runner = BatchRunner(model, select_layers(model.net, opts.layer or model.spec.default_layer))
     summary = report.summary
-    done, total = 0, len(todo)
+    failed_before, total = len(summary.failed), len(todo)
     for batch in _decoded_batches(todo, opts, report, stop):
         images = [image for _, image in batch]
         for ((item, fingerprint, notes), image), result in zip(
@@ -233,8 +232,8 @@ def _process(
                     record["notes"] = notes
                 manifest.add(record)
                 summary.processed += 1
-            done += 1
-            progress(done, total)
+            # Inputs that failed to decode count as done too.
+            progress(summary.processed + len(summary.failed) - failed_before, total)
             if stop.requested:
                 return
     if runner.oom_note:
