@@ -215,6 +215,65 @@ def models() -> None:
     out_console.print(table)
 
 
+@app.command(name="eval")
+def eval_command(
+    images: Annotated[Path, typer.Argument(help="Folder of the photos named in the CSV.")],
+    boxes: Annotated[
+        Path, typer.Option(help="CSV: file,imagenet_idx,width,height,x0,y0,x1,y1 per box.")
+    ],
+    model: Annotated[str, typer.Option(help="Built-in model or file.py:factory.")] = ("lite0-cbam"),
+    layer: Annotated[str, typer.Option(help="Attention layers to score (as in run).")] = "all",
+    batch_size: Annotated[int, typer.Option(help="Photos per forward pass.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
+) -> None:
+    """Score each attention map's localisation (pointing, energy, MaxBoxAccV2) vs baselines.
+
+    Example: attnviz eval ../shared/data/boxes-dev/images --boxes ../shared/data/boxes-dev/boxes.csv
+    """
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from attnviz.evaluate import evaluate
+
+    progress = Progress(
+        "eval", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+        transient=True, disable=as_json,
+    )  # fmt: skip
+    task = progress.add_task("eval", total=None)
+    try:
+        with progress:
+            result = evaluate(
+                images, boxes, model, layer, max(1, batch_size),
+                lambda done, total: progress.update(task, completed=done, total=total),
+            )  # fmt: skip
+    except AttnvizError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return
+    table = Table(
+        title=f"{_printable(model)} on {result.photos} photos (%)", title_justify="left",
+        caption="@.3 @.5 @.7: box accuracy at IoU 0.3 / 0.5 / 0.7 (best threshold each)",
+        caption_justify="left",
+    )  # fmt: skip
+    columns = ("pointing", "energy", "maxboxacc_v2", "boxacc@0.3", "boxacc@0.5", "boxacc@0.7")
+    table.add_column("map", no_wrap=True)
+    for column in ("pointing", "energy", "MaxBoxAccV2", "@.3", "@.5", "@.7"):
+        table.add_column(column, justify="right")
+    for name, scores in result.scores.items():
+        table.add_row(_printable(name), *(f"{scores[c]:.1f}" for c in columns))
+    out_console.print(table)
+
+    def pct(value: float | None) -> str:
+        return "n/a (no gates to switch off)" if value is None else f"{value:.1f} %"
+
+    out_console.print(
+        f"top-1 {result.top1:.1f} % (trunk {pct(result.trunk_top1)}); "
+        f"teacher agreement {pct(result.teacher_agreement)}"
+    )
+
+
 @app.command()
 def train(
     data: Annotated[list[Path], typer.Argument(help="Folders of training photos (no labels).")],

@@ -1,28 +1,33 @@
-"""Does the attention land on the object? Pointing game and energy on boxed photos.
+"""``attnviz eval``: how well each attention layer's map localises objects, against baselines.
 
-Maps are scored at the photo's own resolution: upsampled bilinearly and min-max
-normalised per photo. ``python -m attnviz.evaluate BOXES_DIR`` prints the scores of
-every attention layer of lite0-cbam, a centred Gaussian baseline, and how often the gated
-model agrees with its bare trunk.
+For every photo with boxes, each captured attention map, a centred Gaussian and Grad-CAM
+on the trunk's last feature map (for the trunk's predicted class) are brought to the
+photo's resolution (bilinear, min-max per photo) and scored with attnviz.localization:
+pointing game, energy-based pointing game and MaxBoxAccV2. Teacher agreement (the gated
+model's top-1 equals the bare trunk's) and top-1 accuracy against the labels come too.
 """
 
 from __future__ import annotations
 
 import csv
-import sys
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from attnviz.attention import capture_maps
+from attnviz.api import capture_arrays
+from attnviz.attention import capture_maps, select_layers
+from attnviz.errors import AttnvizError
+from attnviz.gradcam import grad_cam, last_feature_layer, trunk_mode
 from attnviz.io import load_rgb
-from attnviz.models import load_model
+from attnviz.localization import Box, LocalizationScores, to_unit_map
+from attnviz.models import LoadedModel, load_model
 
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1, inclusive pixel corners
+GAUSSIAN = "baseline: centred Gaussian"
+GRADCAM = "baseline: Grad-CAM"
 
 
 @dataclass(frozen=True)
@@ -32,92 +37,105 @@ class BoxedPhoto:
     boxes: tuple[Box, ...]
 
 
-def read_boxes(folder: Path) -> list[BoxedPhoto]:
-    """``boxes.csv`` (file,imagenet_idx,width,height,x0,y0,x1,y1) next to ``images/``."""
+def read_boxes(csv_path: Path, images: Path) -> list[BoxedPhoto]:
+    """Rows ``file,imagenet_idx,width,height,x0,y0,x1,y1`` (one per box) -> photos."""
     boxes: dict[str, list[Box]] = defaultdict(list)
     labels: dict[str, int] = {}
-    with open(folder / "boxes.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            boxes[row["file"]].append(tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1")))
-            labels[row["file"]] = int(row["imagenet_idx"])
-    return [
-        BoxedPhoto(folder / "images" / name, labels[name], tuple(boxes[name]))
-        for name in sorted(boxes)
-    ]
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            for line, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+                    labels[row["file"]] = int(row["imagenet_idx"])
+                except (KeyError, TypeError, ValueError):
+                    raise AttnvizError(
+                        f"{csv_path}:{line}: expected file,imagenet_idx,width,height,x0,y0,x1,y1"
+                    ) from None
+                boxes[row["file"]].append(box)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise AttnvizError(f"{csv_path}: cannot read boxes ({exc.strerror or exc})") from exc
+    if not boxes:
+        raise AttnvizError(f"{csv_path}: no boxes")
+    return [BoxedPhoto(images / name, labels[name], tuple(boxes[name])) for name in sorted(boxes)]
 
 
-def box_mask(boxes: tuple[Box, ...], height: int, width: int) -> np.ndarray:
-    ys, xs = np.mgrid[0:height, 0:width]
-    mask = np.zeros((height, width), dtype=bool)
-    for x0, y0, x1, y1 in boxes:
-        mask |= (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
-    return mask
+def centred_gaussian(height: int, width: int, sigma: float = 0.25) -> np.ndarray:
+    """exp(-r^2 / 2 sigma^2), r measured in fractions of each side from (width/2, height/2).
+
+    Sampled at pixel indices (corner convention), so a 224-px side peaks on pixel 112 alone.
+    """
+    ys = (np.arange(height) - height / 2) / height
+    xs = (np.arange(width) - width / 2) / width
+    return np.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma**2))
 
 
-def to_image_resolution(native: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """Bilinear upsampling to the photo, then min-max normalisation to [0, 1]."""
-    up = F.interpolate(
-        native[None, None].float(), (height, width), mode="bilinear", align_corners=False
-    )[0, 0]
-    up = up - up.min()
-    return (up / up.max().clamp_min(1e-12)).numpy()
+@dataclass
+class EvalResult:
+    photos: int
+    scores: dict[str, dict[str, float]]  # map name -> pointing, energy, maxboxacc_v2, ...
+    top1: float
+    trunk_top1: float | None  # None when the model has no gates to switch off
+    teacher_agreement: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "photos": self.photos,
+            "maps": self.scores,
+            "model": {
+                "top1": self.top1,
+                "trunk_top1": self.trunk_top1,
+                "teacher_agreement": self.teacher_agreement,
+            },
+        }
 
 
-def pointing_hit(saliency: np.ndarray, mask: np.ndarray) -> bool:
-    return bool(mask.flat[int(np.argmax(saliency))])
+def _has_trunk(net: torch.nn.Module) -> bool:
+    return callable(getattr(net, "gates_disabled", None))
 
 
-def energy_share(saliency: np.ndarray, mask: np.ndarray) -> float:
-    total = float(saliency.sum())
-    return float(saliency[mask].sum()) / total if total > 0 else 0.0
-
-
-def centred_gaussian(height: int, width: int, sigma: float = 0.25) -> torch.Tensor:
-    ys = (torch.arange(height) + 0.5) / height - 0.5
-    xs = (torch.arange(width) + 0.5) / width - 0.5
-    return torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma**2))
-
-
-@torch.inference_mode()
 def evaluate(
-    folder: Path, model_name: str = "lite0-cbam", batch_size: int = 50
-) -> dict[str, dict[str, float]]:
-    photos = read_boxes(folder)
-    model = load_model(model_name, device="cpu")
-    scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    agree = correct = 0
+    images: Path,
+    boxes_csv: Path,
+    model: str | LoadedModel = "lite0-cbam",
+    layers: str | Sequence[str] = "all",
+    batch_size: int = 50,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> EvalResult:
+    photos = read_boxes(boxes_csv, images)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
+    names = select_layers(loaded.net, layers)
+    scores: dict[str, LocalizationScores] = defaultdict(LocalizationScores)
+    gradcam_layer: str | None = loaded.spec.gradcam_layer
+    correct = trunk_correct = agree = 0
     for start in range(0, len(photos), batch_size):
         batch = photos[start : start + batch_size]
-        images = [load_rgb(p.path) for p in batch]
-        x = model.preprocess(images)
-        with capture_maps(model.net, "all") as maps:
-            logits = model(x)
-        with model.net.gates_disabled():  # type: ignore[attr-defined]
-            trunk = model(x)
-        agree += int((logits.argmax(1) == trunk.argmax(1)).sum())
-        correct += sum(
-            int(p == photo.label) for p, photo in zip(logits.argmax(1).tolist(), batch, strict=True)
-        )
-        for i, (photo, image) in enumerate(zip(batch, images, strict=True)):
-            h, w = image.shape[:2]
-            mask = box_mask(photo.boxes, h, w)
-            candidates = {name: c.weights[i, 0] for name, c in maps.items()}
-            candidates["centred-gaussian"] = centred_gaussian(h, w)
+        pictures = [load_rgb(p.path) for p in batch]
+        x = loaded.preprocess(pictures)
+        with torch.inference_mode(), capture_maps(loaded.net, names) as captured:
+            predicted = loaded(x).argmax(1)  # type: ignore[union-attr]
+            maps = {name: capture_arrays(c)[0] for name, c in captured.items()}
+        with trunk_mode(loaded.net):
+            gradcam_layer = gradcam_layer or last_feature_layer(loaded.net, x)
+            cams, trunk_logits = grad_cam(loaded.net, x, gradcam_layer)
+        trunk_predicted = trunk_logits.argmax(1)
+        labels = torch.tensor([p.label for p in batch], device=predicted.device)
+        correct += int((predicted == labels).sum())
+        trunk_correct += int((trunk_predicted == labels).sum())
+        agree += int((predicted == trunk_predicted).sum())
+        for i, (photo, picture) in enumerate(zip(batch, pictures, strict=True)):
+            h, w = picture.shape[:2]
+            candidates = {name: maps[name][i] for name in names}
+            candidates[GAUSSIAN] = centred_gaussian(h, w)
+            candidates[GRADCAM] = cams[i].float().cpu().numpy()
             for name, native in candidates.items():
-                saliency = to_image_resolution(native, h, w)
-                scores[name]["pointing"].append(100.0 * pointing_hit(saliency, mask))
-                scores[name]["energy"].append(100.0 * energy_share(saliency, mask))
+                scores[name].add(to_unit_map(native, h, w), photo.boxes)
+        progress(min(start + batch_size, len(photos)), len(photos))
     n = len(photos)
-    result = {name: {k: float(np.mean(v)) for k, v in s.items()} for name, s in scores.items()}
-    result["model"] = {
-        "teacher_agreement": 100.0 * agree / n,
-        "top1": 100.0 * correct / n,
-        "photos": n,
-    }
-    return result
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(evaluate(Path(sys.argv[1]), *sys.argv[2:3]), indent=2))
+    has_trunk = _has_trunk(loaded.net)
+    return EvalResult(
+        photos=n,
+        scores={name: s.summary() for name, s in scores.items()},
+        top1=100.0 * correct / n,
+        trunk_top1=100.0 * trunk_correct / n if has_trunk else None,
+        teacher_agreement=100.0 * agree / n if has_trunk else None,
+    )

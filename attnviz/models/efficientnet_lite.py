@@ -126,6 +126,8 @@ class EfficientNetLite(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = Conv2dSame(in_ch, 1280, 1)
         self._bn1 = bn(1280)
+        # A module, not F.relu6, so hooks (Grad-CAM) see the features the classifier pools.
+        self._act_head = nn.ReLU6()
         self._fc = nn.Linear(1280, num_classes)
         for index in gate_after:
             if not 0 <= index < len(blocks):
@@ -174,7 +176,7 @@ class EfficientNetLite(nn.Module):
 
     def head_features(self, x: Tensor) -> Tensor:
         """The 1280 features the classifier pools, before the head gate."""
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return self._act_head(self._bn1(self._conv_head(x)))
 
     def head(self, x: Tensor, maps: list[Tensor] | None = None) -> Tensor:
         x = self._apply_gate("head", self.head_features(x), maps)

@@ -31,6 +31,8 @@ class ModelSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     default_layer: str = "-1"
+    # The trunk's last feature map, for Grad-CAM (None: found by running the model).
+    gradcam_layer: str | None = None
 
 
 PRETRAINED_DIRS = (
@@ -103,6 +105,7 @@ MODELS: dict[str, ModelSpec] = {
             build_lite0_cbam,
             (0.5, 0.5, 0.5),
             (0.5, 0.5, 0.5),
+            gradcam_layer="_act_head",
         ),
         *[
             ModelSpec(
@@ -114,6 +117,7 @@ MODELS: dict[str, ModelSpec] = {
                 _cbam_resnet(d),
                 IMAGENET_MEAN,
                 IMAGENET_STD,
+                gradcam_layer="layer4",
             )
             for d in (18, 34, 50, 101)
         ],

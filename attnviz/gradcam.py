@@ -1,0 +1,73 @@
+"""Grad-CAM (Selvaraju et al., 2017): the gradient baseline attention maps are compared with.
+
+The map of class c on feature map A (channels k) is ReLU(sum_k alpha_k A_k), where
+alpha_k is the spatial mean of d y_c / d A_k. It is computed on the model's *trunk* (its
+attention gates switched off when it has any), for the trunk's predicted class.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor, nn
+
+
+def last_feature_layer(net: nn.Module, x: Tensor) -> str:
+    """The name of the last module, in execution order, whose output is a spatial map.
+
+    A fallback for models that do not name their Grad-CAM layer; one extra forward pass.
+    """
+    order: list[str] = []
+    handles = []
+    for name, module in net.named_modules():
+        if name and not list(module.children()):
+
+            def hook(m: nn.Module, i: object, out: object, name: str = name) -> None:
+                if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1:
+                    order.append(name)
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            net(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not order:
+        raise ValueError("the model has no layer with a spatial (N, C, H, W) output")
+    return order[-1]
+
+
+def trunk_mode(net: nn.Module) -> object:
+    """A context that runs ``net`` without its attention gates, when it can."""
+    disable = getattr(net, "gates_disabled", None)
+    return disable() if callable(disable) else nullcontext()
+
+
+def grad_cam(
+    net: nn.Module, x: Tensor, layer: str, classes: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(maps (N, h, w) >= 0 at the layer's resolution, logits (N, K)) for ``classes``.
+
+    ``classes`` defaults to each photo's predicted class. Photos in a batch do not mix:
+    the model is in eval mode, so each logit depends on its own photo only.
+    """
+    module = dict(net.named_modules())[layer]
+    captured: list[Tensor] = []
+    handle = module.register_forward_hook(lambda m, i, out: captured.append(out))
+    try:
+        with torch.enable_grad():
+            logits = net(x)
+            if not isinstance(logits, Tensor):
+                raise TypeError("Grad-CAM needs a model whose output is the class scores")
+            features = captured[-1]
+            if classes is None:
+                classes = logits.argmax(1)
+            score = logits.gather(1, classes[:, None]).sum()
+            (gradients,) = torch.autograd.grad(score, features)
+    finally:
+        handle.remove()
+    alpha = gradients.mean(dim=(2, 3), keepdim=True)
+    maps = torch.relu((alpha * features).sum(dim=1))
+    return maps.detach(), logits.detach()

@@ -1,0 +1,95 @@
+"""attnviz eval and its Grad-CAM baseline, on the real shipped model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from attnviz.cli import app
+from attnviz.gradcam import grad_cam, last_feature_layer, trunk_mode
+from attnviz.io import load_rgb
+from attnviz.models import load_model
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_model("lite0-cbam", device="cpu")
+
+
+def test_gradcam_on_lite0_is_the_relu_of_the_class_activation_map(lite0) -> None:
+    """For global average pooling then a linear layer, Grad-CAM = ReLU(CAM) / (H W)."""
+    x = lite0.preprocess([load_rgb(p) for p in sorted(EXAMPLES.glob("*.jpg"))[:2]])
+    net = lite0.net
+    with trunk_mode(net):
+        cams, logits = grad_cam(net, x, "_act_head")
+        with torch.inference_mode():
+            features = net.head_features(net.run_blocks(net.stem(x)))
+            cam = net.class_evidence(features, logits.argmax(1))[:, 0]
+
+    torch.testing.assert_close(cams, torch.relu(cam) / 49, rtol=1e-4, atol=1e-6)
+
+
+def test_the_last_feature_layer_is_found_by_running_the_model(lite0) -> None:
+    with trunk_mode(lite0.net):
+        assert last_feature_layer(lite0.net, torch.zeros(1, 3, 224, 224)) == "_act_head"
+
+
+def _boxed_set(folder: Path, count: int = 4) -> Path:
+    """Photos of a bright square on a textured background, with the square as the box."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):
+        image = rng.integers(60, 120, (160, 200, 3), dtype=np.uint8)
+        x0, y0 = int(rng.integers(0, 120)), int(rng.integers(0, 80))
+        image[y0 : y0 + 70, x0 : x0 + 70] = rng.integers(150, 256, 3)
+        name = f"photo{i}.png"
+        Image.fromarray(image).save(folder / name)
+        rows.append([name, 0, 200, 160, x0, y0, x0 + 69, y0 + 69])
+    with open(folder / "boxes.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "imagenet_idx", "width", "height", "x0", "y0", "x1", "y1"])
+        writer.writerows(rows)
+    return folder / "boxes.csv"
+
+
+def test_eval_end_to_end_reports_every_layer_and_both_baselines(tmp_path: Path) -> None:
+    boxes = _boxed_set(tmp_path)
+
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--boxes", str(boxes), "--json"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["photos"] == 4
+    assert list(report["maps"]) == [
+        "attention.block4",
+        "attention.block10",
+        "attention.block15",
+        "attention.head",
+        "baseline: centred Gaussian",
+        "baseline: Grad-CAM",
+    ]
+    for scores in report["maps"].values():
+        for key in ("pointing", "energy", "maxboxacc_v2", "boxacc@0.3", "boxacc@0.5"):
+            assert 0.0 <= scores[key] <= 100.0
+    assert 0.0 <= report["model"]["teacher_agreement"] <= 100.0
+
+
+def test_eval_table_and_a_bad_csv(tmp_path: Path) -> None:
+    boxes = _boxed_set(tmp_path, count=1)
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--boxes", str(boxes)])
+    assert result.exit_code == 0 and "baseline: Grad-CAM" in result.stdout
+    assert "teacher agreement" in result.stdout
+
+    boxes.write_text("file,label\nphoto0.png,zero\n")
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--boxes", str(boxes)])
+    assert result.exit_code == 1
+    assert "expected file,imagenet_idx,width,height,x0,y0,x1,y1" in result.output
