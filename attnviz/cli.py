@@ -64,6 +64,10 @@ def run(
         typer.Option(help="Layer name, glob, index (-1 = deepest), or 'all'. Comma-separated."),
     ] = None,
     cmap: Annotated[str, typer.Option(help="OpenCV colormap: jet, turbo, viridis, …")] = "jet",
+    method: Annotated[
+        str,
+        typer.Option(help="attention (the layer's weight map) or gradcam (the trunk's Grad-CAM)."),
+    ] = "attention",
     alpha: Annotated[float, typer.Option(help="Heatmap opacity over the photo, 0..1.")] = 0.5,
     size: Annotated[int | None, typer.Option(help="Network input size (default: model's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -104,7 +108,7 @@ def run(
         inputs=inputs, out=out, model=model, weights=weights, random_init=random_init,
         layer=layer, cmap=cmap, alpha=alpha, size=size, device=device, batch_size=batch_size,
         fmt=fmt.lower(), save_raw=save_raw, glob=glob, panel_height=panel_height,
-        strict=strict, overwrite=overwrite, max_pixels=max_pixels,
+        strict=strict, overwrite=overwrite, max_pixels=max_pixels, method=method.lower(),
     )  # fmt: skip
     progress = Progress(
         TextColumn("[bold]attnviz"),

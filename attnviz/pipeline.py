@@ -5,6 +5,7 @@ The only module that knows the order of the steps; each step lives in its own pa
 
 from __future__ import annotations
 
+import difflib
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +20,7 @@ import attnviz
 from attnviz.api import capture_arrays
 from attnviz.attention import capture_maps, select_layers
 from attnviz.errors import AttnvizError, OutputError, UsageError
+from attnviz.gradcam import grad_cam, last_feature_layer, trunk_mode
 from attnviz.io import (
     DEFAULT_MAX_PIXELS,
     FORMATS,
@@ -48,6 +50,7 @@ class RunOptions:
     weights: Path | None = None
     random_init: bool = False
     layer: str | None = None  # None: the model's default layer
+    method: str = "attention"  # or "gradcam": the gradient baseline, same figure layout
     cmap: str = "jet"
     alpha: float = 0.5
     size: int | None = None
@@ -78,6 +81,9 @@ class RunSummary:
 Progress = Callable[[int, int], None]
 
 
+METHODS = ("attention", "gradcam")
+
+
 class _StrictStop(Exception):
     """Internal: --strict and an input failed."""
 
@@ -93,6 +99,8 @@ def check_options(opts: RunOptions) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if opts.size is not None and opts.size < 32:
         raise UsageError(f"--size must be at least 32, got {opts.size}")
+    if opts.method not in METHODS:
+        raise UsageError(f"unknown method {opts.method!r}; choose one of {', '.join(METHODS)}")
     if opts.max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1, got {opts.max_pixels}")
 
@@ -107,6 +115,7 @@ def output_settings(opts: RunOptions) -> dict[str, object]:
         "weights": _file_identity(opts.weights),
         "random_init": opts.random_init,
         "layer": opts.layer,
+        "method": opts.method,
         "cmap": opts.cmap,
         "alpha": opts.alpha,
         "size": opts.size,
@@ -212,7 +221,7 @@ def _process(
     model = load_model(
         opts.model, opts.weights, opts.device, size=opts.size, random_init=opts.random_init
     )
-    runner = BatchRunner(model, select_layers(model.net, opts.layer or model.spec.default_layer))
+    runner = make_runner(model, opts.method, opts.layer)
     summary = report.summary
     failed_before, total = len(summary.failed), len(todo)
     for batch in _decoded_batches(todo, opts, report, stop):
@@ -368,6 +377,47 @@ class BatchRunner:
             ImageResult(top5[i], [LayerMaps(n, maps[n][0][i], maps[n][1][i]) for n in self.layers])
             for i in range(len(images))
         ]
+
+
+class GradCamRunner(BatchRunner):
+    """Grad-CAM of the trunk for its predicted class, in place of the attention maps."""
+
+    def __init__(self, model: LoadedModel, layer: str | None) -> None:
+        super().__init__(model, [])
+        self.target = layer or model.spec.gradcam_layer
+
+    def _forward(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
+        x = self.model.preprocess(images)
+        with trunk_mode(self.model.net):
+            self.target = self.target or last_feature_layer(self.model.net, x)
+            cams, logits = grad_cam(self.model.net, x, self.target)
+        top5 = top_classes(logits)
+        results = []
+        for i, cam in enumerate(cams.float().cpu().numpy()):
+            peak = float(cam.max())
+            label = top5[i][0]["label"]
+            layer = LayerMaps(
+                f"gradcam:{self.target}",
+                cam / peak if peak > 0 else cam,
+                cam,
+                weights_label=f"Grad-CAM of '{label}' / max",
+                weights_key="/ max",
+                weighted_label="Grad-CAM overlay",
+                weighted_key="Grad-CAM",
+            )
+            results.append(ImageResult(top5[i], [layer]))
+        return results
+
+
+def make_runner(model: LoadedModel, method: str, layer: str | None) -> BatchRunner:
+    if method == "gradcam":
+        if layer is not None and layer not in dict(model.net.named_modules()):
+            names = [n for n, _ in model.net.named_modules() if n]
+            close = difflib.get_close_matches(layer, names, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UsageError(f"--method gradcam: the model has no module {layer!r}{hint}")
+        return GradCamRunner(model, layer)
+    return BatchRunner(model, select_layers(model.net, layer or model.spec.default_layer))
 
 
 def _write_outputs(

@@ -242,3 +242,25 @@ def test_python_dash_m_runs_the_cli() -> None:
         [sys.executable, "-m", "attnviz", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "layers" in result.stdout
+
+
+def test_method_gradcam_puts_the_trunks_gradcam_in_place_of_the_weight_map(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg", (120, 80))
+    code, output = attnviz(
+        "run", photo, "--method", "gradcam", "--save-raw", "--out", tmp_path / "g"
+    )
+    assert code == 0, output
+    record = manifest(tmp_path / "g")[0]
+    assert record["layers"] == ["gradcam:_act_head"]
+    assert record["maps"]["gradcam:_act_head"]["max"] == pytest.approx(1.0)  # scaled by its max
+    assert attnviz("run", photo, "--out", tmp_path / "a")[0] == 0
+    gradcam_figure = np.asarray(Image.open(tmp_path / "g" / "p.png"))
+    attention_figure = np.asarray(Image.open(tmp_path / "a" / "p.png"))
+    assert gradcam_figure.shape == attention_figure.shape
+    assert not np.array_equal(gradcam_figure, attention_figure)
+
+    code, output = attnviz(
+        "run", photo, "--method", "gradcam", "--layer", "_blocks.99", "--out", tmp_path / "x"
+    )
+    assert code == 2 and "no module '_blocks.99'" in output
+    assert attnviz("run", photo, "--method", "saliency")[0] == 2

@@ -44,11 +44,16 @@ class LayerMaps:
 
     ``weights`` are the spatial attention weights M_s (sigmoid outputs, in [0, 1]); ``weighted`` is
     a non-negative summary of the re-weighted features, e.g. mean |M (x) F| over channels.
+    The labels name them in captions and keys (other maps, e.g. Grad-CAM, bring their own).
     """
 
     name: str
     weights: np.ndarray
     weighted: np.ndarray
+    weights_label: str = "weights"
+    weights_key: str = "weights"
+    weighted_label: str = "weighted |F_out|"
+    weighted_key: str = "|F_out|"
 
 
 @dataclass(frozen=True)
@@ -202,14 +207,17 @@ def _render_row(
     parts = [
         caption(letterbox(base, panel), f"original {w}x{h}"),
         # Layer name on its own line, so a long name is shortened without losing the range.
-        caption(letterbox(weights_rgb, panel), f"{layer.name}\nweights [{w_lo:.3g}, {w_hi:.3g}]"),
+        caption(
+            letterbox(weights_rgb, panel),
+            f"{layer.name}\n{layer.weights_label} [{w_lo:.3g}, {w_hi:.3g}]",
+        ),
         caption(
             letterbox(feature_rgb, panel),
-            f"{layer.name}\nweighted |F_out| [{f_lo:.3g}, {f_hi:.3g}]",
+            f"{layer.name}\n{layer.weighted_label} [{f_lo:.3g}, {f_hi:.3g}]",
         ),
         # Two keys because panels 2 and 3 use different scales: 0..1 vs the feature map's range.
-        _key("weights", colorbar(layout.panel_height, cmap, 0.0, 1.0), layout),
-        _key("|F_out|", colorbar(layout.panel_height, cmap, f_lo, f_hi), layout),
+        _key(layer.weights_key, colorbar(layout.panel_height, cmap, 0.0, 1.0), layout),
+        _key(layer.weighted_key, colorbar(layout.panel_height, cmap, f_lo, f_hi), layout),
     ]
     row_h = layout.row_height
     pieces: list[np.ndarray] = []
