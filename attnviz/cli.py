@@ -302,6 +302,8 @@ def train(
 ) -> None:
     """Train lite0-cbam's spatial gates by distilling the frozen trunk.
 
+    Interrupted runs resume: the same command continues from the last saved step.
+
     Example: attnviz train ../shared/data/imagenette-train ../shared/data/imagenet-sample
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -337,6 +339,11 @@ def train(
             )
     except AttnvizError as exc:
         raise _fail(exc) from None
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]: rerun the same command to resume training")
+        raise typer.Exit(130) from None
+    if report.resumed_from:
+        out_console.print(f"resumed an interrupted run at step {report.resumed_from}")
     out_console.print(
         f"wrote {out}: hold-out agreement {report.holdout_agreement:.1%} on "
         f"{report.holdout_images} photos; mean gate opening "

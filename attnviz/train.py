@@ -20,6 +20,7 @@ only the gated part.
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnviz.errors import AttnvizError
-from attnviz.io import IMAGE_SUFFIXES, load_rgb
+from attnviz.io import IMAGE_SUFFIXES, atomic_write_bytes, load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.registry import LITE0_GATE_BLOCKS, LITE0_GATES, build_lite0_cbam, get_spec
@@ -74,6 +75,7 @@ class TrainReport:
     holdout_agreement: float
     holdout_opening: list[float] = field(default_factory=list)
     final_kl: float = 0.0
+    resumed_from: int = 0  # the step an interrupted run was continued from (0: fresh)
 
 
 def find_images(folders: Sequence[Path]) -> list[Path]:
@@ -175,12 +177,62 @@ def set_fill(model: EfficientNetLite, value: float) -> None:
         gate.fill = value
 
 
+# Training state is saved this often; an interrupted run loses at most this many steps.
+RESUME_EVERY = 25
+
+
+def resume_path(out: Path) -> Path:
+    """Where an unfinished run keeps its state, next to the weights it will write."""
+    return out.with_name(out.name + ".resume.pt")
+
+
+@dataclass
+class TrainingState:
+    """What an interrupted run needs to continue exactly where it was: tensors only."""
+
+    params: list[Tensor]
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+
+    def save(self, path: Path, run_key: str, step: int) -> None:
+        state = {
+            "key": run_key,
+            "step": step,
+            "params": [p.detach().clone() for p in self.params],
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def restore(self, path: Path, run_key: str) -> int:
+        """The step to start from: 0, or where a run with the same settings stopped."""
+        if not path.is_file():
+            return 0
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged state file only means starting over
+            return 0
+        if not isinstance(state, dict) or state.get("key") != run_key:
+            return 0  # other settings or data: this run starts afresh (and replaces it)
+        with torch.no_grad():
+            for param, saved in zip(self.params, state["params"], strict=True):
+                param.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["generator"])
+        return int(state["step"])
+
+
 def train_gates(
     cfg: TrainConfig,
     on_cache: Callable[[int, int], None] = lambda done, total: None,
     on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
 ) -> TrainReport:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     torch.manual_seed(cfg.seed)
     files = find_images(cfg.data)
@@ -229,8 +281,12 @@ def train_gates(
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
     generator = torch.Generator().manual_seed(cfg.seed)
+    progress = TrainingState(gate_params, optimizer, schedule, generator)
+    resume_file = resume_path(cfg.out)
+    run_key = repr({**asdict(cfg), "cache": None, "data": key})
+    first_step = progress.restore(resume_file, run_key)
     kl = torch.tensor(0.0)
-    for step in range(cfg.steps):
+    for step in range(first_step, cfg.steps):
         fill_steps = max(cfg.fill_until * cfg.steps, 1)
         set_fill(model, max(0.0, 1.0 - step / fill_steps))
         batch = train_set[torch.randint(len(train_set), (cfg.batch_size,), generator=generator)]
@@ -248,6 +304,8 @@ def train_gates(
         schedule.step()
         stats = {"kl": kl.item(), "mismatch": mismatch.item()}
         stats |= {f"open{i}": o.item() for i, o in enumerate(opening)}
+        if (step + 1) % RESUME_EVERY == 0 and step + 1 < cfg.steps:
+            progress.save(resume_file, run_key, step + 1)
         on_step(step + 1, cfg.steps, stats)
 
     set_fill(model, 0.0)
@@ -256,8 +314,10 @@ def train_gates(
     gates = {f"attention.{k}": v.detach().contiguous() for k, v in state.items()}
     gates["pool_gain"] = model.pool_gain.detach().clone()
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(gates, str(cfg.out), metadata={"recipe": repr(asdict(cfg))})
+    atomic_write_bytes(cfg.out, save(gates, metadata={"recipe": repr(asdict(cfg))}))
+    resume_file.unlink(missing_ok=True)
     return TrainReport(
+        resumed_from=first_step,
         config={k: str(v) for k, v in asdict(cfg).items()},
         train_images=len(train),
         holdout_images=len(holdout),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,13 @@ from safetensors.torch import load_file
 from attnviz.errors import AttnvizError
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.registry import LITE0_GATES, build_lite0_cbam
-from attnviz.train import TrainConfig, evidence_mismatch, seed_gates, train_gates
+from attnviz.train import (
+    TrainConfig,
+    evidence_mismatch,
+    resume_path,
+    seed_gates,
+    train_gates,
+)
 from tests.conftest import write_photo
 
 
@@ -77,3 +84,47 @@ def test_training_needs_photos_beyond_the_holdout(tmp_path: Path) -> None:
     write_photo(tmp_path / "only.png")
     with pytest.raises(AttnvizError, match="more than"):
         train_gates(TrainConfig(data=[tmp_path], out=tmp_path / "g.safetensors", holdout=1))
+
+
+def test_an_interrupted_run_resumes_and_ends_as_if_never_stopped(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    for i in range(12):
+        write_photo(photos / f"p{i}.png", size=(80, 64), seed=i)
+    cache = tmp_path / "trunk.pt"
+
+    def config(out: Path) -> TrainConfig:
+        return TrainConfig(data=[photos], out=out, steps=6, batch_size=4, holdout=4, size=96,
+                           cache=cache)  # fmt: skip
+
+    straight = config(tmp_path / "straight.safetensors")
+    train_gates(straight)
+
+    resumed = config(tmp_path / "resumed.safetensors")
+
+    def stop_after_step_4(step: int, total: int, stats: dict[str, float]) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with monkeypatch_resume_every(2), pytest.raises(KeyboardInterrupt):
+        train_gates(resumed, on_step=stop_after_step_4)
+    assert resume_path(resumed.out).is_file() and not resumed.out.exists()
+    with monkeypatch_resume_every(2):
+        report = train_gates(resumed)
+
+    assert report.resumed_from == 4
+    assert not resume_path(resumed.out).exists()
+    a, b = load_file(str(straight.out)), load_file(str(resumed.out))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+@contextlib.contextmanager
+def monkeypatch_resume_every(steps: int):
+    import attnviz.train
+
+    saved, attnviz.train.RESUME_EVERY = attnviz.train.RESUME_EVERY, steps
+    try:
+        yield
+    finally:
+        attnviz.train.RESUME_EVERY = saved
