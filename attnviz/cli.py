@@ -6,8 +6,9 @@ each command imports what it needs when it runs.
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,6 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from attnviz.errors import AttnvizError, UsageError
+
+if TYPE_CHECKING:
+    from attnviz.pipeline import RunSummary
 
 app = typer.Typer(
     help="See where a vision network's spatial attention lands.",
@@ -28,13 +32,22 @@ out_console = Console()
 
 def _printable(text: object) -> str:
     """Text safe for any terminal: a non-UTF-8 file name shows its bytes as \\x escapes."""
-    raw = str(text)
+    # Control characters (a newline, an escape sequence) in a file name must not forge
+    # extra output lines or recolour the terminal.
+    raw = "".join(
+        c if not unicodedata.category(c).startswith("C") or _is_surrogate(c) else repr(c)[1:-1]
+        for c in str(text)
+    )
     try:
         data = raw.encode("utf-8", "surrogateescape")  # back to the name's original bytes
     except UnicodeEncodeError:
         data = raw.encode("utf-8", "backslashreplace")
     # escape(): a file name like "photo[1].jpg" must not be read as rich markup.
     return escape(data.decode("utf-8", "backslashreplace"))
+
+
+def _is_surrogate(c: str) -> bool:
+    return "\ud800" <= c <= "\udfff"  # a non-UTF-8 byte of a file name, shown below
 
 
 def _fail(exc: AttnvizError) -> typer.Exit:
@@ -142,7 +155,7 @@ def run(
         raise typer.Exit(1)
 
 
-def _print_summary(summary) -> None:  # noqa: ANN001 - RunSummary, imported lazily
+def _print_summary(summary: RunSummary) -> None:
     table = Table(title="attnviz run", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()

@@ -5,13 +5,16 @@ The only module that knows the order of the steps; each step lives in its own pa
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -72,7 +75,7 @@ class RunSummary:
     skipped: int = 0  # up to date from an earlier run
     failed: list[tuple[str, str]] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
-    stopped_by: str | None = None  # "strict", or the signal's name
+    stopped_by: str | None = None  # "--strict", or the signal's name
     signum: int | None = None
     wall_s: float = 0.0
 
@@ -101,6 +104,8 @@ def check_options(opts: RunOptions) -> None:
         raise UsageError(f"--size must be at least 32, got {opts.size}")
     if opts.method not in METHODS:
         raise UsageError(f"unknown method {opts.method!r}; choose one of {', '.join(METHODS)}")
+    if not 16 <= opts.panel_height <= 4096:
+        raise UsageError(f"--panel-height must be within 16..4096, got {opts.panel_height}")
     if opts.max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1, got {opts.max_pixels}")
 
@@ -133,14 +138,21 @@ def _file_identity(path: Path | str | None) -> list[object] | None:
 
 
 class _Report:
-    """Failures and notes go to the summary and the manifest together, in one place."""
+    """Results, failures and notes go to the summary and the manifest together."""
 
     def __init__(self, summary: RunSummary, manifest: ManifestWriter, strict: bool) -> None:
         self.summary, self.manifest, self.strict = summary, manifest, strict
+        self.recorded: set[str] = set()  # inputs this run has written a record for
+
+    def processed(self, item: InputItem, record: dict[str, object]) -> None:
+        self.manifest.add(record)
+        self.recorded.add(str(item.path))
+        self.summary.processed += 1
 
     def failed(self, path: Path | str, reason: str) -> None:
         self.summary.failed.append((str(path), reason))
         self.manifest.add({"input": str(path), "error": reason})
+        self.recorded.add(str(path))
         if self.strict:
             raise _StrictStop
 
@@ -148,29 +160,42 @@ class _Report:
         self.summary.notes.append((str(path), text))
 
 
+_Todo = list[tuple[InputItem, dict[str, Any]]]
+
+
 def run(opts: RunOptions, progress: Progress = lambda done, total: None) -> RunSummary:
     """Process every input of ``opts``; see the README for the guarantees on failures."""
     start = time.perf_counter()
     check_options(opts)
     check_writable(opts.out)
-    # Read a killed run's manifest journal before sweeping its temporary files away.
-    previous, unusable = PreviousRun.load(opts.out)
-    remove_stale_temps(opts.out)
     summary = RunSummary(out=opts.out)
-    items, rejected = discover(list(opts.inputs), opts.glob, exclude=opts.out)
-    key = settings_key(output_settings(opts))
-    with GracefulStop() as stop, ManifestWriter(opts.out) as manifest:
-        report = _Report(summary, manifest, opts.strict)
-        try:
-            if unusable:
-                report.note(opts.out, unusable)
-            for r in rejected:
-                report.failed(r.path, r.reason) if r.failed else report.note(r.path, r.reason)
-            todo = _plan(items, opts, previous, key, manifest, report)
-            if todo:
-                _process(todo, opts, key, manifest, report, stop, progress)
-        except _StrictStop:
-            summary.stopped_by = "--strict"
+    with GracefulStop() as stop:
+        # A bad model, layer or weights file is a usage error before the manifest is touched.
+        model = load_model(
+            opts.model, opts.weights, opts.device, size=opts.size, random_init=opts.random_init
+        )
+        runner = make_runner(model, opts.method, opts.layer)
+        previous, unusable = PreviousRun.load(opts.out)
+        items, rejected = discover(list(opts.inputs), opts.glob, exclude=opts.out)
+        key = settings_key(output_settings(opts))
+        todo: _Todo = []
+        with ManifestWriter(opts.out) as manifest:
+            report = _Report(summary, manifest, opts.strict)
+            try:
+                if unusable:
+                    report.note(opts.out, unusable)
+                for r in rejected:
+                    report.failed(r.path, r.reason) if r.failed else report.note(r.path, r.reason)
+                todo = _plan(items, opts, previous, key, report)
+                _process(todo, runner, opts, key, report, stop, progress)
+            except _StrictStop:
+                summary.stopped_by = "--strict"
+            finally:
+                _keep_unreached(todo, previous, report)
+                if runner.oom_note:
+                    report.note("(run)", runner.oom_note)
+        # Only now that this run's manifest holds their records may killed runs' journals go.
+        remove_stale_temps(opts.out)
         if stop.requested:
             summary.signum = stop.signum
             summary.stopped_by = signal.Signals(stop.signum).name
@@ -178,50 +203,61 @@ def run(opts: RunOptions, progress: Progress = lambda done, total: None) -> RunS
     return summary
 
 
+def _keep_unreached(todo: _Todo, previous: PreviousRun, report: _Report) -> None:
+    """Inputs a stopped run never reached keep their earlier record: it is still true."""
+    with contextlib.suppress(AttnvizError):  # the disk may be what stopped the run
+        for item, fingerprint in todo:
+            if str(item.path) not in report.recorded:
+                record = previous.still_present(fingerprint["path"])
+                if record is not None:
+                    report.manifest.add(record)
+
+
 def _plan(
     items: Sequence[InputItem],
     opts: RunOptions,
     previous: PreviousRun,
     key: str,
-    manifest: ManifestWriter,
     report: _Report,
-) -> list[tuple[InputItem, dict[str, int]]]:
+) -> _Todo:
     """The inputs to process; up-to-date ones keep their earlier record and are skipped."""
-    todo: list[tuple[InputItem, dict[str, int]]] = []
+    todo: _Todo = []
+    sources: set[str] = set()
     for item in items:
         try:
             fingerprint = input_fingerprint(item.path)
         except OSError as exc:
             report.failed(item.path, exc.strerror or str(exc))
             continue
-        kept = None if opts.overwrite else previous.up_to_date(str(item.path), fingerprint, key)
+        sources.add(fingerprint["path"])
+        kept = None if opts.overwrite else previous.up_to_date(fingerprint, key)
         if kept is not None:
-            manifest.add(kept)
+            report.manifest.add(kept)
+            report.recorded.add(str(item.path))
             report.summary.skipped += 1
         else:
             todo.append((item, fingerprint))
     # Earlier results for other inputs stay listed, unless this run writes over them.
-    given = {str(item.path) for item in items}
-    targets = {item.relative.with_suffix("." + opts.fmt).as_posix() for item, _ in todo}
-    for record in previous.others(given):
+    targets = {
+        item.relative.with_suffix(suffix).as_posix()
+        for item, _ in todo
+        for suffix in ("." + opts.fmt, ".npz")
+    }
+    for record in previous.others(sources):
         if not targets.intersection(record["outputs"].values()):
-            manifest.add(record)
+            report.manifest.add(record)
     return todo
 
 
 def _process(
-    todo: Sequence[tuple[InputItem, dict[str, int]]],
+    todo: _Todo,
+    runner: BatchRunner,
     opts: RunOptions,
     key: str,
-    manifest: ManifestWriter,
     report: _Report,
     stop: GracefulStop,
     progress: Progress,
 ) -> None:
-    model = load_model(
-        opts.model, opts.weights, opts.device, size=opts.size, random_init=opts.random_init
-    )
-    runner = make_runner(model, opts.method, opts.layer)
     summary = report.summary
     failed_before, total = len(summary.failed), len(todo)
     for batch in _decoded_batches(todo, opts, report, stop):
@@ -235,25 +271,24 @@ def _process(
                 raise  # the disk is full or read-only: every later write would fail too
             except AttnvizError as exc:
                 report.failed(item.path, str(exc))
+            except (ValueError, MemoryError, cv2.error) as exc:  # an image too odd to render
+                report.failed(item.path, f"cannot render ({type(exc).__name__}: {exc})")
             else:
                 record.update(input_stat=fingerprint, settings=key)
                 if notes:
                     record["notes"] = notes
-                manifest.add(record)
-                summary.processed += 1
+                report.processed(item, record)
             # Inputs that failed to decode count as done too.
             progress(summary.processed + len(summary.failed) - failed_before, total)
             if stop.requested:
                 return
-    if runner.oom_note:
-        report.note("(run)", runner.oom_note)
 
 
-_Decoded = tuple[InputItem, dict[str, int], list[str]]
+_Decoded = tuple[InputItem, dict[str, Any], list[str]]
 
 
 def _decoded_batches(
-    todo: Sequence[tuple[InputItem, dict[str, int]]],
+    todo: _Todo,
     opts: RunOptions,
     report: _Report,
     stop: GracefulStop,
@@ -331,8 +366,10 @@ class ImageResult:
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     # CUDA raises its own type; MPS and older builds a RuntimeError with this message.
+    text = str(exc)
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+        isinstance(exc, RuntimeError)
+        and ("out of memory" in text or "can't allocate memory" in text)  # CPU allocator
     )
 
 
@@ -366,7 +403,8 @@ class BatchRunner:
         half = (len(images) + 1) // 2
         self.batch_limit = half
         self.oom_note = f"out of memory: retried with smaller batches, down to {half}"
-        return self._run_or_split(images[:half]) + self._run_or_split(images[half:])
+        # The second half goes through run(): at the size the first half ended up needing.
+        return self._run_or_split(images[:half]) + self.run(images[half:])
 
     def _forward(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
         with torch.inference_mode(), capture_maps(self.model.net, self.layers) as captured:

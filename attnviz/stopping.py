@@ -34,7 +34,10 @@ class GracefulStop:
         # Signal handlers can only be installed from the main thread (not in a notebook
         # worker thread or a test runner's thread); elsewhere the defaults stay.
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in _SIGNALS}
+            for signum in _SIGNALS:
+                # An ignored signal (nohup, a background job) stays ignored.
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(

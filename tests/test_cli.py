@@ -20,6 +20,9 @@ runner = CliRunner()
 
 def attnviz(*args: str | Path) -> tuple[int, str]:
     result = runner.invoke(app, [str(a) for a in args])
+    crash = result.exception
+    # The CLI may only end through its exit codes: any other exception is a crash.
+    assert crash is None or isinstance(crash, SystemExit), repr(crash)
     return result.exit_code, result.output
 
 
@@ -158,7 +161,6 @@ def test_bad_inputs_are_reported_and_the_rest_is_processed(tmp_path: Path) -> No
     assert not (out / "fake.png").exists() and not (out / "cut.png").exists()
     for name in ("fake.jpg", "cut.png", "missing.jpg"):
         assert sum(name in line for line in output.splitlines() if "failed:" in line) == 1
-    assert "Traceback" not in output
     assert not list(out.rglob("*.tmp"))
     records = manifest(out)
     assert len(records) == 4 and sum("error" in r for r in records) == 3
@@ -173,6 +175,22 @@ def test_usage_errors_exit_2_and_list_the_choices(tmp_path: Path) -> None:
     assert attnviz("run", photo, "--format", "gif", "--out", tmp_path / "o")[0] == 2
     assert attnviz("run", photo, "--no-such-flag")[0] == 2
     assert attnviz("run", photo, "--max-pixels", "0")[0] == 2
+
+
+def test_a_usage_error_on_a_rerun_leaves_the_earlier_results_and_manifest_alone(
+    tmp_path: Path,
+) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    out = tmp_path / "out"
+    assert attnviz("run", photo, "--out", out)[0] == 0
+
+    assert attnviz("run", photo, "--out", out, "--model", "lite0-cbm")[0] == 2
+    assert attnviz("run", photo, "--out", out, "--layer", "attention.nope")[0] == 2
+    assert attnviz("run", photo, "--out", out, "--panel-height", "0")[0] == 2
+
+    assert [r["input"] for r in manifest(out)] == [str(photo)]
+    code, output = attnviz("run", photo, "--out", out)
+    assert code == 0 and "up to date │ 1" in output
 
 
 def test_strict_stops_at_the_first_failure(tmp_path: Path) -> None:

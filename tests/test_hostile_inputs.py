@@ -129,7 +129,10 @@ CORPUS: dict[str, tuple[Callable[[Path], None], str]] = {
     "tall-1x5000.png": (lambda p: write_photo(p, (1, 5000)), "ok"),
     "wide-5000x1.png": (lambda p: write_photo(p, (5000, 1)), "ok"),
     "exif-rotated.jpg": (_exif_rotated, "ok"),
-    "bomb.png": (_claims_60000_square, "60000x60000 is 3600 megapixels, over the limit"),
+    "bomb.png": (
+        _claims_60000_square,
+        "60000x60000 is 3,600,000,000 pixels, over the limit of 160,000,000",
+    ),
     "dir.jpg/inside.png": (lambda p: write_photo(p, (64, 64)), "ok"),
     NON_UTF8_NAME: (lambda p: write_photo(p, (64, 48)), "ok"),
     LONG_NAME: (lambda p: write_photo(p, (64, 48)), "ok"),
@@ -156,6 +159,8 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, i
     stale = write_photo(out / "earlier.png", (32, 32))  # an old output given as an input
     args = ["run", str(root), str(root / "exif-rotated.jpg"), str(stale), "--out", str(out)]
     result = CliRunner().invoke(app, args)
+    crash = result.exception
+    assert crash is None or isinstance(crash, SystemExit), repr(crash)  # exit codes only
     return root, out, result.exit_code, result.output
 
 
@@ -167,7 +172,6 @@ def _lines_about(output: str, name: str) -> list[str]:
 def test_some_inputs_failed_so_the_exit_code_is_1_and_nothing_crashed(hostile_run) -> None:
     _, _, code, output = hostile_run
     assert code == 1, output
-    assert "Traceback" not in output
 
 
 @pytest.mark.parametrize("name", [n for n, (_, o) in CORPUS.items() if o != "ok"])

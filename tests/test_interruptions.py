@@ -104,6 +104,9 @@ def test_sigkill_leaves_no_half_written_file_and_the_next_run_cleans_up(
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
 
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    # What the killed run finished is found in its manifest journal and not redone.
+    up_to_date = int(rerun.stdout.split("up to date │")[1].split("│")[0])
+    assert up_to_date > 0, rerun.stdout
     _assert_nothing_half_written(out)
     assert len(_records(out)) == 24
 

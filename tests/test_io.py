@@ -19,6 +19,7 @@ from attnviz.io import (
     InputItem,
     ManifestWriter,
     atomic_write_bytes,
+    create_locked_temp,
     decode_image,
     discover,
     encode_image,
@@ -29,7 +30,6 @@ from attnviz.io import (
     write_image,
     write_npz,
 )
-from attnviz.io.manifest import journal_name
 from attnviz.io.resume import PreviousRun
 
 
@@ -541,11 +541,15 @@ def test_a_symlinked_folder_inside_out_cannot_carry_a_write_outside(tmp_path: Pa
         output_path(item, out, ".png")
 
 
+def _stat(source: str, size: int = 1) -> dict:
+    return {"path": source, "bytes": size, "mtime_ns": 7}
+
+
 def _record(name: str, figure: str) -> dict:
     return {
         "input": name,
         "outputs": {"figure": figure},
-        "input_stat": {"bytes": 1},
+        "input_stat": _stat(name),
         "settings": "k",
     }
 
@@ -566,10 +570,10 @@ def test_resume_ignores_manifest_entries_that_point_outside_out(
     previous, note = PreviousRun.load(out)
 
     assert note is None
-    assert previous.up_to_date("a.jpg", {"bytes": 1}, "k") is None
-    assert previous.up_to_date("b.jpg", {"bytes": 1}, "k") is not None
-    assert previous.up_to_date("b.jpg", {"bytes": 2}, "k") is None  # the input changed
-    assert previous.up_to_date("b.jpg", {"bytes": 1}, "other") is None  # other settings
+    assert previous.up_to_date(_stat("a.jpg"), "k") is None
+    assert previous.up_to_date(_stat("b.jpg"), "k") is not None
+    assert previous.up_to_date(_stat("b.jpg", size=2), "k") is None  # the input changed
+    assert previous.up_to_date(_stat("b.jpg"), "other") is None  # other settings
 
 
 def test_an_unreadable_manifest_means_reprocessing_with_a_note(tmp_path: Path) -> None:
@@ -592,16 +596,19 @@ def test_non_utf8_names_round_trip_through_the_manifest(tmp_path: Path) -> None:
     assert read_manifest(tmp_path / MANIFEST_NAME) == [{"input": name}]
 
 
-def test_stale_temporary_files_of_dead_runs_are_removed_live_ones_kept(tmp_path: Path) -> None:
-    dead = tmp_path / "sub" / ".attnviz-999999999-a.png.xyz.tmp"
-    live = tmp_path / f".attnviz-{os.getpid()}-b.png.xyz.tmp"
+def test_temporary_files_of_killed_runs_are_removed_those_in_use_kept(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    fd, live = create_locked_temp(tmp_path, "b.png")  # a live writer holds its lock
+    dead = tmp_path / "sub" / ".attnviz-a.png.xyz.tmp"  # nobody holds it: a killed run's
     unrelated = tmp_path / ".other.tmp"
-    for path in (dead, live, unrelated):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    for path in (dead, unrelated):
         path.write_bytes(b"partial")
 
-    assert remove_stale_temps(tmp_path) == 1
-    assert not dead.exists() and live.exists() and unrelated.exists()
+    try:
+        assert remove_stale_temps(tmp_path) == 1
+        assert not dead.exists() and live.exists() and unrelated.exists()
+    finally:
+        os.close(fd)
 
 
 def test_a_very_long_file_name_can_still_be_written_atomically(tmp_path: Path) -> None:
@@ -614,15 +621,19 @@ def test_a_very_long_file_name_can_still_be_written_atomically(tmp_path: Path) -
 
 def test_a_killed_runs_journal_is_resumed_from_even_with_a_torn_last_line(tmp_path: Path) -> None:
     _png(tmp_path / "a.png")
-    journal = tmp_path / journal_name(999999999)  # a pid that is not running
+    killed = tmp_path / ".attnviz-manifest.abc123.journal.tmp"  # nobody holds its lock
     good = json.dumps(_record("a.jpg", "a.png"))
-    journal.write_text(good + "\n" + good[:20])  # killed in the middle of the second line
+    killed.write_text(good + "\n" + good[:20])  # killed in the middle of the second line
+    live = ManifestWriter(tmp_path)  # a run still writing: its journal is not read
+    live.add(_record("b.jpg", "a.png"))
 
     previous, note = PreviousRun.load(tmp_path)
 
     assert note is None
-    assert previous.up_to_date("a.jpg", {"bytes": 1}, "k") is not None
-    assert remove_stale_temps(tmp_path) == 1 and not journal.exists()
+    assert previous.up_to_date(_stat("a.jpg"), "k") is not None
+    assert previous.still_present("b.jpg") is None
+    assert remove_stale_temps(tmp_path) == 1 and not killed.exists()
+    live.close()
 
 
 def test_the_manifest_appears_only_when_complete(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import attnviz
+from attnviz.errors import AttnvizError
 from attnviz.io import load_rgb
 from attnviz.models import LoadedModel
 from attnviz.render import LayerMaps, render_triptych
@@ -199,3 +200,41 @@ def test_panels_show_the_whole_image_centred_on_grey(
             )
         panel[top : top + ch, left : left + cw] = GREY
         assert np.all(panel == GREY)  # everything around the content is the letterbox
+
+
+def _valid_file_bytes(fmt: str) -> bytes:
+    import io
+
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+VALID_FILES = {fmt: _valid_file_bytes(fmt) for fmt in ("PNG", "JPEG", "TIFF", "GIF", "WEBP", "BMP")}
+
+
+@settings(SLOW, max_examples=300)
+@given(
+    fmt=st.sampled_from(sorted(VALID_FILES)),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.one_of(st.none(), st.integers(0, 10_000)),
+)
+def test_a_damaged_file_decodes_or_fails_with_one_clear_error(
+    tmp_path_factory: pytest.TempPathFactory,
+    fmt: str,
+    edits: list[tuple[int, int]],
+    cut: int | None,
+) -> None:
+    """Bytes overwritten or cut off anywhere: never a crash, only AttnvizError naming the file."""
+    data = bytearray(VALID_FILES[fmt])
+    for offset, value in edits:
+        data[offset % len(data)] = value
+    path = tmp_path_factory.mktemp("damaged") / f"photo.{fmt.lower()}"
+    path.write_bytes(bytes(data[:cut] if cut is not None else data))
+    try:
+        rgb = load_rgb(path)
+    except AttnvizError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)
+    else:
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +21,6 @@ DEFAULT_MAX_PIXELS = 160_000_000
 BACKGROUND = (128, 128, 128)
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-# Errors Pillow's format plugins raise on malformed files (some predate OSError use).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)
 
 
 def _reason(exc: BaseException) -> str:
@@ -94,8 +91,8 @@ def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
             width, height = img.size
             if width * height > max_pixels:
                 raise AttnvizError(
-                    f"{path}: refused: {width}x{height} is {width * height / 1e6:.0f} megapixels, "
-                    f"over the limit of {max_pixels / 1e6:.0f} (raise it with --max-pixels)"
+                    f"{path}: refused: {width}x{height} is {width * height:,} pixels, "
+                    f"over the limit of {max_pixels:,} (raise it with --max-pixels)"
                 )
             frames = getattr(img, "n_frames", 1)
             if frames > 1:
@@ -104,7 +101,9 @@ def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
             img.load()
             upright = ImageOps.exif_transpose(img) or img  # None only when in_place=True
             rgb = _to_rgb(upright)
-    except _DECODE_ERRORS as exc:
+    except AttnvizError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise all sorts on bad files
         raise AttnvizError(f"{path}: cannot decode image ({_reason(exc)})") from exc
     return Decoded(np.ascontiguousarray(np.array(rgb, dtype=np.uint8)), notes)
 

@@ -8,10 +8,15 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 from attnviz.errors import AttnvizError
-from attnviz.io.write import atomic_write_bytes, output_file_mode, write_error
+from attnviz.io.write import (
+    atomic_write_bytes,
+    create_locked_temp,
+    output_file_mode,
+    write_error,
+)
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -27,9 +32,8 @@ def _dumps(record: Mapping[str, Any]) -> str:
     return text
 
 
-def journal_name(pid: int) -> str:
-    """The manifest being written by process `pid` (a temporary: see write.remove_stale_temps)."""
-    return f".attnviz-{pid}-{MANIFEST_NAME}.journal.tmp"
+# The manifest being written: a locked temporary (see write.create_locked_temp).
+JOURNAL_GLOB = ".attnviz-manifest.*.journal.tmp"
 
 
 class ManifestWriter:
@@ -42,21 +46,24 @@ class ManifestWriter:
     """
 
     def __init__(self, out_dir: Path) -> None:
-        self.path = Path(out_dir) / MANIFEST_NAME
-        self.journal = Path(out_dir) / journal_name(os.getpid())
-        self._file: BinaryIO | None = None
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / MANIFEST_NAME
+        self._fd: int | None = None
+        self._journal: Path | None = None
         self._closed = False
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Append one record; it is serialised now so a bad value fails at its source."""
         if self._closed:
             raise RuntimeError("ManifestWriter is closed")
-        line = (_dumps(record) + "\n").encode("utf-8")
+        line = memoryview((_dumps(record) + "\n").encode("utf-8"))
         try:
-            if self._file is None:
-                self._file = open(self.journal, "wb")  # noqa: SIM115 - closed in close()
-            self._file.write(line)
-            self._file.flush()  # in the OS's hands: survives the process being killed
+            if self._fd is None:
+                self._fd, self._journal = create_locked_temp(
+                    self.out_dir, "manifest", suffix=".journal.tmp"
+                )
+            while line:  # unbuffered: in the OS's hands, it survives the process being killed
+                line = line[os.write(self._fd, line) :]
         except OSError as exc:
             raise write_error(self.path, exc) from exc
 
@@ -64,21 +71,19 @@ class ManifestWriter:
         if self._closed:
             return
         self._closed = True
+        if self._fd is None:
+            atomic_write_bytes(self.path, b"")
+            return
         try:
-            if self._file is None:
-                atomic_write_bytes(self.path, b"")
-                return
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.chmod(self.journal, output_file_mode())
-            os.replace(self.journal, self.path)
+            os.fsync(self._fd)
+            os.fchmod(self._fd, output_file_mode())
+            os.replace(self._journal, self.path)  # type: ignore[arg-type]
         except OSError as exc:
             with contextlib.suppress(OSError):
-                self.journal.unlink()
+                self._journal.unlink()  # type: ignore[union-attr]
             raise write_error(self.path, exc) from exc
         finally:
-            if self._file is not None and not self._file.closed:
-                self._file.close()
+            os.close(self._fd)
 
     def __enter__(self) -> ManifestWriter:
         return self

@@ -15,14 +15,23 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from attnviz.errors import AttnvizError
-from attnviz.io.manifest import MANIFEST_NAME, journal_name, read_manifest
-from attnviz.io.write import pid_alive
+from attnviz.io.manifest import JOURNAL_GLOB, MANIFEST_NAME, read_manifest
+from attnviz.io.write import in_use
 
 
-def input_fingerprint(path: Path) -> dict[str, int]:
-    """What must not change for an earlier output of `path` to count as up to date."""
+def input_fingerprint(path: Path) -> dict[str, Any]:
+    """What must not change for an earlier output of `path` to count as up to date.
+
+    The real path identifies the input whatever the spelling or working directory.
+    """
     st = os.stat(path)
-    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": os.path.realpath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _source(record: Mapping[str, Any]) -> str | None:
+    stat = record.get("input_stat")
+    source = stat.get("path") if isinstance(stat, dict) else None
+    return source if isinstance(source, str) else None
 
 
 def settings_key(settings: Mapping[str, Any]) -> str:
@@ -49,12 +58,12 @@ def safe_output(out_dir: Path, relative: object) -> Path | None:
 
 
 class PreviousRun:
-    """The successful records of the output folder's existing manifest, by input path."""
+    """The successful records of the output folder's existing manifest, by real input path."""
 
     def __init__(self, out_dir: Path, records: list[dict[str, Any]]) -> None:
         self.out_dir = out_dir
         self._by_input = {
-            r["input"]: r for r in records if isinstance(r.get("input"), str) and "error" not in r
+            _source(r): r for r in records if _source(r) is not None and "error" not in r
         }
 
     @classmethod
@@ -68,10 +77,9 @@ class PreviousRun:
         try:
             if path.exists():
                 records += read_manifest(path)
-            for journal in sorted(out_dir.glob(journal_name(0).replace("-0-", "-*-"))):
-                pid = int(journal.name.split("-")[1])
-                if not pid_alive(pid):
-                    records += read_manifest(journal, allow_torn_tail=True)
+            journals = [j for j in out_dir.glob(JOURNAL_GLOB) if j.is_file() and not in_use(j)]
+            for journal in sorted(journals, key=lambda j: j.stat().st_mtime_ns):
+                records += read_manifest(journal, allow_torn_tail=True)
         except AttnvizError as exc:
             return cls(out_dir, []), f"{exc}; reprocessing every input"
         return cls(out_dir, records), None
@@ -83,18 +91,19 @@ class PreviousRun:
         paths = [safe_output(self.out_dir, rel) for rel in outputs.values()]
         return all(p is not None and p.is_file() for p in paths)
 
-    def up_to_date(
-        self, input_path: str, fingerprint: Mapping[str, int], key: str
-    ) -> dict[str, Any] | None:
+    def up_to_date(self, fingerprint: Mapping[str, Any], key: str) -> dict[str, Any] | None:
         """The earlier record for this input if its outputs can be kept as they are."""
-        record = self._by_input.get(input_path)
-        if record is None:
+        record = self.still_present(fingerprint["path"])
+        if record is None or record.get("settings") != key:
             return None
-        if record.get("input_stat") != dict(fingerprint) or record.get("settings") != key:
-            return None
-        return record if self._outputs_present(record) else None
+        return record if record.get("input_stat") == dict(fingerprint) else None
 
-    def others(self, inputs: set[str]) -> list[dict[str, Any]]:
+    def still_present(self, source: str) -> dict[str, Any] | None:
+        """The earlier record for this real input path, if its outputs are all still there."""
+        record = self._by_input.get(source)
+        return record if record is not None and self._outputs_present(record) else None
+
+    def others(self, sources: set[str]) -> list[dict[str, Any]]:
         """Records of earlier runs for other inputs whose outputs are still there.
 
         Kept so the manifest keeps describing every result in the folder, not just the last
@@ -102,6 +111,6 @@ class PreviousRun:
         """
         return [
             record
-            for name, record in self._by_input.items()
-            if name not in inputs and self._outputs_present(record)
+            for source, record in self._by_input.items()
+            if source not in sources and self._outputs_present(record)
         ]

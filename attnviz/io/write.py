@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import io
 import os
-import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -73,14 +73,11 @@ def output_file_mode() -> int:
 
 # Errors that will recur for every later file too: stop the run instead of failing each input.
 _FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
-# Temporary files are ".attnviz-<pid>-<name>.<random>.tmp" next to their target; the pid lets
-# a later run remove those of a killed one (SIGKILL leaves them) without touching a live run's.
-_TMP_PATTERN = re.compile(r"^\.attnviz-(\d+)-.*\.tmp$")
+# Temporary files are ".attnviz-<name>.<random>.tmp" next to their target. Their writer holds
+# an exclusive flock on them until they are renamed, so a later run can tell the leftovers of
+# a killed run (SIGKILL, power loss) from a live run's files, whatever the process ids.
+TEMP_GLOB = ".attnviz-*.tmp"
 _TMP_NAME_CHARS = 64  # keeps the temporary name under NAME_MAX even for a 255-byte target
-
-
-def _temp_prefix(name: str) -> str:
-    return f".attnviz-{os.getpid()}-{name[:_TMP_NAME_CHARS]}."
 
 
 def write_error(path: Path, exc: OSError) -> AttnvizError:
@@ -91,25 +88,39 @@ def write_error(path: Path, exc: OSError) -> AttnvizError:
     return AttnvizError(f"{path}: cannot write ({reason})")
 
 
-def pid_alive(pid: int) -> bool:
+def create_locked_temp(folder: Path, name: str, suffix: str = ".tmp") -> tuple[int, Path]:
+    """A new temporary file in `folder` (never through a planted symlink), flock-ed by us."""
+    fd, tmp = tempfile.mkstemp(
+        dir=folder, prefix=f".attnviz-{name[:_TMP_NAME_CHARS]}.", suffix=suffix
+    )
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd, Path(tmp)
+
+
+def in_use(path: Path) -> bool:
+    """Whether a live process still holds the lock of this temporary file."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
         return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the lock we may have just taken
+    return False
 
 
 def remove_stale_temps(folder: Path) -> int:
     """Delete temporary files left under `folder` by attnviz runs that were killed."""
     removed = 0
-    for tmp in Path(folder).rglob(".attnviz-*.tmp"):
-        match = _TMP_PATTERN.match(tmp.name)
-        if match and not pid_alive(int(match.group(1))):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-                removed += 1
+    for tmp in Path(folder).rglob(TEMP_GLOB):
+        if tmp.is_symlink() or not tmp.is_file() or in_use(tmp):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed += 1
     return removed
 
 
@@ -117,9 +128,9 @@ def check_writable(folder: Path) -> None:
     """Fail early, before a model is loaded, when `folder` cannot be created or written."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix("probe"), suffix=".tmp")
+        fd, probe = create_locked_temp(folder, "probe")
         os.close(fd)
-        os.unlink(probe)
+        probe.unlink()
     except OSError as exc:
         raise OutputError(
             f"{folder}: output folder is not writable ({exc.strerror or exc})"
@@ -132,25 +143,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     Raises OutputError when the disk is full or read-only (later writes would fail too),
     AttnvizError for other write failures of this one file.
     """
-    tmp: str | None = None
+    fd: int | None = None
+    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Same directory as the target: os.replace is only atomic within one filesystem.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, output_file_mode())
-        os.replace(tmp, path)
+        fd, tmp = create_locked_temp(path.parent, path.name)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.fchmod(fd, output_file_mode())
+        os.replace(tmp, path)  # still locked: a sweeping run never takes it mid-rename
+        tmp = None
     except BaseException as exc:
         # BaseException too: Ctrl-C mid-write must not leave .tmp litter behind.
         if tmp is not None:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                tmp.unlink()
         if isinstance(exc, OSError):
             raise write_error(path, exc) from exc
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def write_image(path: Path, image: np.ndarray, fmt: str) -> None:
