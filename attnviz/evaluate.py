@@ -1,6 +1,7 @@
 """``attnviz eval``: how well each attention layer's map localises objects, against baselines.
 
-For every photo with boxes, each captured attention map, a centred Gaussian and Grad-CAM
+For every photo with boxes, each captured attention map (and, for several layers, their
+product), a centred Gaussian and Grad-CAM
 on the trunk's last feature map (for the trunk's predicted class) are brought to the
 photo's resolution (bilinear, min-max per photo) and scored with attnviz.localization:
 pointing game, energy-based pointing game and MaxBoxAccV2. Teacher agreement (the gated
@@ -26,6 +27,7 @@ from attnviz.io import load_rgb
 from attnviz.localization import Box, LocalizationScores, to_unit_map
 from attnviz.models import LoadedModel, load_model
 
+COMBINED = "combined: product of layers"
 GAUSSIAN = "baseline: centred Gaussian"
 GRADCAM = "baseline: Grad-CAM"
 
@@ -124,11 +126,14 @@ def evaluate(
         agree += int((predicted == trunk_predicted).sum())
         for i, (photo, picture) in enumerate(zip(batch, pictures, strict=True)):
             h, w = picture.shape[:2]
-            candidates = {name: maps[name][i] for name in names}
-            candidates[GAUSSIAN] = centred_gaussian(h, w)
-            candidates[GRADCAM] = cams[i].float().cpu().numpy()
-            for name, native in candidates.items():
-                scores[name].add(to_unit_map(native, h, w), photo.boxes)
+            units = {name: to_unit_map(maps[name][i], h, w) for name in names}
+            if len(names) > 1:
+                # Where every layer agrees: each gate's map, at the photo's size, multiplied.
+                units[COMBINED] = to_unit_map(np.prod(list(units.values()), axis=0), h, w)
+            units[GAUSSIAN] = to_unit_map(centred_gaussian(h, w), h, w)
+            units[GRADCAM] = to_unit_map(cams[i].float().cpu().numpy(), h, w)
+            for name, unit in units.items():
+                scores[name].add(unit, photo.boxes)
         progress(min(start + batch_size, len(photos)), len(photos))
     n = len(photos)
     has_trunk = _has_trunk(loaded.net)

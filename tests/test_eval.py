@@ -74,6 +74,7 @@ def test_eval_end_to_end_reports_every_layer_and_both_baselines(tmp_path: Path) 
         "attention.block10",
         "attention.block15",
         "attention.head",
+        "combined: product of layers",
         "baseline: centred Gaussian",
         "baseline: Grad-CAM",
     ]
