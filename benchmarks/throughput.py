@@ -1,0 +1,260 @@
+"""Throughput: how close `attnviz run` comes to the model's own forward pass, in one run.
+
+    uv run --group bench python benchmarks/throughput.py [--images DIR] [--count 200]
+        [--batch-size 8] [--threads 2] [--rss-counts 200,2000] [--json results.json]
+
+On the same photos (the first --count of DIR, default ../shared/data/imagenet-sample, or
+generated ones when it is absent), the same model (lite0-cbam, CPU), batch size and
+number of threads, it measures images/s of:
+
+  (a) forward only: already preprocessed tensors through the model with capture hooks;
+  (b) I/O only: decode, render a triptych from a fixed map, encode PNG, write (no model);
+  (c) end to end: `attnviz run FOLDER` as a user runs it (its own process; start-up is
+      measured separately: `attnviz --help` and `attnviz run one.jpg`);
+  (d) a plain per-image loop as a user would write it: PIL open, forward with a hook,
+      OpenCV colormap overlay, cv2.imwrite;
+  (e) pytorch-grad-cam's usual loop: GradCAM on the last layer, show_cam_on_image,
+      cv2.imwrite (needs the `bench` dependency group);
+
+then the ratios c / min(a, b), c / d and c / e, and the peak RSS of `attnviz run` at each
+of --rss-counts images (the extra photos are hard links to the first ones). Processes are
+timed after one warm-up run, with bytecode caching on (as on a user's machine).
+Throughput targets live here, never in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+import attnviz
+from attnviz.attention import capture_maps
+from attnviz.io import IMAGE_SUFFIXES, decode_image, write_image
+from attnviz.render import LayerMaps, render_triptych
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "imagenet-sample"
+ATTNVIZ = [sys.executable, "-m", "attnviz"]
+
+
+def photos_for(folder: Path | None, count: int, work: Path) -> list[Path]:
+    """The first `count` photos of `folder` (sorted), or generated ones."""
+    if folder is not None and folder.is_dir():
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(found) >= count:
+            return found[:count]
+    rng = np.random.default_rng(0)
+    made = work / "generated"
+    made.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        h, w = int(rng.integers(200, 300)), int(rng.integers(240, 380))
+        base = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 6)
+        path = made / f"photo{i:05d}.jpg"
+        Image.fromarray(base).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def folder_of(photos: list[Path], folder: Path) -> Path:
+    """A folder holding exactly `photos` (hard links, or copies across file systems)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, photo in enumerate(photos):
+        target = folder / f"{i:05d}{photo.suffix.lower()}"
+        try:
+            os.link(photo, target)
+        except OSError:
+            shutil.copy(photo, target)
+    return folder
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def forward_only(model: attnviz.models.LoadedModel, photos: list[Path], batch: int) -> float:
+    """(a): preprocessing done beforehand; only the forward pass with hooks is timed."""
+    images = [decode_image(p).rgb for p in photos]
+    batches = [model.preprocess(images[i : i + batch]) for i in range(0, len(images), batch)]
+    layer = model.spec.default_layer
+
+    def run() -> None:
+        with torch.inference_mode():
+            for x in batches:
+                with capture_maps(model.net, layer) as maps:
+                    model(x)
+                    for capture in maps.values():
+                        capture.weights.float().cpu()
+
+    run_s = timed(run)
+    return rate(len(photos), run_s)
+
+
+def io_only(photos: list[Path], out: Path) -> float:
+    """(b): decode, render from a fixed 7x7 map, encode PNG, write; no model."""
+    yy, xx = np.mgrid[0:7, 0:7]
+    fixed = np.exp(-((yy - 3) ** 2 + (xx - 3) ** 2) / 8.0).astype(np.float32)
+    layer = LayerMaps("fixed", fixed, fixed)
+
+    def run() -> None:
+        for i, photo in enumerate(photos):
+            figure = render_triptych(decode_image(photo).rgb, [layer])
+            write_image(out / f"{i:05d}.png", figure, "png")
+
+    return rate(len(photos), timed(run))
+
+
+def plain_loop(model: attnviz.models.LoadedModel, photos: list[Path], out: Path) -> float:
+    """(d): one photo at a time, as a user would write it with PIL, torch and OpenCV."""
+    net = model.net
+    gate = dict(net.named_modules())["attention.head"]
+    mean = torch.tensor(model.spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.spec.std).view(1, 3, 1, 1)
+
+    def run() -> None:
+        for i, photo in enumerate(photos):
+            image = Image.open(photo).convert("RGB")
+            rgb = np.asarray(image)
+            x = torch.from_numpy(np.array(image.resize((224, 224), Image.BICUBIC)))
+            x = (x.permute(2, 0, 1)[None].float() / 255 - mean) / std
+            kept: list[torch.Tensor] = []
+            handle = gate.register_forward_hook(
+                lambda m, inp, output, kept=kept: kept.append(m.attention_map(inp[0]))
+            )
+            with torch.no_grad():
+                net(x)
+            handle.remove()
+            weights = kept[0][0, 0].numpy()
+            heat = cv2.resize(weights, (rgb.shape[1], rgb.shape[0]))
+            heat = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)
+            overlay = cv2.addWeighted(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 0.5, heat, 0.5, 0)
+            cv2.imwrite(str(out / f"{i:05d}.png"), np.hstack([overlay, heat]))
+
+    return rate(len(photos), timed(run))
+
+
+def gradcam_loop(model: attnviz.models.LoadedModel, photos: list[Path], out: Path) -> float:
+    """(e): pytorch-grad-cam's README loop on the same network's last feature map."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    net = model.net
+    cam = GradCAM(model=net, target_layers=[dict(net.named_modules())["_act_head"]])
+    mean, std = np.array(model.spec.mean), np.array(model.spec.std)
+
+    def run() -> None:
+        for i, photo in enumerate(photos):
+            rgb = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
+            rgb = np.float32(cv2.resize(rgb, (224, 224))) / 255
+            x = torch.from_numpy(((rgb - mean) / std).transpose(2, 0, 1)[None]).float()
+            grayscale = cam(input_tensor=x, targets=None)[0]  # None: the predicted class
+            visual = show_cam_on_image(rgb, grayscale, use_rgb=True)
+            cv2.imwrite(str(out / f"{i:05d}.png"), cv2.cvtColor(visual, cv2.COLOR_RGB2BGR))
+
+    return rate(len(photos), timed(run))
+
+
+def wall(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def peak_rss_mib(command: list[str], env: dict[str, str]) -> float:
+    """Peak RSS of a command, measured in a fresh wrapper process (its only child)."""
+    probe = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+        "capture_output=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *command], check=True, capture_output=True, text=True, env=env
+    )
+    return int(done.stdout.split()[-1]) / 1024  # Linux reports KiB
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=Path, default=SHARED_SAMPLE)
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rss-counts", default="200,2000")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    # Users' Pythons cache bytecode; without it every start recompiles torch (~5 s here).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    results: dict[str, object] = {
+        "count": args.count, "batch_size": args.batch_size, "threads": args.threads,
+        "device": "cpu", "model": "lite0-cbam",
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="attnviz-bench-") as tmp:
+        work = Path(tmp)
+        photos = photos_for(args.images, args.count, work)
+        results["photos"] = str(photos[0].parent)
+        model = attnviz.load_model("lite0-cbam", device="cpu")
+        for out in ("io", "run", "plain", "gradcam"):
+            (work / out).mkdir()
+
+        results["a_forward"] = forward_only(model, photos, args.batch_size)
+        results["b_io"] = io_only(photos, work / "io")
+        folder = folder_of(photos, work / "inputs")
+        one = [*ATTNVIZ, "run", str(photos[0]), "--out", str(work / "one"), "--device", "cpu"]
+        wall([*one, "--overwrite"], env)  # warm-up: bytecode and file caches, as for a user
+        results["startup_help_s"] = wall([*ATTNVIZ, "--help"], env)
+        results["startup_one_s"] = wall([*one, "--overwrite"], env)
+        run_cmd = [*ATTNVIZ, "run", str(folder), "--out", str(work / "run"), "--device", "cpu",
+                   "--batch-size", str(args.batch_size)]  # fmt: skip
+        run_s = wall(run_cmd, env)
+        results["c_run"] = rate(len(photos), run_s)
+        results["c_run_without_startup"] = rate(len(photos), run_s - results["startup_one_s"])
+        results["d_plain_loop"] = plain_loop(model, photos, work / "plain")
+        try:
+            results["e_gradcam_loop"] = gradcam_loop(model, photos, work / "gradcam")
+        except ImportError:
+            results["e_gradcam_loop"] = None  # run with --group bench to include it
+
+        c, a, b = results["c_run"], results["a_forward"], results["b_io"]
+        results["c_over_min_ab"] = c / min(a, b)
+        results["c_over_d"] = c / results["d_plain_loop"]
+        e = results["e_gradcam_loop"]
+        results["c_over_e"] = c / e if e else None
+
+        for count in (int(n) for n in args.rss_counts.split(",")):
+            many = [photos[i % len(photos)] for i in range(count)]
+            big = folder_of(many, work / f"rss{count}")
+            command = [*ATTNVIZ, "run", str(big), "--out", str(work / f"rss{count}-out"),
+                       "--device", "cpu", "--batch-size", str(args.batch_size)]  # fmt: skip
+            results[f"peak_rss_mib_{count}"] = peak_rss_mib(command, env)
+
+    for key, value in results.items():
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        print(f"{key:28s} {shown}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
