@@ -86,6 +86,13 @@ def run(
     size: Annotated[int | None, typer.Option(help="Network input size (default: model's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Threads decoding, rendering and writing beside the model "
+            "(default: the cores torch does not use, at least 1)."
+        ),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="png, jpg or webp.")] = "png",
     save_raw: Annotated[
         bool, typer.Option(help="Also write <stem>.npz with each layer's native map.")
@@ -121,6 +128,7 @@ def run(
     opts = RunOptions(
         inputs=inputs, out=out, model=model, weights=weights, random_init=random_init,
         layer=layer, cmap=cmap, alpha=alpha, size=size, device=device, batch_size=batch_size,
+        workers=workers,
         fmt=fmt.lower(), save_raw=save_raw, glob=glob, panel_height=panel_height,
         strict=strict, overwrite=overwrite, max_pixels=max_pixels, method=method.lower(),
     )  # fmt: skip

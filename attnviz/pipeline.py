@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from attnviz.gradcam import grad_cam, last_feature_layer, trunk_mode
 from attnviz.io import (
     DEFAULT_MAX_PIXELS,
     FORMATS,
+    Decoded,
     InputItem,
     ManifestWriter,
     check_writable,
@@ -59,6 +63,7 @@ class RunOptions:
     size: int | None = None
     device: str = "auto"
     batch_size: int = 8
+    workers: int | None = None  # threads decoding, rendering and writing; None: see below
     fmt: str = "png"
     save_raw: bool = False
     glob: str | None = None
@@ -98,6 +103,8 @@ def check_options(opts: RunOptions) -> None:
         raise UsageError(f"unknown format {opts.fmt!r}; choose one of {', '.join(FORMATS)}")
     if not 0.0 <= opts.alpha <= 1.0:
         raise UsageError(f"--alpha must be within [0, 1], got {opts.alpha}")
+    if opts.workers is not None and opts.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {opts.workers}")
     if opts.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if opts.size is not None and opts.size < 32:
@@ -258,15 +265,24 @@ def _process(
     stop: GracefulStop,
     progress: Progress,
 ) -> None:
+    """Forward passes here; decoding, rendering and writing on worker threads around them.
+
+    OpenCV, Pillow and zlib release the GIL, so the workers' image work overlaps the
+    forward pass. Results are recorded in input order, and at most a few batches are in
+    flight, so memory stays flat and outputs do not depend on timing.
+    """
     summary = report.summary
     failed_before, total = len(summary.failed), len(todo)
-    for batch in _decoded_batches(todo, opts, report, stop):
-        images = [image for _, image in batch]
-        for ((item, fingerprint, notes), image), result in zip(
-            batch, runner.run(images), strict=True
-        ):
+    pending: deque[tuple[InputItem, dict[str, Any], list[str], Future[dict[str, object]]]]
+    pending = deque()
+    # --strict settles every file before the next: nothing is written after a failure.
+    in_flight = 0 if opts.strict else 2 * opts.batch_size
+
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            item, fingerprint, notes, future = pending.popleft()
             try:
-                record = _write_outputs(item, image, result, opts)
+                record = future.result()
             except OutputError:
                 raise  # the disk is full or read-only: every later write would fail too
             except AttnvizError as exc:
@@ -280,8 +296,47 @@ def _process(
                 report.processed(item, record)
             # Inputs that failed to decode count as done too.
             progress(summary.processed + len(summary.failed) - failed_before, total)
+
+    with (
+        ThreadPoolExecutor(opts.workers or io_workers(), thread_name_prefix="attnviz-io") as pool,
+        _torch_threads(forward_threads()),
+    ):
+        for batch in _decoded_batches(todo, opts, report, stop, pool):
+            images = [image for _, image in batch]
+            for ((item, fingerprint, notes), image), result in zip(
+                batch, runner.run(images), strict=True
+            ):
+                future = pool.submit(_write_outputs, item, image, result, opts)
+                pending.append((item, fingerprint, notes, future))
+            settle(in_flight)
             if stop.requested:
-                return
+                break  # the files in flight are finished and recorded below
+        settle(0)
+
+
+def forward_threads() -> int:
+    """Torch's threads on the CPU: half the cores, the rest decode, render and write.
+
+    Fixed by the machine, never by --workers or --batch-size, so that those cannot change
+    the arithmetic (a different thread count may sum in a different order).
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()  # the user chose
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def io_workers() -> int:
+    return max(1, (os.cpu_count() or 1) - forward_threads())
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 _Decoded = tuple[InputItem, dict[str, Any], list[str]]
@@ -292,25 +347,37 @@ def _decoded_batches(
     opts: RunOptions,
     report: _Report,
     stop: GracefulStop,
+    pool: ThreadPoolExecutor,
 ) -> Iterator[list[tuple[_Decoded, np.ndarray]]]:
-    """Batches of decoded photos; an input that fails to decode is reported and left out."""
-    batch: list[tuple[_Decoded, np.ndarray]] = []
-    for item, fingerprint in todo:
+    """Batches of decoded photos, the next batch decoding while this one is used.
+
+    An input that fails to decode is reported (in input order) and left out.
+    """
+    starts = range(0, len(todo), opts.batch_size)
+    chunks = [todo[i : i + opts.batch_size] for i in starts]
+
+    def submit(chunk: _Todo) -> list[Future[Decoded]]:
+        return [pool.submit(decode_image, item.path, opts.max_pixels) for item, _ in chunk]
+
+    ahead = submit(chunks[0]) if chunks else []
+    for index, chunk in enumerate(chunks):
+        current, ahead = ahead, submit(chunks[index + 1]) if index + 1 < len(chunks) else []
         if stop.requested:
+            for future in (*current, *ahead):
+                future.cancel()
             return
-        try:
-            decoded = decode_image(item.path, opts.max_pixels)
-        except AttnvizError as exc:
-            report.failed(item.path, str(exc))
-            continue
-        for text in decoded.notes:
-            report.note(item.path, text)
-        batch.append(((item, fingerprint, decoded.notes), decoded.rgb))
-        if len(batch) == opts.batch_size:
+        batch: list[tuple[_Decoded, np.ndarray]] = []
+        for (item, fingerprint), future in zip(chunk, current, strict=True):
+            try:
+                decoded = future.result()
+            except AttnvizError as exc:
+                report.failed(item.path, str(exc))
+                continue
+            for text in decoded.notes:
+                report.note(item.path, text)
+            batch.append(((item, fingerprint, decoded.notes), decoded.rgb))
+        if batch:
             yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def logits_of(output: object) -> Tensor:

@@ -282,3 +282,17 @@ def test_method_gradcam_puts_the_trunks_gradcam_in_place_of_the_weight_map(tmp_p
     )
     assert code == 2 and "no module '_blocks.99'" in output
     assert attnviz("run", photo, "--method", "saliency")[0] == 2
+
+
+def test_outputs_are_byte_identical_whatever_the_number_of_workers(tmp_path: Path) -> None:
+    for i in range(6):
+        write_photo(tmp_path / "in" / f"p{i}.jpg", (90 + 7 * i, 70), seed=i)
+    for workers in ("1", "3"):
+        code, output = attnviz("run", tmp_path / "in", "--workers", workers, "--batch-size", "4",
+                               "--save-raw", "--out", tmp_path / workers)  # fmt: skip
+        assert code == 0, output
+
+    one, three = sorted((tmp_path / "1").iterdir()), sorted((tmp_path / "3").iterdir())
+    assert [p.name for p in one] == [p.name for p in three]
+    for a, b in zip(one, three, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name  # figures, raw maps and manifest
