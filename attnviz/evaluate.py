@@ -37,18 +37,22 @@ class BoxedPhoto:
     path: Path
     label: int
     boxes: tuple[Box, ...]
+    size: tuple[int, int] | None = None  # (width, height) the boxes are given for
 
 
 def read_boxes(csv_path: Path, images: Path) -> list[BoxedPhoto]:
     """Rows ``file,imagenet_idx,width,height,x0,y0,x1,y1`` (one per box) -> photos."""
     boxes: dict[str, list[Box]] = defaultdict(list)
     labels: dict[str, int] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
             for line, row in enumerate(csv.DictReader(f), start=2):
                 try:
                     box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
                     labels[row["file"]] = int(row["imagenet_idx"])
+                    if row.get("width") and row.get("height"):
+                        sizes[row["file"]] = (int(float(row["width"])), int(float(row["height"])))
                 except (KeyError, TypeError, ValueError):
                     raise AttnvizError(
                         f"{csv_path}:{line}: expected file,imagenet_idx,width,height,x0,y0,x1,y1"
@@ -58,7 +62,10 @@ def read_boxes(csv_path: Path, images: Path) -> list[BoxedPhoto]:
         raise AttnvizError(f"{csv_path}: cannot read boxes ({exc.strerror or exc})") from exc
     if not boxes:
         raise AttnvizError(f"{csv_path}: no boxes")
-    return [BoxedPhoto(images / name, labels[name], tuple(boxes[name])) for name in sorted(boxes)]
+    return [
+        BoxedPhoto(images / name, labels[name], tuple(boxes[name]), sizes.get(name))
+        for name in sorted(boxes)
+    ]
 
 
 def centred_gaussian(height: int, width: int, sigma: float = 0.25) -> np.ndarray:
@@ -104,6 +111,11 @@ def evaluate(
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> EvalResult:
     photos = read_boxes(boxes_csv, images)
+    missing = [p.path for p in photos if not p.path.is_file()]
+    if missing:
+        raise AttnvizError(
+            f"{len(missing)} photo(s) named in {boxes_csv} are not in {images}, e.g. {missing[0]}"
+        )
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
     names = select_layers(loaded.net, layers)
     scores: dict[str, LocalizationScores] = defaultdict(LocalizationScores)
@@ -126,6 +138,11 @@ def evaluate(
         agree += int((predicted == trunk_predicted).sum())
         for i, (photo, picture) in enumerate(zip(batch, pictures, strict=True)):
             h, w = picture.shape[:2]
+            if photo.size is not None and photo.size != (w, h):
+                raise AttnvizError(
+                    f"{photo.path}: is {w}x{h} (upright), but {boxes_csv} gives its boxes "
+                    f"for {photo.size[0]}x{photo.size[1]}"
+                )
             units = {name: to_unit_map(maps[name][i], h, w) for name in names}
             if len(names) > 1:
                 # Where every layer agrees: each gate's map, at the photo's size, multiplied.

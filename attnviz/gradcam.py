@@ -12,6 +12,8 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from attnviz.errors import UsageError
+
 
 def last_feature_layer(net: nn.Module, x: Tensor) -> str:
     """The name of the last module, in execution order, whose output is a spatial map.
@@ -61,6 +63,11 @@ def grad_cam(
             logits = net(x)
             if not isinstance(logits, Tensor):
                 raise TypeError("Grad-CAM needs a model whose output is the class scores")
+            if not captured or not isinstance(captured[-1], Tensor) or captured[-1].ndim != 4:
+                raise UsageError(
+                    f"Grad-CAM needs a layer the trunk runs that outputs a (N, C, H, W) map; "
+                    f"{layer!r} does not"
+                )
             features = captured[-1]
             if classes is None:
                 classes = logits.argmax(1)

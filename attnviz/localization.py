@@ -38,12 +38,17 @@ def box_mask(boxes: Sequence[Box], height: int, width: int) -> np.ndarray:
     """Pixels that any box overlaps: pixel i spans [i, i + 1), a box [x0, x1] (inclusive)."""
     mask = np.zeros((height, width), dtype=bool)
     for x0, y0, x1, y1 in boxes:
+        if x1 < 0 or y1 < 0:
+            continue  # wholly outside (and negative slice ends would wrap around)
         mask[max(int(np.floor(y0)), 0) : int(np.floor(y1)) + 1,
              max(int(np.floor(x0)), 0) : int(np.floor(x1)) + 1] = True  # fmt: skip
     return mask
 
 
 def pointing_hit(unit_map: np.ndarray, mask: np.ndarray) -> bool:
+    """The maximum falls in a box; a flat map has no maximum to point with, so it misses."""
+    if float(unit_map.max()) <= float(unit_map.min()):
+        return False
     return bool(mask.flat[int(np.argmax(unit_map))])
 
 

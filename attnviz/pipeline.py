@@ -256,6 +256,9 @@ def _plan(
     return todo
 
 
+_Pending = deque[tuple[InputItem, dict[str, Any], list[str], "Future[dict[str, object]]"]]
+
+
 def _process(
     todo: _Todo,
     runner: BatchRunner,
@@ -268,15 +271,15 @@ def _process(
     """Forward passes here; decoding, rendering and writing on worker threads around them.
 
     OpenCV, Pillow and zlib release the GIL, so the workers' image work overlaps the
-    forward pass. Results are recorded in input order, and at most a few batches are in
-    flight, so memory stays flat and outputs do not depend on timing.
+    forward pass. Every input, decoded or not, settles in input order, and at most one
+    batch of writes is in flight, so memory stays bounded and outputs do not depend on
+    timing. Whatever stops the run, every file a worker wrote is recorded before it ends.
     """
     summary = report.summary
     failed_before, total = len(summary.failed), len(todo)
-    pending: deque[tuple[InputItem, dict[str, Any], list[str], Future[dict[str, object]]]]
-    pending = deque()
-    # --strict settles every file before the next: nothing is written after a failure.
-    in_flight = 0 if opts.strict else 2 * opts.batch_size
+    pending: _Pending = deque()
+    # --strict settles every input before the next: nothing is written after a failure.
+    in_flight = 0 if opts.strict else opts.batch_size
 
     def settle(limit: int) -> None:
         while len(pending) > limit:
@@ -291,27 +294,69 @@ def _process(
                 report.failed(item.path, f"cannot render ({type(exc).__name__}: {exc})")
             else:
                 record.update(input_stat=fingerprint, settings=key)
+                for text in notes:
+                    report.note(item.path, text)
                 if notes:
                     record["notes"] = notes
                 report.processed(item, record)
             # Inputs that failed to decode count as done too.
             progress(summary.processed + len(summary.failed) - failed_before, total)
 
-    with (
-        ThreadPoolExecutor(opts.workers or io_workers(), thread_name_prefix="attnviz-io") as pool,
-        _torch_threads(forward_threads()),
-    ):
-        for batch in _decoded_batches(todo, opts, report, stop, pool):
-            images = [image for _, image in batch]
-            for ((item, fingerprint, notes), image), result in zip(
-                batch, runner.run(images), strict=True
-            ):
-                future = pool.submit(_write_outputs, item, image, result, opts)
-                pending.append((item, fingerprint, notes, future))
-            settle(in_flight)
-            if stop.requested:
-                break  # the files in flight are finished and recorded below
-        settle(0)
+    def add(entry: tuple[InputItem, dict[str, Any], list[str], Future[dict[str, object]]]) -> None:
+        pending.append(entry)
+        settle(in_flight)
+
+    pool = ThreadPoolExecutor(opts.workers or io_workers(), thread_name_prefix="attnviz-io")
+    try:
+        with _torch_threads(forward_threads()):
+            for chunk in _decode_ahead(todo, opts, pool):
+                decoded: list[tuple[InputItem, dict[str, Any], Decoded]] = []
+                for item, fingerprint, future in chunk:
+                    exc = future.exception()
+                    if exc is not None:
+                        add((item, fingerprint, [], future))  # type: ignore[arg-type]
+                    else:
+                        decoded.append((item, fingerprint, future.result()))
+                images = [d.rgb for _, _, d in decoded]
+                for (item, fingerprint, d), result in zip(
+                    decoded, runner.run(images) if images else [], strict=True
+                ):
+                    write = pool.submit(_write_outputs, item, d.rgb, result, opts)
+                    add((item, fingerprint, d.notes, write))
+                if stop.requested:
+                    break  # the files in flight are finished and recorded below
+            settle(0)
+    finally:
+        # Whatever ended the run: start nothing new, wait for the files being written,
+        # and record them, so the manifest never vouches for an output it does not describe.
+        pool.shutdown(wait=True, cancel_futures=True)
+        _record_finished(pending, settle)
+
+
+def _record_finished(pending: _Pending, settle: Callable[[int], None]) -> None:
+    """Record what the workers finished after the run stopped, without raising again."""
+    while pending:
+        if pending[0][3].cancelled():
+            pending.popleft()
+            continue
+        with contextlib.suppress(AttnvizError, _StrictStop):
+            settle(len(pending) - 1)
+
+
+def _decode_ahead(
+    todo: _Todo, opts: RunOptions, pool: ThreadPoolExecutor
+) -> Iterator[list[tuple[InputItem, dict[str, Any], Future[Decoded]]]]:
+    """Batches of inputs with their decoding under way; the next batch decodes meanwhile."""
+    chunks = [todo[i : i + opts.batch_size] for i in range(0, len(todo), opts.batch_size)]
+
+    def submit(chunk: _Todo) -> list[tuple[InputItem, dict[str, Any], Future[Decoded]]]:
+        return [(i, f, pool.submit(decode_image, i.path, opts.max_pixels)) for i, f in chunk]
+
+    ahead = submit(chunks[0]) if chunks else []
+    for index in range(len(chunks)):
+        current = ahead
+        ahead = submit(chunks[index + 1]) if index + 1 < len(chunks) else []
+        yield current
 
 
 def forward_threads() -> int:
@@ -322,11 +367,17 @@ def forward_threads() -> int:
     """
     if "OMP_NUM_THREADS" in os.environ:
         return torch.get_num_threads()  # the user chose
-    return max(1, (os.cpu_count() or 1) // 2)
+    return max(1, _usable_cores() // 2)
 
 
 def io_workers() -> int:
-    return max(1, (os.cpu_count() or 1) - forward_threads())
+    return max(1, _usable_cores() - forward_threads())
+
+
+def _usable_cores() -> int:
+    # The CPUs this process may run on (a container's or a job's share), not the host's.
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
@@ -337,47 +388,6 @@ def _torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-_Decoded = tuple[InputItem, dict[str, Any], list[str]]
-
-
-def _decoded_batches(
-    todo: _Todo,
-    opts: RunOptions,
-    report: _Report,
-    stop: GracefulStop,
-    pool: ThreadPoolExecutor,
-) -> Iterator[list[tuple[_Decoded, np.ndarray]]]:
-    """Batches of decoded photos, the next batch decoding while this one is used.
-
-    An input that fails to decode is reported (in input order) and left out.
-    """
-    starts = range(0, len(todo), opts.batch_size)
-    chunks = [todo[i : i + opts.batch_size] for i in starts]
-
-    def submit(chunk: _Todo) -> list[Future[Decoded]]:
-        return [pool.submit(decode_image, item.path, opts.max_pixels) for item, _ in chunk]
-
-    ahead = submit(chunks[0]) if chunks else []
-    for index, chunk in enumerate(chunks):
-        current, ahead = ahead, submit(chunks[index + 1]) if index + 1 < len(chunks) else []
-        if stop.requested:
-            for future in (*current, *ahead):
-                future.cancel()
-            return
-        batch: list[tuple[_Decoded, np.ndarray]] = []
-        for (item, fingerprint), future in zip(chunk, current, strict=True):
-            try:
-                decoded = future.result()
-            except AttnvizError as exc:
-                report.failed(item.path, str(exc))
-                continue
-            for text in decoded.notes:
-                report.note(item.path, text)
-            batch.append(((item, fingerprint, decoded.notes), decoded.rgb))
-        if batch:
-            yield batch
 
 
 def logits_of(output: object) -> Tensor:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import attnviz
 from attnviz.errors import AttnvizError
 from attnviz.io import IMAGE_SUFFIXES, atomic_write_bytes, load_rgb
 from attnviz.models import LoadedModel
@@ -218,12 +219,17 @@ class TrainingState:
             return 0
         if not isinstance(state, dict) or state.get("key") != run_key:
             return 0  # other settings or data: this run starts afresh (and replaces it)
-        with torch.no_grad():
-            for param, saved in zip(self.params, state["params"], strict=True):
-                param.copy_(saved)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.generator.set_state(state["generator"])
+        try:
+            with torch.no_grad():
+                for param, saved in zip(self.params, state["params"], strict=True):
+                    param.copy_(saved)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.generator.set_state(state["generator"])
+        except (KeyError, ValueError, RuntimeError, TypeError):
+            raise AttnvizError(
+                f"{path}: saved training state does not fit this run; delete it to start over"
+            ) from None
         return int(state["step"])
 
 
@@ -283,7 +289,10 @@ def train_gates(
     generator = torch.Generator().manual_seed(cfg.seed)
     progress = TrainingState(gate_params, optimizer, schedule, generator)
     resume_file = resume_path(cfg.out)
-    run_key = repr({**asdict(cfg), "cache": None, "data": key})
+    # Everything the result depends on: settings, the photos (names, sizes, times), the code.
+    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    run_key = repr({**asdict(cfg), "cache": None, "data": key, "stats": stats,
+                    "attnviz": attnviz.__version__})  # fmt: skip
     first_step = progress.restore(resume_file, run_key)
     kl = torch.tensor(0.0)
     for step in range(first_step, cfg.steps):

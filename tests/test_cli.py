@@ -296,3 +296,36 @@ def test_outputs_are_byte_identical_whatever_the_number_of_workers(tmp_path: Pat
     assert [p.name for p in one] == [p.name for p in three]
     for a, b in zip(one, three, strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name  # figures, raw maps and manifest
+
+
+def test_strict_writes_nothing_after_a_failed_write(tmp_path: Path) -> None:
+    for name in "abcdef":
+        write_photo(tmp_path / "in" / f"{name}.jpg", seed=ord(name))
+    out = tmp_path / "out"
+    (out / "b.png").mkdir(parents=True)  # b's figure cannot be written
+
+    code, output = attnviz("run", tmp_path / "in", "--strict", "--out", out)
+
+    assert code == 1 and "stopped at the first failure (--strict)" in output
+    assert sorted(p.name for p in out.glob("*.png") if p.is_file()) == ["a.png"]
+    assert [("error" in r) for r in manifest(out)] == [False, True]
+
+
+def test_manifest_follows_input_order_whatever_fails_to_decode(tmp_path: Path) -> None:
+    for name in "abcde":
+        write_photo(tmp_path / "in" / f"{name}.jpg", seed=ord(name))
+    (tmp_path / "in" / "c.jpg").write_bytes(b"not a photo")
+
+    code, _ = attnviz("run", tmp_path / "in", "--batch-size", "2", "--out", tmp_path / "o")
+
+    assert code == 1
+    assert [Path(r["input"]).name for r in manifest(tmp_path / "o")] == [
+        "a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"
+    ]  # fmt: skip
+
+
+def test_gradcam_on_a_layer_without_a_spatial_map_is_a_usage_error(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    code, output = attnviz("run", photo, "--method", "gradcam", "--layer", "_fc",
+                           "--out", tmp_path / "o")  # fmt: skip
+    assert code == 2 and "(N, C, H, W)" in output

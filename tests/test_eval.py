@@ -94,3 +94,13 @@ def test_eval_table_and_a_bad_csv(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", str(tmp_path), "--boxes", str(boxes)])
     assert result.exit_code == 1
     assert "expected file,imagenet_idx,width,height,x0,y0,x1,y1" in result.output
+
+
+def test_eval_names_photos_missing_from_the_folder_before_any_work(tmp_path: Path) -> None:
+    boxes = _boxed_set(tmp_path, count=2)
+    (tmp_path / "photo1.png").unlink()
+
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--boxes", str(boxes)])
+
+    assert result.exit_code == 1
+    assert "1 photo(s) named in" in result.output and "photo1.png" in result.output

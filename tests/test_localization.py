@@ -107,3 +107,11 @@ def test_unit_map_is_upsampled_and_stretched_to_0_1() -> None:
 
     assert unit.shape == (10, 12) and unit.min() == 0.0 and unit.max() == pytest.approx(1.0)
     assert not to_unit_map(np.full((2, 2), 7.0), 4, 4).any()  # flat maps carry no location
+
+
+def test_a_flat_map_points_nowhere_and_boxes_outside_the_image_cover_nothing() -> None:
+    flat = np.full((H, W), 0.5, np.float32)
+    scores = LocalizationScores()
+    scores.add(flat, [(0, 0, 99, 99)])
+    assert scores.summary()["pointing"] == 0.0
+    assert not box_mask([(-5, -5, -2, -2)], H, W).any()
