@@ -26,6 +26,19 @@ def write_photo(path: Path, size: tuple[int, int] = (96, 64), seed: int = 0) -> 
     return path
 
 
+def attnviz(*args: str | Path) -> tuple[int, str]:
+    """Run the real CLI in-process: (exit code, output)."""
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    crash = result.exception
+    # The CLI may only end through its exit codes: any other exception is a crash.
+    assert crash is None or isinstance(crash, SystemExit), repr(crash)
+    return result.exit_code, result.output
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

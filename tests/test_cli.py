@@ -10,20 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from attnviz.cli import app
-from tests.conftest import write_photo
-
-runner = CliRunner()
-
-
-def attnviz(*args: str | Path) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    crash = result.exception
-    # The CLI may only end through its exit codes: any other exception is a crash.
-    assert crash is None or isinstance(crash, SystemExit), repr(crash)
-    return result.exit_code, result.output
+from tests.conftest import attnviz, write_photo
 
 
 def manifest(out: Path) -> list[dict]:

@@ -11,16 +11,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
-from typer.testing import CliRunner
 
-from attnviz.cli import app
 from attnviz.errors import AttnvizError
 from attnviz.models import load_model
 from attnviz.models.registry import MODELS
 from attnviz.models.weights import load_into, read_state_dict
-from tests.conftest import write_photo
-
-runner = CliRunner()
+from tests.conftest import attnviz, write_photo
 
 
 class TouchesMarker:
@@ -60,14 +56,6 @@ def resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "resnet18.safetensors"
     save_file(_state("cbam-resnet18"), str(path))
     return path
-
-
-def attnviz(*args: str | Path) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    crash = result.exception
-    # The CLI may only end through its exit codes: any other exception is a crash.
-    assert crash is None or isinstance(crash, SystemExit), repr(crash)
-    return result.exit_code, result.output
 
 
 def _error_lines(output: str) -> list[str]:
