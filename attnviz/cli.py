@@ -108,7 +108,7 @@ def run(
     ] = False,
     max_pixels: Annotated[
         int, typer.Option(help="Refuse images with more pixels than this (decompression bombs).")
-    ] = 160_000_000,
+    ] = 160_000_000,  # attnviz.io.DEFAULT_MAX_PIXELS, not imported: --help stays light
 ) -> None:
     """Write a triptych (photo | weight map | weighted features) for every input image.
 

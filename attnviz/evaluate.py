@@ -22,7 +22,7 @@ import torch
 from attnviz.api import capture_arrays
 from attnviz.attention import capture_maps, select_layers
 from attnviz.errors import AttnvizError
-from attnviz.gradcam import grad_cam, last_feature_layer, trunk_mode
+from attnviz.gradcam import has_trunk, trunk_grad_cam
 from attnviz.io import load_rgb
 from attnviz.localization import Box, LocalizationScores, to_unit_map
 from attnviz.models import LoadedModel, load_model
@@ -98,10 +98,6 @@ class EvalResult:
         }
 
 
-def _has_trunk(net: torch.nn.Module) -> bool:
-    return callable(getattr(net, "gates_disabled", None))
-
-
 def evaluate(
     images: Path,
     boxes_csv: Path,
@@ -128,9 +124,7 @@ def evaluate(
         with torch.inference_mode(), capture_maps(loaded.net, names) as captured:
             predicted = loaded(x).argmax(1)  # type: ignore[union-attr]
             maps = {name: capture_arrays(c)[0] for name, c in captured.items()}
-        with trunk_mode(loaded.net):
-            gradcam_layer = gradcam_layer or last_feature_layer(loaded.net, x)
-            cams, trunk_logits = grad_cam(loaded.net, x, gradcam_layer)
+        cams, trunk_logits, gradcam_layer = trunk_grad_cam(loaded.net, x, gradcam_layer)
         trunk_predicted = trunk_logits.argmax(1)
         labels = torch.tensor([p.label for p in batch], device=predicted.device)
         correct += int((predicted == labels).sum())
@@ -153,11 +147,11 @@ def evaluate(
                 scores[name].add(unit, photo.boxes)
         progress(min(start + batch_size, len(photos)), len(photos))
     n = len(photos)
-    has_trunk = _has_trunk(loaded.net)
+    gated = has_trunk(loaded.net)
     return EvalResult(
         photos=n,
         scores={name: s.summary() for name, s in scores.items()},
         top1=100.0 * correct / n,
-        trunk_top1=100.0 * trunk_correct / n if has_trunk else None,
-        teacher_agreement=100.0 * agree / n if has_trunk else None,
+        trunk_top1=100.0 * trunk_correct / n if gated else None,
+        teacher_agreement=100.0 * agree / n if gated else None,
     )

@@ -41,10 +41,26 @@ def last_feature_layer(net: nn.Module, x: Tensor) -> str:
     return order[-1]
 
 
+def has_trunk(net: nn.Module) -> bool:
+    """Whether ``net`` can switch its attention gates off (``gates_disabled()``)."""
+    return callable(getattr(net, "gates_disabled", None))
+
+
 def trunk_mode(net: nn.Module) -> object:
     """A context that runs ``net`` without its attention gates, when it can."""
-    disable = getattr(net, "gates_disabled", None)
-    return disable() if callable(disable) else nullcontext()
+    return net.gates_disabled() if has_trunk(net) else nullcontext()  # type: ignore[operator]
+
+
+def trunk_grad_cam(net: nn.Module, x: Tensor, layer: str | None) -> tuple[Tensor, Tensor, str]:
+    """Grad-CAM of the trunk for its predicted class: (maps, logits, the layer used).
+
+    ``layer`` None: the trunk's last feature map, found by running it once; callers keep
+    the returned name so later batches skip that search.
+    """
+    with trunk_mode(net):
+        layer = layer or last_feature_layer(net, x)
+        maps, logits = grad_cam(net, x, layer)
+    return maps, logits, layer
 
 
 def grad_cam(

@@ -26,7 +26,7 @@ import attnviz
 from attnviz.api import capture_arrays
 from attnviz.attention import capture_maps, select_layers
 from attnviz.errors import AttnvizError, OutputError, UsageError
-from attnviz.gradcam import grad_cam, last_feature_layer, trunk_mode
+from attnviz.gradcam import trunk_grad_cam
 from attnviz.io import (
     DEFAULT_MAX_PIXELS,
     FORMATS,
@@ -503,9 +503,7 @@ class GradCamRunner(BatchRunner):
 
     def _forward(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
         x = self.model.preprocess(images)
-        with trunk_mode(self.model.net):
-            self.target = self.target or last_feature_layer(self.model.net, x)
-            cams, logits = grad_cam(self.model.net, x, self.target)
+        cams, logits, self.target = trunk_grad_cam(self.model.net, x, self.target)
         top5 = top_classes(logits)
         results = []
         for i, cam in enumerate(cams.float().cpu().numpy()):

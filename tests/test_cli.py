@@ -317,3 +317,12 @@ def test_gradcam_on_a_layer_without_a_spatial_map_is_a_usage_error(tmp_path: Pat
     code, output = attnviz("run", photo, "--method", "gradcam", "--layer", "_fc",
                            "--out", tmp_path / "o")  # fmt: skip
     assert code == 2 and "(N, C, H, W)" in output
+
+
+def test_the_pixel_limit_flag_defaults_to_the_decoders_limit() -> None:
+    import inspect
+
+    from attnviz.cli import run
+    from attnviz.io import DEFAULT_MAX_PIXELS
+
+    assert inspect.signature(run).parameters["max_pixels"].default == DEFAULT_MAX_PIXELS

@@ -15,6 +15,7 @@ from attnviz.io.write import (
     atomic_write_bytes,
     create_locked_temp,
     output_file_mode,
+    write_all,
     write_error,
 )
 
@@ -56,14 +57,13 @@ class ManifestWriter:
         """Append one record; it is serialised now so a bad value fails at its source."""
         if self._closed:
             raise RuntimeError("ManifestWriter is closed")
-        line = memoryview((_dumps(record) + "\n").encode("utf-8"))
+        line = (_dumps(record) + "\n").encode("utf-8")
         try:
             if self._fd is None:
                 self._fd, self._journal = create_locked_temp(
                     self.out_dir, "manifest", suffix=".journal.tmp"
                 )
-            while line:  # unbuffered: in the OS's hands, it survives the process being killed
-                line = line[os.write(self._fd, line) :]
+            write_all(self._fd, line)  # unbuffered: in the OS's hands, it survives a kill
         except OSError as exc:
             raise write_error(self.path, exc) from exc
 

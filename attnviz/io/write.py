@@ -97,6 +97,13 @@ def create_locked_temp(folder: Path, name: str, suffix: str = ".tmp") -> tuple[i
     return fd, Path(tmp)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is out (one call may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def in_use(path: Path) -> bool:
     """Whether a live process still holds the lock of this temporary file."""
     try:
@@ -149,9 +156,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Same directory as the target: os.replace is only atomic within one filesystem.
         fd, tmp = create_locked_temp(path.parent, path.name)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
         os.fchmod(fd, output_file_mode())
         os.replace(tmp, path)  # still locked: a sweeping run never takes it mid-rename
