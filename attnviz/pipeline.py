@@ -71,6 +71,14 @@ class RunOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     strict: bool = False  # stop at the first failed input
     overwrite: bool = False  # redo inputs whose outputs are up to date
+    panels: tuple[str, ...] = ("original", "map", "weighted")
+    layout: str = "row"  # row | grid | separate (one file per panel)
+    norm: str = "image"  # image | global | fixed:LO,HI: the range of the heat maps
+    stats: Path | None = None  # CSV of map statistics, one row per image and layer
+    gallery: bool = False  # write index.html into the output folder at the end
+    every: int = 1  # videos: keep every Nth frame
+    gif: bool = False  # videos: also write a short animated GIF
+    as_video: bool = False  # folders of frames are one video each
 
 
 @dataclass
@@ -420,16 +428,34 @@ def top_classes(logits: Tensor, k: int = 5) -> list[list[dict[str, object]]]:
 
 
 def map_stats(weights: np.ndarray, image_hw: tuple[int, int]) -> dict[str, object]:
-    """Simple statistics of a native-resolution map; the peak is given in image pixels."""
+    """Statistics of a native-resolution map, for sorting and spreadsheets.
+
+    ``max`` is the peak value and ``peak_xy`` its place in image pixels; ``entropy`` is the
+    Shannon entropy of the map read as a distribution over positions, divided by its largest
+    possible value (1 = spread evenly, 0 = all on one position); ``mass_top10`` is the share
+    of the map's total held by the 10 % of positions with the highest values.
+    """
     h, w = weights.shape
-    y, x = np.unravel_index(int(np.argmax(weights)), weights.shape)
+    flat = np.asarray(weights, dtype=np.float64).ravel()
+    y, x = np.unravel_index(int(np.argmax(flat)), weights.shape)
+    mass = np.clip(flat, 0.0, None)
+    total = float(mass.sum())
+    if total > 0 and flat.size > 1:
+        p = mass[mass > 0] / total
+        entropy = max(0.0, float(-(p * np.log(p)).sum() / np.log(flat.size)))
+        top = max(1, int(np.ceil(0.1 * flat.size)))
+        mass_top10 = float(np.sort(mass)[-top:].sum() / total)
+    else:  # an all-zero map, or a single position: spread nowhere, all mass in one place
+        entropy, mass_top10 = 0.0, 1.0
     return {
         "shape": [h, w],
-        "min": float(weights.min()),
-        "max": float(weights.max()),
-        "mean": float(weights.mean()),
-        "std": float(weights.std()),
-        "peak_xy": [(x + 0.5) * image_hw[1] / w, (y + 0.5) * image_hw[0] / h],
+        "min": float(flat.min()),
+        "max": float(flat.max()),
+        "mean": float(flat.mean()),
+        "std": float(flat.std()),
+        "entropy": entropy,
+        "mass_top10": mass_top10,
+        "peak_xy": [float((x + 0.5) * image_hw[1] / w), float((y + 0.5) * image_hw[0] / h)],
     }
 
 
@@ -533,13 +559,18 @@ def make_runner(model: LoadedModel, method: str, layer: str | None) -> BatchRunn
     return BatchRunner(model, select_layers(model.net, layer or model.spec.default_layer))
 
 
+def render_figure(image: np.ndarray, result: ImageResult, opts: RunOptions) -> np.ndarray:
+    """The one figure of ``image`` as ``opts`` lay it out (layouts row and grid)."""
+    return render_triptych(
+        image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height
+    )
+
+
 def _write_outputs(
     item: InputItem, image: np.ndarray, result: ImageResult, opts: RunOptions
 ) -> dict[str, object]:
     figure_path = output_path(item, opts.out, "." + opts.fmt)
-    figure = render_triptych(
-        image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height
-    )
+    figure = render_figure(image, result, opts)
     write_image(figure_path, figure, opts.fmt)
     outputs = {"figure": figure_path.relative_to(opts.out).as_posix()}
     if opts.save_raw:
