@@ -98,7 +98,37 @@ def run(
         bool, typer.Option(help="Also write <stem>.npz with each layer's native map.")
     ] = False,
     glob: Annotated[str | None, typer.Option(help="Only files matching this glob.")] = None,
-    panel_height: Annotated[int, typer.Option(help="Height of each panel in pixels.")] = 320,
+    panel_height: Annotated[
+        int,
+        typer.Option(
+            "--panel-size", "--panel-height", help="Panel height in pixels; captions scale with it."
+        ),
+    ] = 320,
+    panels: Annotated[
+        str,
+        typer.Option(help="Panels in order: original, map, weighted, gradcam, contours."),
+    ] = "original,map,weighted",
+    layout: Annotated[
+        str, typer.Option(help="row, grid, or separate (one file per panel, for papers).")
+    ] = "row",
+    norm: Annotated[
+        str,
+        typer.Option(
+            help="Range of the heat maps: image (per image), global (one for the run) or "
+            "fixed:LO,HI."
+        ),
+    ] = "image",
+    stats: Annotated[
+        Path | None, typer.Option(help="Write map statistics (one row per image and layer) as CSV.")
+    ] = None,
+    gallery: Annotated[
+        bool, typer.Option(help="Write index.html, a browsable gallery, into --out.")
+    ] = False,
+    every: Annotated[int, typer.Option(help="Videos: keep every Nth frame.")] = 1,
+    gif: Annotated[bool, typer.Option(help="Videos: also write a short animated GIF.")] = False,
+    as_video: Annotated[
+        bool, typer.Option(help="Folders given are frame sequences: one video each.")
+    ] = False,
     random_init: Annotated[
         bool, typer.Option(help="Random weights: structure checks only, maps mean nothing.")
     ] = False,
@@ -131,6 +161,9 @@ def run(
         workers=workers,
         fmt=fmt.lower(), save_raw=save_raw, glob=glob, panel_height=panel_height,
         strict=strict, overwrite=overwrite, max_pixels=max_pixels, method=method.lower(),
+        panels=tuple(p.strip().lower() for p in panels.split(",") if p.strip()),
+        layout=layout.lower(), norm=norm.lower(), stats=stats, gallery=gallery, every=every,
+        gif=gif, as_video=as_video,
     )  # fmt: skip
     progress = Progress(
         TextColumn("[bold]attnviz"),
