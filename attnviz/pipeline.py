@@ -6,12 +6,16 @@ The only module that knows the order of the steps; each step lives in its own pa
 from __future__ import annotations
 
 import contextlib
+import csv
 import difflib
+import io
+import math
 import os
+import re
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +46,13 @@ from attnviz.io import (
     write_npz,
 )
 from attnviz.io.resume import PreviousRun, input_fingerprint, settings_key
+from attnviz.io.write import atomic_write_bytes
 from attnviz.models import LoadedModel, load_model
 from attnviz.models.imagenet import imagenet_categories
 from attnviz.models.user import is_user_model
 from attnviz.render import LayerMaps, render_triptych, resolve_colormap
+from attnviz.render.panels import colorbar
+from attnviz.render.triptych import PANELS, Range, draw_panels
 from attnviz.stopping import GracefulStop
 
 
@@ -98,6 +105,7 @@ Progress = Callable[[int, int], None]
 
 
 METHODS = ("attention", "gradcam")
+LAYOUTS = ("row", "grid", "separate")
 
 
 class _StrictStop(Exception):
@@ -123,6 +131,33 @@ def check_options(opts: RunOptions) -> None:
         raise UsageError(f"--panel-height must be within 16..4096, got {opts.panel_height}")
     if opts.max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1, got {opts.max_pixels}")
+    bad = [p for p in opts.panels if p not in PANELS]
+    if bad or not opts.panels:
+        raise UsageError(
+            f"unknown panel {', '.join(map(repr, bad)) or '(none given)'}; "
+            f"choose from {', '.join(PANELS)}"
+        )
+    if len(set(opts.panels)) != len(opts.panels):
+        raise UsageError(f"--panels names a panel twice: {','.join(opts.panels)}")
+    if opts.layout not in LAYOUTS:
+        raise UsageError(f"unknown layout {opts.layout!r}; choose one of {', '.join(LAYOUTS)}")
+    parse_norm(opts.norm)
+    if opts.every < 1:
+        raise UsageError(f"--every must be at least 1, got {opts.every}")
+
+
+def parse_norm(norm: str) -> tuple[str, Range | None]:
+    """``--norm``: ("image", None), ("global", None) or ("fixed", (lo, hi))."""
+    if norm in ("image", "global"):
+        return norm, None
+    mode, _, bounds = norm.partition(":")
+    try:
+        lo, hi = (float(v) for v in bounds.split(","))
+    except ValueError:
+        lo = hi = math.nan
+    if mode != "fixed" or not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise UsageError(f"--norm must be image, global or fixed:LO,HI with LO < HI, got {norm!r}")
+    return "fixed", (lo, hi)
 
 
 def output_settings(opts: RunOptions) -> dict[str, object]:
@@ -142,6 +177,9 @@ def output_settings(opts: RunOptions) -> dict[str, object]:
         "format": opts.fmt,
         "save_raw": opts.save_raw,
         "panel_height": opts.panel_height,
+        "panels": list(opts.panels),
+        "layout": opts.layout,
+        "norm": opts.norm,
     }
 
 
@@ -158,11 +196,19 @@ class _Report:
     def __init__(self, summary: RunSummary, manifest: ManifestWriter, strict: bool) -> None:
         self.summary, self.manifest, self.strict = summary, manifest, strict
         self.recorded: set[str] = set()  # inputs this run has written a record for
+        self.results: list[dict[str, Any]] = []  # records of this run's inputs, done or kept
 
-    def processed(self, item: InputItem, record: dict[str, object]) -> None:
+    def processed(self, item: InputItem, record: dict[str, Any]) -> None:
         self.manifest.add(record)
         self.recorded.add(str(item.path))
+        self.results.append(record)
         self.summary.processed += 1
+
+    def kept(self, item: InputItem, record: dict[str, Any]) -> None:
+        self.manifest.add(record)
+        self.recorded.add(str(item.path))
+        self.results.append(record)
+        self.summary.skipped += 1
 
     def failed(self, path: Path | str, reason: str) -> None:
         self.summary.failed.append((str(path), reason))
@@ -189,10 +235,17 @@ def run(opts: RunOptions, progress: Progress = lambda done, total: None) -> RunS
         model = load_model(
             opts.model, opts.weights, opts.device, size=opts.size, random_init=opts.random_init
         )
-        runner = make_runner(model, opts.method, opts.layer)
+        runner = make_runner(model, opts.method, opts.layer, "gradcam" in opts.panels)
         previous, unusable = PreviousRun.load(opts.out)
         items, rejected = discover(list(opts.inputs), opts.glob, exclude=opts.out)
-        key = settings_key(output_settings(opts))
+        settings = output_settings(opts)
+        ranges = fixed_ranges(opts, runner)
+        if parse_norm(opts.norm)[0] == "global" and not stop.requested:
+            # One range per map over every input, so the same value gets the same colour in
+            # every figure; it is part of the settings, so new inputs redo the others.
+            ranges = global_ranges(items, runner, opts, stop, progress)
+            settings["ranges"] = {name: list(r) for name, r in sorted(ranges.items())}
+        key = settings_key(settings)
         todo: _Todo = []
         with ManifestWriter(opts.out) as manifest:
             report = _Report(summary, manifest, opts.strict)
@@ -201,8 +254,8 @@ def run(opts: RunOptions, progress: Progress = lambda done, total: None) -> RunS
                     report.note(opts.out, unusable)
                 for r in rejected:
                     report.failed(r.path, r.reason) if r.failed else report.note(r.path, r.reason)
-                todo = _plan(items, opts, previous, key, report)
-                _process(todo, runner, opts, key, report, stop, progress)
+                todo = _plan(items, opts, runner.map_names, previous, key, report)
+                _process(todo, runner, opts, ranges, key, report, stop, progress)
             except _StrictStop:
                 summary.stopped_by = "--strict"
             finally:
@@ -211,6 +264,12 @@ def run(opts: RunOptions, progress: Progress = lambda done, total: None) -> RunS
                     report.note("(run)", runner.oom_note)
         # Only now that this run's manifest holds their records may killed runs' journals go.
         remove_stale_temps(opts.out)
+        if opts.stats is not None:
+            write_stats_csv(opts.stats, report.results)
+        if opts.gallery:
+            from attnviz.render.gallery import write_gallery
+
+            write_gallery(opts.out)
         if stop.requested:
             summary.signum = stop.signum
             summary.stopped_by = signal.Signals(stop.signum).name
@@ -231,6 +290,7 @@ def _keep_unreached(todo: _Todo, previous: PreviousRun, report: _Report) -> None
 def _plan(
     items: Sequence[InputItem],
     opts: RunOptions,
+    layers: Sequence[str],
     previous: PreviousRun,
     key: str,
     report: _Report,
@@ -247,16 +307,14 @@ def _plan(
         sources.add(fingerprint["path"])
         kept = None if opts.overwrite else previous.up_to_date(fingerprint, key)
         if kept is not None:
-            report.manifest.add(kept)
-            report.recorded.add(str(item.path))
-            report.summary.skipped += 1
+            report.kept(item, kept)
         else:
             todo.append((item, fingerprint))
     # Earlier results for other inputs stay listed, unless this run writes over them.
     targets = {
         item.relative.with_suffix(suffix).as_posix()
         for item, _ in todo
-        for suffix in ("." + opts.fmt, ".npz")
+        for suffix in output_suffixes(opts, layers).values()
     }
     for record in previous.others(sources):
         if not targets.intersection(record["outputs"].values()):
@@ -271,6 +329,7 @@ def _process(
     todo: _Todo,
     runner: BatchRunner,
     opts: RunOptions,
+    ranges: Mapping[str, Range],
     key: str,
     report: _Report,
     stop: GracefulStop,
@@ -329,7 +388,7 @@ def _process(
                 for (item, fingerprint, d), result in zip(
                     decoded, runner.run(images) if images else [], strict=True
                 ):
-                    write = pool.submit(_write_outputs, item, d.rgb, result, opts)
+                    write = pool.submit(_write_outputs, item, d.rgb, result, opts, ranges)
                     add((item, fingerprint, d.notes, write))
                 if stop.requested:
                     break  # the files in flight are finished and recorded below
@@ -465,6 +524,7 @@ class ImageResult:
 
     top5: list[dict[str, object]]
     layers: list[LayerMaps]
+    gradcam: np.ndarray | None = None  # the trunk's Grad-CAM, when a gradcam panel asks for it
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -479,10 +539,16 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 class BatchRunner:
     """Forward passes with hooks; on out-of-memory, retries at half the batch down to one."""
 
-    def __init__(self, model: LoadedModel, layers: list[str]) -> None:
-        self.model, self.layers = model, layers
+    def __init__(self, model: LoadedModel, layers: list[str], with_gradcam: bool = False) -> None:
+        self.model, self.layers, self.with_gradcam = model, layers, with_gradcam
+        self.gradcam_layer: str | None = model.spec.gradcam_layer
         self.batch_limit: int | None = None  # lowered after an out-of-memory error
         self.oom_note: str | None = None
+
+    @property
+    def map_names(self) -> list[str]:
+        """Names of the maps each result holds: its layers', then "gradcam" if computed."""
+        return self.layers + (["gradcam"] if self.with_gradcam else [])
 
     def run(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
         limit = self.batch_limit or len(images)
@@ -510,12 +576,19 @@ class BatchRunner:
         return self._run_or_split(images[:half]) + self.run(images[half:])
 
     def _forward(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
+        x = self.model.preprocess(images)
         with torch.inference_mode(), capture_maps(self.model.net, self.layers) as captured:
-            logits = logits_of(self.model(self.model.preprocess(images)))
+            logits = logits_of(self.model(x))
             top5 = top_classes(logits)
             maps = {name: capture_arrays(c) for name, c in captured.items()}
+        cams: list[np.ndarray | None] = [None] * len(images)
+        if self.with_gradcam:
+            found, _, self.gradcam_layer = trunk_grad_cam(self.model.net, x, self.gradcam_layer)
+            cams = list(found.float().cpu().numpy())
         return [
-            ImageResult(top5[i], [LayerMaps(n, maps[n][0][i], maps[n][1][i]) for n in self.layers])
+            ImageResult(
+                top5[i], [LayerMaps(n, maps[n][0][i], maps[n][1][i]) for n in self.layers], cams[i]
+            )
             for i in range(len(images))
         ]
 
@@ -526,6 +599,10 @@ class GradCamRunner(BatchRunner):
     def __init__(self, model: LoadedModel, layer: str | None) -> None:
         super().__init__(model, [])
         self.target = layer or model.spec.gradcam_layer
+
+    @property
+    def map_names(self) -> list[str]:
+        return [f"gradcam:{self.target}", "gradcam"]
 
     def _forward(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
         x = self.model.preprocess(images)
@@ -544,11 +621,15 @@ class GradCamRunner(BatchRunner):
                 weighted_label="Grad-CAM overlay",
                 weighted_key="Grad-CAM",
             )
-            results.append(ImageResult(top5[i], [layer]))
+            results.append(ImageResult(top5[i], [layer], cam))
         return results
 
 
-def make_runner(model: LoadedModel, method: str, layer: str | None) -> BatchRunner:
+def make_runner(
+    model: LoadedModel, method: str, layer: str | None, with_gradcam: bool = False
+) -> BatchRunner:
+    """The forward passes for ``method``; ``with_gradcam`` adds the trunk's Grad-CAM to each
+    result (for a gradcam panel beside the attention maps)."""
     if method == "gradcam":
         if layer is not None and layer not in dict(model.net.named_modules()):
             names = [n for n, _ in model.net.named_modules() if n]
@@ -556,26 +637,158 @@ def make_runner(model: LoadedModel, method: str, layer: str | None) -> BatchRunn
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise UsageError(f"--method gradcam: the model has no module {layer!r}{hint}")
         return GradCamRunner(model, layer)
-    return BatchRunner(model, select_layers(model.net, layer or model.spec.default_layer))
+    layers = select_layers(model.net, layer or model.spec.default_layer)
+    return BatchRunner(model, layers, with_gradcam)
 
 
-def render_figure(image: np.ndarray, result: ImageResult, opts: RunOptions) -> np.ndarray:
-    """The one figure of ``image`` as ``opts`` lay it out (layouts row and grid)."""
+def fixed_ranges(opts: RunOptions, runner: BatchRunner) -> dict[str, Range]:
+    """The heat maps' ranges under ``--norm fixed:LO,HI`` (none otherwise: per image)."""
+    _, bounds = parse_norm(opts.norm)
+    return dict.fromkeys(runner.map_names, bounds) if bounds is not None else {}
+
+
+def global_ranges(
+    items: Sequence[InputItem],
+    runner: BatchRunner,
+    opts: RunOptions,
+    stop: GracefulStop,
+    progress: Progress,
+) -> dict[str, Range]:
+    """One (min, max) per heat map over every input: the first pass of ``--norm global``.
+
+    Maps are scaled at their native resolution and bilinear upsampling never leaves the
+    range of its samples, so this is exactly the range of the drawn maps. Inputs that fail
+    to decode are left out here and reported by the second pass.
+    """
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    with (
+        _torch_threads(forward_threads()),
+        ThreadPoolExecutor(opts.workers or io_workers(), thread_name_prefix="attnviz-io") as pool,
+    ):
+        for start in range(0, len(items), opts.batch_size):
+            if stop.requested:
+                break
+            chunk = items[start : start + opts.batch_size]
+            decoded = pool.map(_try_decode, chunk, [opts.max_pixels] * len(chunk))
+            images = [d.rgb for d in decoded if d is not None]
+            for result in runner.run(images) if images else []:
+                for name, values in _heat_maps(result).items():
+                    lo[name] = min(lo.get(name, math.inf), float(values.min()))
+                    hi[name] = max(hi.get(name, -math.inf), float(values.max()))
+            progress(min(start + opts.batch_size, len(items)), len(items))
+    return {name: (lo[name], hi[name]) for name in lo}
+
+
+def _try_decode(path_item: InputItem, max_pixels: int) -> Decoded | None:
+    try:
+        return decode_image(path_item.path, max_pixels)
+    except AttnvizError:
+        return None
+
+
+def _heat_maps(result: ImageResult) -> dict[str, np.ndarray]:
+    """The maps of a result whose colours follow ``--norm``, by the names ranges use."""
+    maps = {layer.name: np.asarray(layer.weighted) for layer in result.layers}
+    if result.gradcam is not None:
+        maps["gradcam"] = np.asarray(result.gradcam)
+    return maps
+
+
+def render_figure(
+    image: np.ndarray,
+    result: ImageResult,
+    opts: RunOptions,
+    ranges: Mapping[str, Range] | None = None,
+) -> np.ndarray:
+    """The one figure of ``image`` as ``opts`` lay it out (layouts row and grid).
+
+    ``ranges`` fix the heat maps' colour ranges by map name (``--norm``); by default each
+    image's own.
+    """
+    if ranges is None:
+        _, bounds = parse_norm(opts.norm)
+        ranges = dict.fromkeys(_heat_maps(result), bounds) if bounds is not None else {}
+    columns = math.ceil(math.sqrt(len(opts.panels))) if opts.layout == "grid" else None
     return render_triptych(
-        image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height
-    )
+        image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
+        panels=opts.panels, columns=columns, ranges=ranges, gradcam=result.gradcam,
+    )  # fmt: skip
+
+
+def _file_part(name: str) -> str:
+    """A layer name made safe for a file name (letters, digits, '.', '-', '_')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def output_suffixes(opts: RunOptions, layers: Sequence[str]) -> dict[str, str]:
+    """Each output of an input, by its manifest name, and the suffix its file gets.
+
+    ``--layout separate`` writes one file per panel (and per colour key), named
+    ``<stem>.<panel>.<format>``, with the layer inserted when there are several.
+    """
+    fmt = "." + opts.fmt
+    suffixes: dict[str, str] = {}
+    if opts.layout != "separate":
+        suffixes["figure"] = fmt
+    else:
+        names = [n for n in layers if n != "gradcam"] or list(layers)
+        for layer in names:
+            prefix = f".{_file_part(layer)}" if len(names) > 1 else ""
+            for panel in opts.panels:
+                tag = f"{layer}:{panel}" if len(names) > 1 else panel
+                suffixes[tag] = f"{prefix}.{panel}{fmt}"
+                if panel in ("map", "weighted", "gradcam"):
+                    suffixes[f"{tag}-key"] = f"{prefix}.{panel}-key{fmt}"
+    if opts.save_raw:
+        suffixes["raw"] = ".npz"
+    return suffixes
+
+
+def _separate_panels(
+    image: np.ndarray, result: ImageResult, opts: RunOptions, ranges: Mapping[str, Range]
+) -> dict[str, np.ndarray]:
+    """``--layout separate``: each panel bare (no caption, no letterbox) and its colour key."""
+    images: dict[str, np.ndarray] = {}
+    several = len(result.layers) > 1
+    for layer in result.layers:
+        panels = draw_panels(
+            image, layer, panels=opts.panels, cmap=opts.cmap, alpha=opts.alpha,
+            panel_height=opts.panel_height, ranges=ranges, gradcam=result.gradcam,
+        )  # fmt: skip
+        for panel in panels:
+            tag = f"{layer.name}:{panel.kind}" if several else panel.kind
+            images[tag] = panel.image
+            if panel.key is not None:
+                _, lo, hi = panel.key
+                images[f"{tag}-key"] = colorbar(opts.panel_height, opts.cmap, lo, hi)
+    return images
 
 
 def _write_outputs(
-    item: InputItem, image: np.ndarray, result: ImageResult, opts: RunOptions
+    item: InputItem,
+    image: np.ndarray,
+    result: ImageResult,
+    opts: RunOptions,
+    ranges: Mapping[str, Range] | None = None,
 ) -> dict[str, object]:
-    figure_path = output_path(item, opts.out, "." + opts.fmt)
-    figure = render_figure(image, result, opts)
-    write_image(figure_path, figure, opts.fmt)
-    outputs = {"figure": figure_path.relative_to(opts.out).as_posix()}
+    ranges = ranges or {}
+    suffixes = output_suffixes(opts, [m.name for m in result.layers])
+    if opts.layout == "separate":
+        images = _separate_panels(image, result, opts, ranges)
+    else:
+        images = {"figure": render_figure(image, result, opts, ranges)}
+    outputs: dict[str, str] = {}
+    for name, figure in images.items():
+        path = output_path(item, opts.out, suffixes[name])
+        write_image(path, figure, opts.fmt)
+        outputs[name] = path.relative_to(opts.out).as_posix()
     if opts.save_raw:
-        raw_path = figure_path.with_suffix(".npz")
-        write_npz(raw_path, {m.name: m.weights.astype(np.float32) for m in result.layers})
+        raw_path = output_path(item, opts.out, suffixes["raw"])
+        raw = {m.name: m.weights.astype(np.float32) for m in result.layers}
+        if result.gradcam is not None:
+            raw["gradcam"] = np.asarray(result.gradcam, dtype=np.float32)
+        write_npz(raw_path, raw)
         outputs["raw"] = raw_path.relative_to(opts.out).as_posix()
     return {
         "input": str(item.path),
@@ -585,4 +798,33 @@ def _write_outputs(
         "layers": [m.name for m in result.layers],
         "top5": result.top5,
         "maps": {m.name: map_stats(m.weights, image.shape[:2]) for m in result.layers},
+        # The colour range each heat map was drawn with: its own, or the run's (--norm).
+        "heat_ranges": {
+            name: list(ranges.get(name) or (float(values.min()), float(values.max())))
+            for name, values in _heat_maps(result).items()
+        },
     }
+
+
+STATS_COLUMNS = (
+    "input", "layer", "top1", "top1_prob", "min", "max", "mean", "std", "entropy",
+    "mass_top10", "peak_x", "peak_y",
+)  # fmt: skip
+
+
+def write_stats_csv(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """``--stats``: one row per image and layer of this run, atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(STATS_COLUMNS)
+    for record in records:
+        top1 = (record.get("top5") or [{}])[0]
+        for layer, stats in record.get("maps", {}).items():
+            x, y = stats.get("peak_xy", [None, None])
+            writer.writerow([
+                record["input"], layer, top1.get("label"), top1.get("prob"),
+                *(stats.get(k) for k in ("min", "max", "mean", "std", "entropy", "mass_top10")),
+                x, y,
+            ])  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8", "surrogateescape"))

@@ -78,20 +78,22 @@ def _line_height(scale: float) -> tuple[int, int]:
     return height, baseline
 
 
-def caption_scale(width: int) -> float:
-    """Font scale of captions on a panel ``width`` px wide.
+def caption_scale(width: int, panel_height: int = 320) -> float:
+    """Font scale of captions on a panel ``width`` x ``panel_height`` px.
 
-    It grows with the panel so text stays proportionate, and is capped so wide panels don't shout.
+    It grows with the panel's width so text stays proportionate, and is capped by its height
+    so wide panels don't shout; large panels (``--panel-size``) raise the cap, so captions
+    stay legible when the figure is shrunk onto a page.
     """
-    return float(np.clip(width / 600.0, 0.4, 0.8))
+    return float(np.clip(width / 600.0, 0.4, max(0.8, panel_height / 400.0)))
 
 
-def caption_height(width: int) -> int:
-    """Height of the caption strip for a panel ``width`` px wide (independent of the text).
+def caption_height(width: int, panel_height: int = 320) -> int:
+    """Height of the caption strip for a panel (independent of the text).
 
-    Depending on width alone keeps equal-width panels aligned in a row.
+    Depending on the panel's size alone keeps equal panels aligned in a row.
     """
-    height, descent = _line_height(caption_scale(width))
+    height, descent = _line_height(caption_scale(width, panel_height))
     pad = max(3, height // 2)
     return _CAPTION_LINES * (height + descent) + 2 * pad
 
@@ -171,9 +173,13 @@ def caption(panel: np.ndarray, text: str) -> np.ndarray:
     Long text wraps onto a second line (a "\\n" in ``text`` forces the break), then shrinks,
     then is shortened with "..." in the middle.
     """
-    width = panel.shape[1]
+    height, width = panel.shape[:2]
     strip = text_strip(
-        text, width, caption_height(width), caption_scale(width), max_lines=_CAPTION_LINES
+        text,
+        width,
+        caption_height(width, height),
+        caption_scale(width, height),
+        max_lines=_CAPTION_LINES,
     )
     return np.vstack([strip, panel])
 
@@ -207,7 +213,8 @@ def colorbar(height: int, name: str, lo: float, hi: float) -> np.ndarray:
     bar_w = max(10, width // 4)
     tick_len = 4
     text_x = bar_x0 + bar_w + tick_len + 3
-    scale = float(np.clip(height / 700.0, 0.35, 0.6))
+    # Tall bars (large --panel-size) get proportionally larger labels.
+    scale = float(np.clip(height / 700.0, 0.35, max(0.6, height / 700.0)))
     widest = max(labels, key=lambda s: _text_width(s, scale))
     while scale > 0.25 and _text_width(widest, scale) > width - text_x - 2:
         scale *= 0.9

@@ -1,10 +1,13 @@
 """The attnviz figure: per layer, image | attention weights | weighted features | colour keys.
 
-Layout of one row (all image areas share one height; captions sit above them)::
+Layout of one row with the default panels (all image areas share one height; captions sit
+above them)::
 
     [original] g [weights M_s] g [|M (x) F| over image] g [key: weights] g [key: |F_out|]
 
-Rows, one per layer, are stacked with the same white gutter ``g`` between them.
+Rows, one per layer, are stacked with the same white gutter ``g`` between them. Other panel
+kinds (see PANELS) take their place in the order asked for, followed by one key per colour
+scale; the grid layout wraps a layer's panels after a number of columns.
 
 A panel takes the image's aspect ratio clamped to [1:4, 4:1], so a 1x5000 strip still gives a
 readable figure; the image (and the maps over it) is fitted inside the panel whole, letterboxed.
@@ -12,7 +15,7 @@ readable figure; the image (and the maps over it) is fitted inside the panel who
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -36,6 +39,11 @@ _WHITE = 255
 # Grey, not white: white would merge with the gutters and read as "high" in hot/bone colour maps.
 _LETTERBOX = 128
 MAX_ASPECT = 4  # a panel is at most 4x wider than tall, or 4x taller than wide
+# What a figure can show of each layer: the photo, the weight map, the weighted features over
+# the photo, the trunk's Grad-CAM over the photo, the photo with the map's thresholded outline.
+PANELS = ("original", "map", "weighted", "gradcam", "contours")
+DEFAULT_PANELS = ("original", "map", "weighted")
+Range = tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,8 @@ class Layout:
     caption_height: int
     colorbar_width: int
     gutter: int = GUTTER
+    panels: int = 3  # panels in a row
+    keys: int = 2  # colour keys after them
 
     @property
     def row_height(self) -> int:
@@ -72,7 +82,12 @@ class Layout:
 
     @property
     def width(self) -> int:
-        return 3 * self.panel_width + 2 * self.colorbar_width + 4 * self.gutter
+        parts = self.panels + self.keys
+        return (
+            self.panels * self.panel_width
+            + self.keys * self.colorbar_width
+            + (parts - 1) * self.gutter
+        )
 
     def height(self, rows: int) -> int:
         return rows * self.row_height + (rows - 1) * self.gutter
@@ -121,7 +136,7 @@ def compute_layout(image_shape: tuple[int, ...], panel_height: int) -> Layout:
     return Layout(
         panel_width=width,
         panel_height=panel_height,
-        caption_height=caption_height(width),
+        caption_height=caption_height(width, panel_height),
         colorbar_width=colorbar_width(panel_height),
     )
 
@@ -171,7 +186,10 @@ def _check_map(layer: LayerMaps, field: str) -> np.ndarray:
 def _key(title: str, bar: np.ndarray, layout: Layout) -> np.ndarray:
     """A colour bar with a title in a strip as tall as the panel captions, so rows line up."""
     header = text_strip(
-        title, bar.shape[1], layout.caption_height, caption_scale(layout.panel_width)
+        title,
+        bar.shape[1],
+        layout.caption_height,
+        caption_scale(layout.panel_width, layout.panel_height),
     )
     return np.vstack([header, bar])
 
@@ -180,52 +198,116 @@ def _hgap(height: int, width: int = GUTTER) -> np.ndarray:
     return np.full((height, width, 3), _WHITE, dtype=np.uint8)
 
 
-def _render_row(
-    base: np.ndarray,
-    original_hw: tuple[int, int],
+def scale_to_range(values: np.ndarray, fixed: Range | None) -> tuple[np.ndarray, float, float]:
+    """``values`` mapped to [0, 1]: by their own min-max, or by a ``fixed`` (lo, hi), clipped."""
+    if fixed is None:
+        return normalize(values)
+    lo, hi = fixed
+    if not hi > lo:
+        return np.zeros_like(values, dtype=np.float32), lo, hi
+    unit = np.clip((np.asarray(values, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    return unit.astype(np.float32), lo, hi
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One drawn panel: its image (content size, not letterboxed), caption and colour key."""
+
+    kind: str
+    image: np.ndarray
+    caption: str
+    key: tuple[str, float, float] | None = None  # (title, lo, hi) of its colour scale
+
+
+def _outline(base: np.ndarray, weights_px: np.ndarray, level: float) -> np.ndarray:
+    """``base`` with the outline of the region where the map is at least ``level``."""
+    mask = (weights_px >= level).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
+    out = base.copy()
+    thickness = max(1, round(max(base.shape[:2]) / 160))
+    # Yellow on a dark edge: visible on bright and dark photos alike.
+    cv2.drawContours(out, contours, -1, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+    cv2.drawContours(out, contours, -1, (255, 230, 0), thickness, cv2.LINE_AA)
+    return out
+
+
+def draw_panels(
+    image: np.ndarray,
     layer: LayerMaps,
-    cmap: str,
-    alpha: float,
-    layout: Layout,
-) -> np.ndarray:
-    # Maps are drawn over the image content only; letterbox() then pads all three panels alike.
+    *,
+    panels: Sequence[str] = DEFAULT_PANELS,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    panel_height: int = 320,
+    ranges: Mapping[str, Range] | None = None,
+    gradcam: np.ndarray | None = None,
+    base: np.ndarray | None = None,
+) -> list[Panel]:
+    """The panels of one layer, in the order asked for (see PANELS).
+
+    Panel ``map`` is on the weights' absolute [0, 1] scale; ``weighted`` and ``gradcam`` use
+    ``ranges[name]`` when given (name: the layer's, or "gradcam"), else their own min-max.
+    """
+    _check_image(image)
+    unknown = [k for k in panels if k not in PANELS]
+    if unknown or not panels:
+        raise ValueError(f"panels must be some of {', '.join(PANELS)}, got {list(panels)}")
+    if "gradcam" in panels and gradcam is None:
+        raise ValueError("a gradcam panel needs the Grad-CAM map")
+    base = fit_image(image, panel_height) if base is None else base
     size = (base.shape[0], base.shape[1])
-    panel = (layout.panel_height, layout.panel_width)
-    h, w = original_hw
+    ranges = ranges or {}
+    h, w = image.shape[:2]
     weights = _check_map(layer, "weights")
-    weighted = _check_map(layer, "weighted")
+    out: list[Panel] = []
+    for kind in panels:
+        if kind == "original":
+            out.append(Panel(kind, base, f"original {w}x{h}"))
+        elif kind == "map":
+            # Absolute scale: weights are sigmoid outputs, so [0, 1] is their meaning; a min-max
+            # stretch would make a flat 0.5 map look as decisive as a 0-vs-1 one.
+            lo, hi = float(weights.min()), float(weights.max())
+            rgb = apply_colormap(np.clip(upsample(weights, size), 0.0, 1.0), cmap)
+            text = f"{layer.name}\n{layer.weights_label} [{lo:.3g}, {hi:.3g}]"
+            out.append(Panel(kind, rgb, text, (layer.weights_key, 0.0, 1.0)))
+        elif kind == "weighted":
+            # Relative scale: features have no natural unit, so stretch them (or use the run's).
+            unit, lo, hi = scale_to_range(_check_map(layer, "weighted"), ranges.get(layer.name))
+            rgb = blend(base, apply_colormap(upsample(unit, size), cmap), alpha)
+            text = f"{layer.name}\n{layer.weighted_label} [{lo:.3g}, {hi:.3g}]"
+            out.append(Panel(kind, rgb, text, (layer.weighted_key, lo, hi)))
+        elif kind == "gradcam":
+            assert gradcam is not None
+            unit, lo, hi = scale_to_range(np.asarray(gradcam, np.float32), ranges.get("gradcam"))
+            rgb = blend(base, apply_colormap(upsample(unit, size), cmap), alpha)
+            out.append(Panel(kind, rgb, f"Grad-CAM of the trunk\n[{lo:.3g}, {hi:.3g}]",
+                             ("Grad-CAM", lo, hi)))  # fmt: skip
+        else:  # contours
+            level = (float(weights.min()) + float(weights.max())) / 2.0
+            rgb = _outline(base, upsample(weights, size), level)
+            out.append(Panel(kind, rgb, f"{layer.name}\n{layer.weights_label} >= {level:.3g}"))
+    return out
 
-    # Panel 2: absolute scale. Weights are sigmoid outputs, so [0, 1] is their meaning; a min-max
-    # stretch would make a flat 0.5 map look as decisive as a 0-vs-1 one.
-    w_lo, w_hi = float(weights.min()), float(weights.max())
-    weights_rgb = apply_colormap(np.clip(upsample(weights, size), 0.0, 1.0), cmap)
 
-    # Panel 3: relative scale. The features have no natural unit, so stretch to the map's range.
-    unit, f_lo, f_hi = normalize(weighted)
-    feature_rgb = blend(base, apply_colormap(upsample(unit, size), cmap), alpha)
-
-    parts = [
-        caption(letterbox(base, panel), f"original {w}x{h}"),
-        # Layer name on its own line, so a long name is shortened without losing the range.
-        caption(
-            letterbox(weights_rgb, panel),
-            f"{layer.name}\n{layer.weights_label} [{w_lo:.3g}, {w_hi:.3g}]",
-        ),
-        caption(
-            letterbox(feature_rgb, panel),
-            f"{layer.name}\n{layer.weighted_label} [{f_lo:.3g}, {f_hi:.3g}]",
-        ),
-        # Two keys because panels 2 and 3 use different scales: 0..1 vs the feature map's range.
-        _key(layer.weights_key, colorbar(layout.panel_height, cmap, 0.0, 1.0), layout),
-        _key(layer.weighted_key, colorbar(layout.panel_height, cmap, f_lo, f_hi), layout),
-    ]
-    row_h = layout.row_height
+def _line(parts: Sequence[np.ndarray], height: int) -> np.ndarray:
     pieces: list[np.ndarray] = []
     for i, part in enumerate(parts):
         if i:
-            pieces.append(_hgap(row_h))
+            pieces.append(_hgap(height))
         pieces.append(part)
     return np.hstack(pieces)
+
+
+def _stack(lines: Sequence[np.ndarray], gutter: int = GUTTER) -> np.ndarray:
+    """Lines one under another, white gutters between, narrower lines padded on the right."""
+    width = max(line.shape[1] for line in lines)
+    pieces: list[np.ndarray] = []
+    for i, line in enumerate(lines):
+        if i:
+            pieces.append(np.full((gutter, width, 3), _WHITE, dtype=np.uint8))
+        pad = width - line.shape[1]
+        pieces.append(np.hstack([line, _hgap(line.shape[0], pad)]) if pad else line)
+    return np.vstack(pieces)
 
 
 def render_triptych(
@@ -235,12 +317,17 @@ def render_triptych(
     cmap: str = "jet",
     alpha: float = 0.5,
     panel_height: int = 320,
+    panels: Sequence[str] = DEFAULT_PANELS,
+    columns: int | None = None,
+    ranges: Mapping[str, Range] | None = None,
+    gradcam: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Render one row per layer (see module docstring); returns an RGB uint8 image.
+    """Render the panels of each layer (see module docstring); returns an RGB uint8 image.
 
     ``image`` is the original RGB uint8 (H, W, 3) picture; it is shown whole, never cropped, and
     letterboxed on grey when its aspect ratio is beyond 1:4..4:1 (see ``panel_size``).
-    Deterministic: the same inputs give byte-identical output.
+    ``columns`` wraps each layer's panels after that many (the grid layout); the colour keys
+    follow the last panel. Deterministic: the same inputs give byte-identical output.
     """
     _check_image(image)
     if len(layers) == 0:
@@ -251,12 +338,19 @@ def render_triptych(
 
     layout = compute_layout(image.shape, panel_height)
     base = fit_image(image, panel_height)
-    original_hw = (image.shape[0], image.shape[1])
-    rows = [_render_row(base, original_hw, layer, cmap, alpha, layout) for layer in layers]
-
-    pieces: list[np.ndarray] = []
-    for i, row in enumerate(rows):
-        if i:
-            pieces.append(np.full((layout.gutter, layout.width, 3), _WHITE, dtype=np.uint8))
-        pieces.append(row)
-    return np.vstack(pieces)
+    box = (layout.panel_height, layout.panel_width)
+    per_line = columns or len(panels)
+    lines: list[np.ndarray] = []
+    for layer in layers:
+        drawn = draw_panels(
+            image, layer, panels=panels, cmap=cmap, alpha=alpha, panel_height=panel_height,
+            ranges=ranges, gradcam=gradcam, base=base,
+        )  # fmt: skip
+        # Maps are drawn over the image content only; letterbox() then pads all panels alike.
+        parts = [caption(letterbox(p.image, box), p.caption) for p in drawn]
+        keys = list(dict.fromkeys(p.key for p in drawn if p.key is not None))  # one per scale
+        bars = [_key(t, colorbar(layout.panel_height, cmap, lo, hi), layout) for t, lo, hi in keys]
+        chunks = [parts[i : i + per_line] for i in range(0, len(parts), per_line)]
+        chunks[-1] = chunks[-1] + bars
+        lines += [_line(chunk, layout.row_height) for chunk in chunks]
+    return _stack(lines, layout.gutter)
