@@ -710,8 +710,11 @@ def render_figure(
         _, bounds = parse_norm(opts.norm)
         ranges = dict.fromkeys(_heat_maps(result), bounds) if bounds is not None else {}
     columns = math.ceil(math.sqrt(len(opts.panels))) if opts.layout == "grid" else None
+    layers = result.layers
+    if opts.layer == "all":  # rows coarse to fine: the fewest map cells first
+        layers = sorted(layers, key=lambda m: np.asarray(m.weights).size)
     return render_triptych(
-        image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
+        image, layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
         panels=opts.panels, columns=columns, ranges=ranges, gradcam=result.gradcam,
     )  # fmt: skip
 

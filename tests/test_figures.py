@@ -227,3 +227,19 @@ def test_stats_csv_has_one_row_per_image_and_layer(photos: Path) -> None:
     table.unlink()
     assert attnviz("run", photos, "--out", out, "--layer", "all", "--stats", table)[0] == 0
     assert len(list(csv.DictReader(table.open()))) == 12
+
+
+def test_layer_all_stacks_rows_coarse_to_fine() -> None:
+    from attnviz.pipeline import ImageResult, RunOptions, render_figure
+    from attnviz.render import render_triptych
+
+    rng = np.random.default_rng(0)
+    fine, mid, coarse = (
+        LayerMaps(name, rng.uniform(0, 1, (n, n)), rng.uniform(0, 1, (n, n)))
+        for name, n in (("fine", 28), ("mid", 14), ("coarse", 7))
+    )
+    image = np.full((60, 80, 3), 100, np.uint8)
+    result = ImageResult(top5=[], layers=[fine, mid, coarse])
+    drawn = render_figure(image, result, RunOptions(inputs=[], layer="all", panel_height=64))
+    expected = render_triptych(image, [coarse, mid, fine], panel_height=64)
+    assert np.array_equal(drawn, expected)
