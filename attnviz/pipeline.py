@@ -376,7 +376,10 @@ def _process(
     pool = ThreadPoolExecutor(opts.workers or io_workers(), thread_name_prefix="attnviz-io")
     try:
         with _torch_threads(forward_threads()):
-            for chunk in _decode_ahead(todo, opts, pool):
+            # Neither the network nor the figure needs more pixels than this: large JPEGs
+            # decode at a reduced scale (see decode_image).
+            min_side = max(opts.panel_height, runner.model.size)
+            for chunk in _decode_ahead(todo, opts, pool, min_side):
                 decoded: list[tuple[InputItem, dict[str, Any], Decoded]] = []
                 for item, fingerprint, future in chunk:
                     exc = future.exception()
@@ -388,7 +391,7 @@ def _process(
                 for (item, fingerprint, d), result in zip(
                     decoded, runner.run(images) if images else [], strict=True
                 ):
-                    write = pool.submit(_write_outputs, item, d.rgb, result, opts, ranges)
+                    write = pool.submit(_write_outputs, item, d, result, opts, ranges)
                     add((item, fingerprint, d.notes, write))
                 if stop.requested:
                     break  # the files in flight are finished and recorded below
@@ -410,14 +413,18 @@ def _record_finished(pending: _Pending, settle: Callable[[int], None]) -> None:
             settle(len(pending) - 1)
 
 
+def _decode(item: InputItem, opts: RunOptions, min_side: int) -> Decoded:
+    return decode_image(item.path, opts.max_pixels, min_side)
+
+
 def _decode_ahead(
-    todo: _Todo, opts: RunOptions, pool: ThreadPoolExecutor
+    todo: _Todo, opts: RunOptions, pool: ThreadPoolExecutor, min_side: int
 ) -> Iterator[list[tuple[InputItem, dict[str, Any], Future[Decoded]]]]:
     """Batches of inputs with their decoding under way; the next batch decodes meanwhile."""
     chunks = [todo[i : i + opts.batch_size] for i in range(0, len(todo), opts.batch_size)]
 
     def submit(chunk: _Todo) -> list[tuple[InputItem, dict[str, Any], Future[Decoded]]]:
-        return [(i, f, pool.submit(decode_image, i.path, opts.max_pixels)) for i, f in chunk]
+        return [(i, f, pool.submit(_decode, i, opts, min_side)) for i, f in chunk]
 
     ahead = submit(chunks[0]) if chunks else []
     for index in range(len(chunks)):
@@ -670,7 +677,8 @@ def global_ranges(
             if stop.requested:
                 break
             chunk = items[start : start + opts.batch_size]
-            decoded = pool.map(_try_decode, chunk, [opts.max_pixels] * len(chunk))
+            min_side = max(opts.panel_height, runner.model.size)
+            decoded = pool.map(_try_decode, chunk, [opts] * len(chunk), [min_side] * len(chunk))
             images = [d.rgb for d in decoded if d is not None]
             for result in runner.run(images) if images else []:
                 for name, values in _heat_maps(result).items():
@@ -680,9 +688,9 @@ def global_ranges(
     return {name: (lo[name], hi[name]) for name in lo}
 
 
-def _try_decode(path_item: InputItem, max_pixels: int) -> Decoded | None:
+def _try_decode(item: InputItem, opts: RunOptions, min_side: int) -> Decoded | None:
     try:
-        return decode_image(path_item.path, max_pixels)
+        return _decode(item, opts, min_side)
     except AttnvizError:
         return None
 
@@ -700,11 +708,12 @@ def render_figure(
     result: ImageResult,
     opts: RunOptions,
     ranges: Mapping[str, Range] | None = None,
+    original_hw: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """The one figure of ``image`` as ``opts`` lay it out (layouts row and grid).
 
     ``ranges`` fix the heat maps' colour ranges by map name (``--norm``); by default each
-    image's own.
+    image's own. ``original_hw``: the photo's own size when it was decoded smaller.
     """
     if ranges is None:
         _, bounds = parse_norm(opts.norm)
@@ -716,6 +725,7 @@ def render_figure(
     return render_triptych(
         image, layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
         panels=opts.panels, columns=columns, ranges=ranges, gradcam=result.gradcam,
+        original_hw=original_hw,
     )  # fmt: skip
 
 
@@ -749,7 +759,11 @@ def output_suffixes(opts: RunOptions, layers: Sequence[str]) -> dict[str, str]:
 
 
 def _separate_panels(
-    image: np.ndarray, result: ImageResult, opts: RunOptions, ranges: Mapping[str, Range]
+    image: np.ndarray,
+    result: ImageResult,
+    opts: RunOptions,
+    ranges: Mapping[str, Range],
+    original_hw: tuple[int, int],
 ) -> dict[str, np.ndarray]:
     """``--layout separate``: each panel bare (no caption, no letterbox) and its colour key."""
     images: dict[str, np.ndarray] = {}
@@ -758,6 +772,7 @@ def _separate_panels(
         panels = draw_panels(
             image, layer, panels=opts.panels, cmap=opts.cmap, alpha=opts.alpha,
             panel_height=opts.panel_height, ranges=ranges, gradcam=result.gradcam,
+            original_hw=original_hw,
         )  # fmt: skip
         for panel in panels:
             tag = f"{layer.name}:{panel.kind}" if several else panel.kind
@@ -770,17 +785,18 @@ def _separate_panels(
 
 def _write_outputs(
     item: InputItem,
-    image: np.ndarray,
+    decoded: Decoded,
     result: ImageResult,
     opts: RunOptions,
     ranges: Mapping[str, Range] | None = None,
 ) -> dict[str, object]:
     ranges = ranges or {}
+    image, original_hw = decoded.rgb, decoded.original_hw
     suffixes = output_suffixes(opts, [m.name for m in result.layers])
     if opts.layout == "separate":
-        images = _separate_panels(image, result, opts, ranges)
+        images = _separate_panels(image, result, opts, ranges, original_hw)
     else:
-        images = {"figure": render_figure(image, result, opts, ranges)}
+        images = {"figure": render_figure(image, result, opts, ranges, original_hw)}
     outputs: dict[str, str] = {}
     for name, figure in images.items():
         path = output_path(item, opts.out, suffixes[name])
@@ -797,10 +813,10 @@ def _write_outputs(
         "input": str(item.path),
         "outputs": outputs,
         "model": opts.model,
-        "image_size": [int(image.shape[1]), int(image.shape[0])],
+        "image_size": [original_hw[1], original_hw[0]],
         "layers": [m.name for m in result.layers],
         "top5": result.top5,
-        "maps": {m.name: map_stats(m.weights, image.shape[:2]) for m in result.layers},
+        "maps": {m.name: map_stats(m.weights, original_hw) for m in result.layers},
         # The colour range each heat map was drawn with: its own, or the run's (--norm).
         "heat_ranges": {
             name: list(ranges.get(name) or (float(values.min()), float(values.max())))

@@ -644,3 +644,55 @@ def test_the_manifest_appears_only_when_complete(tmp_path: Path) -> None:
     manifest.close()
     assert read_manifest(tmp_path / MANIFEST_NAME) == [{"input": "a.jpg"}]
     assert [p.name for p in tmp_path.iterdir()] == [MANIFEST_NAME]
+
+
+# --- decoding large photos at a reduced scale -------------------------------------------
+
+
+def _big_jpeg(path: Path, size: tuple[int, int], orientation: int | None = None) -> Path:
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    pixels = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) % 256], -1).astype(np.uint8)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif, quality=90)
+    return path
+
+
+def test_large_jpeg_decodes_at_the_smallest_scale_that_still_covers_min_side(
+    tmp_path: Path,
+) -> None:
+    path = _big_jpeg(tmp_path / "big.jpg", (4000, 3000))
+    full = decode_image(path)
+    reduced = decode_image(path, min_side=320)
+    # 3000 / 8 = 375 >= 320, while 1/16 is not a JPEG scale: an eighth of each side.
+    assert reduced.rgb.shape == (375, 500, 3) and full.rgb.shape == (3000, 4000, 3)
+    assert reduced.size == full.size == (4000, 3000) and reduced.original_hw == (3000, 4000)
+    # The same picture, not a crop: a full decode shrunk the same way looks alike.
+    shrunk = np.asarray(Image.fromarray(full.rgb).resize((500, 375), Image.BOX), np.int16)
+    assert np.abs(shrunk - reduced.rgb).mean() < 3
+
+
+def test_reduced_decoding_leaves_small_photos_pngs_and_rotations_right(tmp_path: Path) -> None:
+    small = _big_jpeg(tmp_path / "small.jpg", (600, 400))
+    assert decode_image(small, min_side=320).rgb.shape == (400, 600, 3)  # not 2x larger
+    png = tmp_path / "big.png"
+    Image.new("RGB", (2000, 1000), (1, 2, 3)).save(png)
+    assert decode_image(png, min_side=100).rgb.shape == (1000, 2000, 3)  # JPEG only
+    turned = decode_image(_big_jpeg(tmp_path / "turned.jpg", (4000, 3000), 6), min_side=320)
+    assert turned.rgb.shape == (500, 375, 3) and turned.size == (3000, 4000)
+
+
+def test_a_reduced_photo_is_recorded_at_its_real_size(tmp_path: Path) -> None:
+    from tests.conftest import attnviz
+
+    path = _big_jpeg(tmp_path / "big.jpg", (4000, 3000))
+    out = tmp_path / "out"
+    code, output = attnviz("run", path, "--out", out)
+    assert code == 0, output
+    record = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert record["image_size"] == [4000, 3000]
+    assert 0 < record["maps"]["attention.head"]["peak_xy"][0] < 4000
+    with Image.open(out / "big.png") as figure:
+        assert figure.height < 450  # one row of 320-pixel panels, not a 3000-pixel one

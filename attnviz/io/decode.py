@@ -72,18 +72,47 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 @dataclass(frozen=True)
 class Decoded:
-    """An upright uint8 (H, W, 3) RGB photo, with notes the user should hear about."""
+    """An upright uint8 (H, W, 3) RGB photo, with notes the user should hear about.
+
+    ``size`` is the photo's own upright (width, height); ``rgb`` may be smaller when the
+    decoder was allowed to reduce it (see ``decode_image``'s ``min_side``).
+    """
 
     rgb: np.ndarray
     notes: list[str] = field(default_factory=list)
+    size: tuple[int, int] | None = None
+
+    @property
+    def original_hw(self) -> tuple[int, int]:
+        if self.size is None:
+            return self.rgb.shape[0], self.rgb.shape[1]
+        return self.size[1], self.size[0]
 
 
-def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+def _reduce_while_decoding(img: Image.Image, min_side: int) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale when its shorter side stays >= min_side.
+
+    The DCT scales while it decodes (Pillow's draft mode), so a 24-Mpx photo costs about a
+    64th of its full decode; the figure and the network never need more pixels than that.
+    """
+    width, height = img.size
+    shorter = min(width, height)
+    if img.format != "JPEG" or shorter < 2 * min_side:
+        return
+    # Pillow picks the largest reduction keeping both sides at least the requested ones.
+    img.draft(img.mode, (width * min_side // shorter, height * min_side // shorter))
+
+
+def decode_image(
+    path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> Decoded:
     """Decode `path` to a C-contiguous uint8 RGB array, EXIF-upright.
 
     Animated images give their first frame (and a note saying so). Images whose header
     claims more than `max_pixels` are refused before any pixel is decoded. Raises
     AttnvizError naming the file for anything missing, not an image, truncated or corrupt.
+    With ``min_side``, a large JPEG may be decoded at a reduced scale whose shorter side is
+    still at least ``min_side`` pixels.
     """
     notes: list[str] = []
     try:
@@ -97,15 +126,19 @@ def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
             frames = getattr(img, "n_frames", 1)
             if frames > 1:
                 notes.append(f"animated ({frames} frames): used the first frame")
+            if min_side is not None:
+                _reduce_while_decoding(img, min_side)
             # load() inside the try: Image.open only reads the header, truncation shows here.
             img.load()
             upright = ImageOps.exif_transpose(img) or img  # None only when in_place=True
             rgb = _to_rgb(upright)
+            turned = upright.size != img.size and upright.size == img.size[::-1]
+            size = (height, width) if turned else (width, height)
     except AttnvizError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise all sorts on bad files
         raise AttnvizError(f"{path}: cannot decode image ({_reason(exc)})") from exc
-    return Decoded(np.ascontiguousarray(np.array(rgb, dtype=np.uint8)), notes)
+    return Decoded(np.ascontiguousarray(np.array(rgb, dtype=np.uint8)), notes, size)
 
 
 def load_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

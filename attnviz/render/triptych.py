@@ -242,11 +242,14 @@ def draw_panels(
     ranges: Mapping[str, Range] | None = None,
     gradcam: np.ndarray | None = None,
     base: np.ndarray | None = None,
+    original_hw: tuple[int, int] | None = None,
 ) -> list[Panel]:
     """The panels of one layer, in the order asked for (see PANELS).
 
     Panel ``map`` is on the weights' absolute [0, 1] scale; ``weighted`` and ``gradcam`` use
     ``ranges[name]`` when given (name: the layer's, or "gradcam"), else their own min-max.
+    ``original_hw`` is the photo's own size, for the caption, when ``image`` was decoded
+    smaller.
     """
     _check_image(image)
     unknown = [k for k in panels if k not in PANELS]
@@ -257,7 +260,7 @@ def draw_panels(
     base = fit_image(image, panel_height) if base is None else base
     size = (base.shape[0], base.shape[1])
     ranges = ranges or {}
-    h, w = image.shape[:2]
+    h, w = original_hw or image.shape[:2]
     weights = _check_map(layer, "weights")
     out: list[Panel] = []
     for kind in panels:
@@ -321,6 +324,7 @@ def render_triptych(
     columns: int | None = None,
     ranges: Mapping[str, Range] | None = None,
     gradcam: np.ndarray | None = None,
+    original_hw: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Render the panels of each layer (see module docstring); returns an RGB uint8 image.
 
@@ -344,7 +348,7 @@ def render_triptych(
     for layer in layers:
         drawn = draw_panels(
             image, layer, panels=panels, cmap=cmap, alpha=alpha, panel_height=panel_height,
-            ranges=ranges, gradcam=gradcam, base=base,
+            ranges=ranges, gradcam=gradcam, base=base, original_hw=original_hw,
         )  # fmt: skip
         # Maps are drawn over the image content only; letterbox() then pads all panels alike.
         parts = [caption(letterbox(p.image, box), p.caption) for p in drawn]
