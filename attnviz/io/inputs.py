@@ -15,6 +15,9 @@ from attnviz.errors import AttnvizError
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 )
+# Kept here rather than in attnviz.io.video so that finding inputs needs no video code.
+VIDEO_SUFFIXES: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".webm", ".mkv"})
+_WALKED_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ class Rejected:
     failed: bool = True
 
 
-def _classify(path: Path) -> tuple[Path | None, str]:
-    """(resolved path, "") for a readable regular file, else (None, why not)."""
+def _classify(path: Path, allow_dir: bool = False) -> tuple[Path | None, str]:
+    """(resolved path, "") for a readable regular file (or folder), else (None, why not)."""
     try:
         st = os.stat(path)  # follows links: a loop or a dangling link fails here
     except OSError as exc:
@@ -51,7 +54,7 @@ def _classify(path: Path) -> tuple[Path | None, str]:
             return None, "broken symlink" if os.path.islink(path) else (exc.strerror or str(exc))
         return None, "no such file or directory"
     if stat.S_ISDIR(st.st_mode):
-        return None, "is a directory"
+        return (Path(os.path.realpath(path)), "") if allow_dir else (None, "is a directory")
     if not stat.S_ISREG(st.st_mode):
         return None, "not a regular file (device, pipe or socket)"
     return Path(os.path.realpath(path)), ""
@@ -64,7 +67,7 @@ def _inside(path: Path, folder: Path | None) -> bool:
 def _walk(
     root: Path, pattern: str | None, exclude: Path | None, rejected: list[Rejected]
 ) -> list[tuple[Path, Path]]:
-    """(file, path relative to root) for every image under root, sorted by relative path."""
+    """(file, path relative to root) for every image or video under root, sorted."""
 
     def on_error(err: OSError) -> None:
         where = Path(err.filename) if err.filename else root
@@ -77,7 +80,7 @@ def _walk(
         # Prune the output folder so results of an earlier run are never fed back in.
         dirnames[:] = [d for d in dirnames if not _inside((here / d).resolve(), exclude)]
         for name in filenames:
-            if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            if Path(name).suffix.lower() not in _WALKED_SUFFIXES:
                 continue
             rel = (here / name).relative_to(root)
             if pattern is not None and not (
@@ -89,16 +92,27 @@ def _walk(
     return found
 
 
+def _as_video_item(folder: Path) -> tuple[Path, Path]:
+    """(folder, relative output name) for a folder of frames that is one video."""
+    # "." or "/" has no name of its own: name the video after the folder it really is.
+    name = folder.name or Path(os.path.realpath(folder)).name or "frames"
+    return folder, Path(name)
+
+
 def discover(
-    paths: Sequence[Path], pattern: str | None = None, exclude: Path | None = None
+    paths: Sequence[Path],
+    pattern: str | None = None,
+    exclude: Path | None = None,
+    as_video: bool = False,
 ) -> tuple[list[InputItem], list[Rejected]]:
     """Expand files and folders into input items, in a deterministic order.
 
     Files named directly are taken whatever their suffix (decoding decides); folders are
-    walked recursively for image suffixes, filtered by `pattern` if given. Files under
-    `exclude` (the output folder) are skipped. Inputs that would write the same output
-    file as an earlier one are rejected rather than silently overwriting it; a file given
-    twice is processed once (and reported, not failed).
+    walked recursively for image and video suffixes, filtered by `pattern` if given. With
+    `as_video`, a folder named directly is one item instead: its frames make a video.
+    Files under `exclude` (the output folder) are skipped. Inputs that would write the
+    same output file as an earlier one are rejected rather than silently overwriting it;
+    a file given twice is processed once (and reported, not failed).
     """
     excluded = exclude.resolve() if exclude is not None else None
     items: list[InputItem] = []
@@ -110,13 +124,15 @@ def discover(
 
     for given in paths:
         given = Path(given)
-        if given.is_dir():
+        if given.is_dir() and as_video:
+            candidates = [_as_video_item(given)]
+        elif given.is_dir():
             candidates = _walk(given, pattern, excluded, rejected)
         else:
             candidates = [(given, Path(given.name))]
 
         for path, rel in candidates:
-            real, why_not = _classify(path)
+            real, why_not = _classify(path, allow_dir=as_video)
             if real is None:
                 rejected.append(Rejected(path, why_not))
                 continue

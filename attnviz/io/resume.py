@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from attnviz.errors import AttnvizError
-from attnviz.io.manifest import JOURNAL_GLOB, MANIFEST_NAME, read_manifest
+from attnviz.io.manifest import MANIFEST_NAME, journal_glob, read_manifest
 from attnviz.io.write import in_use
 
 
@@ -25,7 +26,14 @@ def input_fingerprint(path: Path) -> dict[str, Any]:
     The real path identifies the input whatever the spelling or working directory.
     """
     st = os.stat(path)
-    return {"path": os.path.realpath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    size, mtime = st.st_size, st.st_mtime_ns
+    if stat.S_ISDIR(st.st_mode):
+        # A folder of frames (--as-video): a frame rewritten in place changes no folder time.
+        with os.scandir(path) as entries:
+            files = [e.stat() for e in entries if e.is_file()]
+        size = sum(f.st_size for f in files)
+        mtime = max([mtime, *(f.st_mtime_ns for f in files)])
+    return {"path": os.path.realpath(path), "bytes": size, "mtime_ns": mtime}
 
 
 def _source(record: Mapping[str, Any]) -> str | None:
@@ -67,17 +75,19 @@ class PreviousRun:
         }
 
     @classmethod
-    def load(cls, out_dir: Path) -> tuple[PreviousRun, str | None]:
+    def load(cls, out_dir: Path, name: str = MANIFEST_NAME) -> tuple[PreviousRun, str | None]:
         """Records of the manifest and of journals left by killed runs (newest last).
 
         Returns a note too when a manifest could not be used.
         """
         records: list[dict[str, Any]] = []
-        path = out_dir / MANIFEST_NAME
+        path = out_dir / name
         try:
             if path.exists():
                 records += read_manifest(path)
-            journals = [j for j in out_dir.glob(JOURNAL_GLOB) if j.is_file() and not in_use(j)]
+            journals = [
+                j for j in out_dir.glob(journal_glob(name)) if j.is_file() and not in_use(j)
+            ]
             for journal in sorted(journals, key=lambda j: j.stat().st_mtime_ns):
                 records += read_manifest(journal, allow_torn_tail=True)
         except AttnvizError as exc:
