@@ -30,6 +30,7 @@ from attnviz.io import (
     write_image,
     write_npz,
 )
+from attnviz.io.manifest import remove_stale_journals
 from attnviz.io.resume import PreviousRun
 
 
@@ -632,7 +633,9 @@ def test_a_killed_runs_journal_is_resumed_from_even_with_a_torn_last_line(tmp_pa
     assert note is None
     assert previous.up_to_date(_stat("a.jpg"), "k") is not None
     assert previous.still_present("b.jpg") is None
-    assert remove_stale_temps(tmp_path) == 1 and not killed.exists()
+    assert remove_stale_temps(tmp_path) == 0  # a journal waits for the run resuming it
+    remove_stale_journals(tmp_path)
+    assert not killed.exists() and live._journal is not None and live._journal.exists()
     live.close()
 
 
@@ -696,3 +699,11 @@ def test_a_reduced_photo_is_recorded_at_its_real_size(tmp_path: Path) -> None:
     assert 0 < record["maps"]["attention.head"]["peak_xy"][0] < 4000
     with Image.open(out / "big.png") as figure:
         assert figure.height < 450  # one row of 320-pixel panels, not a 3000-pixel one
+
+
+def test_hidden_folders_are_not_walked(tmp_path: Path) -> None:
+    _png(tmp_path / "photos" / "a.png")
+    _png(tmp_path / "photos" / ".thumbs" / "a.png")  # an older output folder's thumbnails
+    _png(tmp_path / "photos" / ".git" / "logo.png")
+    items, rejected = discover([tmp_path / "photos"])
+    assert [i.relative.as_posix() for i in items] == ["a.png"] and not rejected

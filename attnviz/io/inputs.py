@@ -77,8 +77,13 @@ def _walk(
     # followlinks=False: a symlink pointing at an ancestor would otherwise loop forever.
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=False):
         here = Path(dirpath)
-        # Prune the output folder so results of an earlier run are never fed back in.
-        dirnames[:] = [d for d in dirnames if not _inside((here / d).resolve(), exclude)]
+        # Prune the output folder so results of an earlier run are never fed back in, and
+        # hidden folders (.git, an older output folder's .thumbs): not photos to explain.
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not d.startswith(".") and not _inside((here / d).resolve(), exclude)
+        ]
         for name in filenames:
             if Path(name).suffix.lower() not in _WALKED_SUFFIXES:
                 continue
