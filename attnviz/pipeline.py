@@ -45,7 +45,10 @@ from attnviz.io import (
     write_image,
     write_npz,
 )
+from attnviz.io.manifest import MANIFEST_NAME, remove_stale_journals
 from attnviz.io.resume import PreviousRun, input_fingerprint, settings_key
+from attnviz.io.shards import Shard
+from attnviz.io.video import expected_frames, is_video, open_frames
 from attnviz.io.write import atomic_write_bytes
 from attnviz.models import LoadedModel, load_model
 from attnviz.models.imagenet import imagenet_categories
@@ -86,6 +89,7 @@ class RunOptions:
     every: int = 1  # videos: keep every Nth frame
     gif: bool = False  # videos: also write a short animated GIF
     as_video: bool = False  # folders of frames are one video each
+    shard: str | None = None  # "K/N": only this job's share of the inputs (see io.shards)
 
 
 @dataclass
@@ -102,6 +106,8 @@ class RunSummary:
 
 # Called after each input with (inputs done, inputs total).
 Progress = Callable[[int, int], None]
+# Called while a video is processed: (its path, frames done, frames expected or None).
+FrameProgress = Callable[[str, int, "int | None"], None]
 
 
 METHODS = ("attention", "gradcam")
@@ -144,6 +150,8 @@ def check_options(opts: RunOptions) -> None:
     parse_norm(opts.norm)
     if opts.every < 1:
         raise UsageError(f"--every must be at least 1, got {opts.every}")
+    if opts.shard is not None:
+        Shard.parse(opts.shard)
 
 
 def parse_norm(norm: str) -> tuple[str, Range | None]:
@@ -224,8 +232,16 @@ class _Report:
 _Todo = list[tuple[InputItem, dict[str, Any]]]
 
 
-def run(opts: RunOptions, progress: Progress = lambda done, total: None) -> RunSummary:
-    """Process every input of ``opts``; see the README for the guarantees on failures."""
+def run(
+    opts: RunOptions,
+    progress: Progress = lambda done, total: None,
+    frame_progress: FrameProgress = lambda name, done, total: None,
+) -> RunSummary:
+    """Process every input of ``opts``; see the README for the guarantees on failures.
+
+    ``progress`` hears (inputs done, inputs total) after each input; ``frame_progress``
+    hears (video, frames done, frames expected or None) while a video is processed.
+    """
     start = time.perf_counter()
     check_options(opts)
     check_writable(opts.out)
@@ -236,8 +252,15 @@ def run(opts: RunOptions, progress: Progress = lambda done, total: None) -> RunS
             opts.model, opts.weights, opts.device, size=opts.size, random_init=opts.random_init
         )
         runner = make_runner(model, opts.method, opts.layer, "gradcam" in opts.panels)
-        previous, unusable = PreviousRun.load(opts.out)
-        items, rejected = discover(list(opts.inputs), opts.glob, exclude=opts.out)
+        shard = Shard.parse(opts.shard) if opts.shard is not None else None
+        manifest_name = shard.manifest_name if shard is not None else MANIFEST_NAME
+        previous, unusable = PreviousRun.load(opts.out, manifest_name)
+        items, rejected = discover(
+            list(opts.inputs), opts.glob, exclude=opts.out, as_video=opts.as_video
+        )
+        if shard is not None:
+            items = [i for i in items if shard.holds(i.relative.as_posix())]
+            rejected = [r for r in rejected if shard.holds(str(r.path))]
         settings = output_settings(opts)
         ranges = fixed_ranges(opts, runner)
         if parse_norm(opts.norm)[0] == "global" and not stop.requested:
@@ -245,17 +268,24 @@ def run(opts: RunOptions, progress: Progress = lambda done, total: None) -> RunS
             # every figure; it is part of the settings, so new inputs redo the others.
             ranges = global_ranges(items, runner, opts, stop, progress)
             settings["ranges"] = {name: list(r) for name, r in sorted(ranges.items())}
-        key = settings_key(settings)
+        # Frame sampling shapes videos only: changing it must not redo every photo.
+        video_settings = {**settings, "every": opts.every, "gif": opts.gif}
+        keys = (settings_key(settings), settings_key(video_settings))
         todo: _Todo = []
-        with ManifestWriter(opts.out) as manifest:
+        with ManifestWriter(opts.out, manifest_name) as manifest:
             report = _Report(summary, manifest, opts.strict)
             try:
                 if unusable:
                     report.note(opts.out, unusable)
                 for r in rejected:
                     report.failed(r.path, r.reason) if r.failed else report.note(r.path, r.reason)
-                todo = _plan(items, opts, runner.map_names, previous, key, report)
-                _process(todo, runner, opts, ranges, key, report, stop, progress)
+                todo = _plan(items, opts, runner.map_names, previous, keys, report)
+                photos = [(i, f) for i, f in todo if not is_video_input(i)]
+                videos = [(i, f) for i, f in todo if is_video_input(i)]
+                _process(photos, runner, opts, ranges, keys[0], report, stop, progress)
+                if videos and not stop.requested:
+                    _process_videos(videos, runner, opts, ranges, keys[1], report, stop,
+                                    frame_progress)  # fmt: skip
             except _StrictStop:
                 summary.stopped_by = "--strict"
             finally:
@@ -264,9 +294,15 @@ def run(opts: RunOptions, progress: Progress = lambda done, total: None) -> RunS
                     report.note("(run)", runner.oom_note)
         # Only now that this run's manifest holds their records may killed runs' journals go.
         remove_stale_temps(opts.out)
+        remove_stale_journals(opts.out, manifest_name)
         if opts.stats is not None:
             write_stats_csv(opts.stats, report.results)
-        if opts.gallery:
+        if opts.gallery and shard is not None:
+            summary.notes.append(
+                (str(opts.out), "no gallery for one shard: `attnviz merge` the shards, then "
+                 "`attnviz gallery`")
+            )  # fmt: skip
+        elif opts.gallery:
             from attnviz.render.gallery import write_gallery
 
             write_gallery(opts.out)
@@ -292,10 +328,13 @@ def _plan(
     opts: RunOptions,
     layers: Sequence[str],
     previous: PreviousRun,
-    key: str,
+    keys: tuple[str, str],
     report: _Report,
 ) -> _Todo:
-    """The inputs to process; up-to-date ones keep their earlier record and are skipped."""
+    """The inputs to process; up-to-date ones keep their earlier record and are skipped.
+
+    ``keys``: the settings digests of photos and of videos.
+    """
     todo: _Todo = []
     sources: set[str] = set()
     for item in items:
@@ -305,16 +344,18 @@ def _plan(
             report.failed(item.path, exc.strerror or str(exc))
             continue
         sources.add(fingerprint["path"])
+        key = keys[1] if is_video_input(item) else keys[0]
         kept = None if opts.overwrite else previous.up_to_date(fingerprint, key)
         if kept is not None:
             report.kept(item, kept)
         else:
             todo.append((item, fingerprint))
     # Earlier results for other inputs stay listed, unless this run writes over them.
+    suffixes = list(output_suffixes(opts, layers).values())
     targets = {
         item.relative.with_suffix(suffix).as_posix()
         for item, _ in todo
-        for suffix in output_suffixes(opts, layers).values()
+        for suffix in (VIDEO_OUTPUT_SUFFIXES if is_video_input(item) else suffixes)
     }
     for record in previous.others(sources):
         if not targets.intersection(record["outputs"].values()):
@@ -401,6 +442,53 @@ def _process(
         # and record them, so the manifest never vouches for an output it does not describe.
         pool.shutdown(wait=True, cancel_futures=True)
         _record_finished(pending, settle)
+
+
+# A video's outputs: the video (MJPG .avi where mp4 cannot be written) and the GIF.
+VIDEO_OUTPUT_SUFFIXES = (".mp4", ".avi", ".gif")
+
+
+def is_video_input(item: InputItem) -> bool:
+    """A video file, or a folder of frames (``--as-video``)."""
+    return is_video(item.path) or item.path.is_dir()
+
+
+def _process_videos(
+    videos: _Todo,
+    runner: BatchRunner,
+    opts: RunOptions,
+    ranges: Mapping[str, Range],
+    key: str,
+    report: _Report,
+    stop: GracefulStop,
+    frame_progress: FrameProgress,
+) -> None:
+    """One video after the other, each batched through the model like photos."""
+    from attnviz.video import VideoStopped, process_video
+
+    for item, fingerprint in videos:
+        name, total = str(item.path), expected_frames(item.path, opts.every)
+        frame_progress(name, 0, total)
+        try:
+            with _torch_threads(forward_threads()):
+                record, notes = process_video(
+                    item, opts, runner, stop,
+                    lambda done, name=name, total=total: frame_progress(name, done, total),
+                    ranges,
+                )  # fmt: skip
+        except VideoStopped:
+            return  # its partial outputs are gone; the input keeps any earlier record
+        except OutputError:
+            raise
+        except AttnvizError as exc:
+            report.failed(item.path, str(exc))
+            continue
+        record.update(input_stat=fingerprint, settings=key)
+        for text in notes:
+            report.note(item.path, text)
+        if notes:
+            record["notes"] = notes
+        report.processed(item, record)
 
 
 def _record_finished(pending: _Pending, settle: Callable[[int], None]) -> None:
@@ -669,22 +757,38 @@ def global_ranges(
     """
     lo: dict[str, float] = {}
     hi: dict[str, float] = {}
+
+    def widen(images: Sequence[np.ndarray]) -> None:
+        for result in runner.run(images) if images else []:
+            for name, values in _heat_maps(result).items():
+                lo[name] = min(lo.get(name, math.inf), float(values.min()))
+                hi[name] = max(hi.get(name, -math.inf), float(values.max()))
+
+    photos = [i for i in items if not is_video_input(i)]
+    min_side = max(opts.panel_height, runner.model.size)
     with (
         _torch_threads(forward_threads()),
         ThreadPoolExecutor(opts.workers or io_workers(), thread_name_prefix="attnviz-io") as pool,
     ):
-        for start in range(0, len(items), opts.batch_size):
+        for start in range(0, len(photos), opts.batch_size):
             if stop.requested:
                 break
-            chunk = items[start : start + opts.batch_size]
-            min_side = max(opts.panel_height, runner.model.size)
+            chunk = photos[start : start + opts.batch_size]
             decoded = pool.map(_try_decode, chunk, [opts] * len(chunk), [min_side] * len(chunk))
-            images = [d.rgb for d in decoded if d is not None]
-            for result in runner.run(images) if images else []:
-                for name, values in _heat_maps(result).items():
-                    lo[name] = min(lo.get(name, math.inf), float(values.min()))
-                    hi[name] = max(hi.get(name, -math.inf), float(values.max()))
-            progress(min(start + opts.batch_size, len(items)), len(items))
+            widen([d.rgb for d in decoded if d is not None])
+            progress(min(start + opts.batch_size, len(photos)), len(items))
+        for item in (i for i in items if is_video_input(i)):
+            # A video that cannot be read is reported by the second pass.
+            with contextlib.suppress(AttnvizError), open_frames(item.path, opts.max_pixels) as src:
+                batch: list[np.ndarray] = []
+                for _, frame in src.frames(opts.every):
+                    if stop.requested:
+                        break
+                    batch += [frame] if frame is not None else []
+                    if len(batch) == opts.batch_size:
+                        widen(batch)
+                        batch = []
+                widen(batch)
     return {name: (lo[name], hi[name]) for name in lo}
 
 

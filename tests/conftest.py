@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,13 @@ def attnviz(*args: str | Path) -> tuple[int, str]:
     # The CLI may only end through its exit codes: any other exception is a crash.
     assert crash is None or isinstance(crash, SystemExit), repr(crash)
     return result.exit_code, result.output
+
+
+def summary_count(output: str, row: str) -> int:
+    """A number from the run's summary table: "processed", "up to date" or "failed"."""
+    match = re.search(rf"{row}\s*│\s*(\d+)", output)
+    assert match, output
+    return int(match.group(1))
 
 
 @pytest.fixture

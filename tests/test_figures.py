@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from attnviz.pipeline import map_stats
 from attnviz.render import LayerMaps, apply_colormap
 from attnviz.render.panels import caption_height, colorbar_width
 from attnviz.render.triptych import GUTTER, compute_layout, draw_panels
-from tests.conftest import attnviz, write_photo
+from tests.conftest import attnviz, summary_count, write_photo
 
 
 def records(out: Path) -> dict[str, dict]:
@@ -101,7 +100,7 @@ def test_separate_layout_names_layers_when_there_are_several(photos: Path) -> No
         "run", photos / "b.jpg", "--out", out, "--layout", "separate", "--layer", "all",
         "--panels", "map",
     )  # fmt: skip
-    assert code == 0 and processed(output) == 0
+    assert code == 0 and summary_count(output, "processed") == 0
 
 
 @pytest.mark.parametrize(
@@ -186,13 +185,7 @@ def test_norm_global_range_covers_new_inputs_on_a_rerun(photos: Path) -> None:
     assert len({json.dumps(r["heat_ranges"]) for r in after.values()}) == 1
     # c.png widened the range, so the earlier figures were redrawn with it; else only c is new.
     widened = after["a.jpg"]["heat_ranges"] != first
-    assert processed(output) == (3 if widened else 1)
-
-
-def processed(output: str) -> int:
-    match = re.search(r"processed\s*│\s*(\d+)", output)
-    assert match, output
-    return int(match.group(1))
+    assert summary_count(output, "processed") == (3 if widened else 1)
 
 
 # --- statistics ------------------------------------------------------------------------------

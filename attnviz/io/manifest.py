@@ -14,6 +14,7 @@ from attnviz.errors import AttnvizError
 from attnviz.io.write import (
     atomic_write_bytes,
     create_locked_temp,
+    in_use,
     output_file_mode,
     write_all,
     write_error,
@@ -34,7 +35,27 @@ def _dumps(record: Mapping[str, Any]) -> str:
 
 
 # The manifest being written: a locked temporary (see write.create_locked_temp).
-JOURNAL_GLOB = ".attnviz-manifest.*.journal.tmp"
+JOURNAL_SUFFIX = ".journal.tmp"
+
+
+def _journal_stem(name: str) -> str:
+    # "manifest.jsonl" -> "manifest"; a shard's "manifest.shard-0-of-4.jsonl" ->
+    # "shard-0-of-4", so that no manifest's journal glob matches another's journals.
+    stem = name.removesuffix(".jsonl")
+    return stem.removeprefix("manifest.") if stem != "manifest" else stem
+
+
+def journal_glob(name: str = MANIFEST_NAME) -> str:
+    """The names of the journals of the manifest called ``name`` (see create_locked_temp)."""
+    return f".attnviz-{_journal_stem(name)}.*{JOURNAL_SUFFIX}"
+
+
+def remove_stale_journals(out_dir: Path, name: str = MANIFEST_NAME) -> None:
+    """Delete the journals of killed runs that wrote manifest ``name`` (not live ones)."""
+    for journal in Path(out_dir).glob(journal_glob(name)):
+        if journal.is_file() and not journal.is_symlink() and not in_use(journal):
+            with contextlib.suppress(OSError):
+                journal.unlink()
 
 
 class ManifestWriter:
@@ -46,9 +67,10 @@ class ManifestWriter:
     that exist; after a SIGKILL the journal is left, and a later run resumes from it.
     """
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, name: str = MANIFEST_NAME) -> None:
         self.out_dir = Path(out_dir)
-        self.path = self.out_dir / MANIFEST_NAME
+        self.path = self.out_dir / name
+        self._stem = _journal_stem(name)
         self._fd: int | None = None
         self._journal: Path | None = None
         self._closed = False
@@ -61,7 +83,7 @@ class ManifestWriter:
         try:
             if self._fd is None:
                 self._fd, self._journal = create_locked_temp(
-                    self.out_dir, "manifest", suffix=".journal.tmp"
+                    self.out_dir, self._stem, suffix=JOURNAL_SUFFIX
                 )
             write_all(self._fd, line)  # unbuffered: in the OS's hands, it survives a kill
         except OSError as exc:

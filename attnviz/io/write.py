@@ -120,9 +120,15 @@ def in_use(path: Path) -> bool:
 
 
 def remove_stale_temps(folder: Path) -> int:
-    """Delete temporary files left under `folder` by attnviz runs that were killed."""
+    """Delete temporary files left under `folder` by attnviz runs that were killed.
+
+    Manifest journals are spared: they hold a killed run's records until the run that
+    resumes it has them (see manifest.remove_stale_journals).
+    """
     removed = 0
     for tmp in Path(folder).rglob(TEMP_GLOB):
+        if tmp.name.endswith(".journal.tmp"):
+            continue
         if tmp.is_symlink() or not tmp.is_file() or in_use(tmp):
             continue
         with contextlib.suppress(OSError):

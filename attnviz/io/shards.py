@@ -1,0 +1,99 @@
+"""Splitting one data set over N independent jobs (``--shard K/N``) and merging their manifests.
+
+Each input belongs to exactly one shard, decided by a hash of its path relative to the
+folder given (the same on every machine that runs the same command), so N jobs cover a
+data set exactly once, and an input added later does not move the others. Each shard
+writes its own manifest, ``manifest.shard-K-of-N.jsonl``, beside the others in a shared
+output folder; ``merge_manifests`` joins them into ``manifest.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attnviz.errors import AttnvizError, UsageError
+from attnviz.io.manifest import MANIFEST_NAME, _dumps, read_manifest
+from attnviz.io.write import atomic_write_bytes
+
+_SHARD_FILE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.jsonl$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (counted from 0) of ``count``."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if match is None:
+            raise UsageError(f"--shard must look like K/N (e.g. 0/4), got {text!r}")
+        index, count = int(match.group(1)), int(match.group(2))
+        if count < 1 or index >= count:
+            raise UsageError(
+                f"--shard {text}: K counts from 0 and must be below N (0/{count} .. "
+                f"{max(count - 1, 0)}/{count})"
+            )
+        return cls(index, count)
+
+    def holds(self, key: str) -> bool:
+        """Whether the input named ``key`` (its relative path) belongs to this shard."""
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+    @property
+    def manifest_name(self) -> str:
+        return f"manifest.shard-{self.index}-of-{self.count}.jsonl"
+
+
+@dataclass
+class MergeReport:
+    path: Path
+    shards: list[Path]
+    records: int = 0
+    failed: int = 0
+    missing: list[str] = field(default_factory=list)  # shards of N that wrote no manifest
+
+
+def merge_manifests(out_dir: Path) -> MergeReport:
+    """Join the shard manifests of ``out_dir`` into its ``manifest.jsonl`` (atomically).
+
+    One record per input: where two shards recorded the same input (a rerun with another
+    N), a success wins over a failure. The shard manifests stay, so a shard can be rerun
+    and the merge repeated.
+    """
+    found = sorted(
+        (int(m.group(2)), int(m.group(1)), path)
+        for path in Path(out_dir).glob("manifest.shard-*-of-*.jsonl")
+        if (m := _SHARD_FILE.match(path.name)) is not None
+    )
+    if not found:
+        raise AttnvizError(f"{out_dir}: no shard manifests (manifest.shard-K-of-N.jsonl) to merge")
+    counts = {count for count, _, _ in found}
+    if len(counts) > 1:
+        splits = ", ".join(f"N={n}" for n in sorted(counts))
+        raise AttnvizError(
+            f"{out_dir}: shard manifests of different splits ({splits}); "
+            "remove the stale ones and merge again"
+        )
+    (count,) = counts
+    present = {index for _, index, _ in found}
+    report = MergeReport(path=Path(out_dir) / MANIFEST_NAME, shards=[p for _, _, p in found])
+    report.missing = [f"{k}/{count}" for k in range(count) if k not in present]
+    merged: dict[str, dict[str, Any]] = {}
+    for _, _, path in found:
+        for record in read_manifest(path):
+            key = str(record.get("input"))
+            if key not in merged or "error" in merged[key]:
+                merged[key] = record
+    lines = [_dumps(r) + "\n" for r in merged.values()]
+    atomic_write_bytes(report.path, "".join(lines).encode("utf-8"))
+    report.records = len(merged)
+    report.failed = sum("error" in r for r in merged.values())
+    return report
