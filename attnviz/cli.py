@@ -6,6 +6,7 @@ each command imports what it needs when it runs.
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -16,19 +17,41 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from attnviz import __version__
 from attnviz.errors import AttnvizError, UsageError
 
 if TYPE_CHECKING:
+    from attnviz.config import Schema
+    from attnviz.doctor import Check
     from attnviz.pipeline import RunSummary
 
 app = typer.Typer(
-    help="See where a vision network's spatial attention lands.",
+    help="See where a vision network's spatial attention lands.\n\n"
+    "Example: attnviz run photo.jpg --out figures/",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out_console = Console()
+
+
+def _colour_off() -> bool:
+    # NO_COLOR (no-color.org) means any non-empty value. rich alone would still send bold
+    # and dim escapes under NO_COLOR when FORCE_COLOR forces a terminal; a dumb terminal
+    # shows every escape as junk.
+    return os.environ.get("NO_COLOR", "") != "" or os.environ.get("TERM") == "dumb"
+
+
+if _colour_off():
+    # The help and usage-error screens use typer's own console, configured by this global.
+    import typer.rich_utils
+
+    typer.rich_utils.COLOR_SYSTEM = None
+
+_COLOUR = None if _colour_off() else "auto"
+console = Console(stderr=True, color_system=_COLOUR)
+out_console = Console(color_system=_COLOUR)
+# Where the config files' defaults are kept for the commands (see _load_config).
+CONFIG_META = "attnviz.config"
 
 
 def _printable(text: object) -> str:
@@ -56,14 +79,94 @@ def _fail(exc: AttnvizError) -> typer.Exit:
     return typer.Exit(2 if isinstance(exc, UsageError) else 1)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"attnviz {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    # Runs before the command's options are parsed: the defaults it sets are the ones the
+    # command's flags override, and the ones its --help shows.
+    _load_config(ctx)
+
+
+def _load_config(ctx: typer.Context) -> None:
+    """Defaults from attnviz.toml / pyproject.toml in the working directory, via default_map."""
+    from attnviz.config import load_defaults
+
+    try:
+        defaults = load_defaults(Path.cwd(), _option_schema(ctx.command))
+    except UsageError as exc:
+        if ctx.invoked_subcommand == "doctor":  # a broken config file is one of its rows
+            ctx.meta[CONFIG_META] = exc
+            return
+        raise _fail(exc) from None
+    ctx.meta[CONFIG_META] = defaults
+    ctx.default_map = {**defaults.values, **(ctx.default_map or {})}
+
+
+# Options that make no sense as a project default.
+_NOT_CONFIGURABLE = frozenset({"help", "print_config", "install_completion", "show_completion"})
+# Most specific first: bool is an int, and a Path annotation may be a subclass.
+_KINDS: tuple[tuple[str, type], ...] = (
+    ("bool", bool), ("int", int), ("float", float), ("path", Path), ("str", str),
+)  # fmt: skip
+_CLICK_KINDS = {"boolean": "bool", "integer": "int", "float": "float", "path": "path"}
+
+
+def _option_kind(param: object) -> str:
+    """What TOML type an option takes: one of attnviz.config.KIND_NAMES."""
+    # Newer typer describes a parameter by its annotation; older ones by click's type.
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is None:
+        return _CLICK_KINDS.get(getattr(getattr(param, "type", None), "name", ""), "str")
+    annotation = descriptor.annotation
+    if isinstance(annotation, type):
+        return next((kind for kind, cls in _KINDS if issubclass(annotation, cls)), "str")
+    return "str"
+
+
+def _option_schema(group: object) -> Schema:
+    """Each command's options as attnviz.config describes them, read off the click commands."""
+    from attnviz.config import OptionSpec
+
+    commands = getattr(group, "commands", {})
+    return {
+        name: [
+            OptionSpec(
+                param.name,
+                tuple(o.lstrip("-") for o in param.opts if o.startswith("--")),
+                _option_kind(param),
+            )
+            for param in command.params
+            if param.param_type_name == "option"
+            and param.name
+            and param.name not in _NOT_CONFIGURABLE
+        ]
+        for name, command in commands.items()
+    }
+
+
 @app.command()
 def run(
+    ctx: typer.Context,
     inputs: Annotated[
-        list[Path],
+        list[Path] | None,
         # readable=False: an unreadable file is one failed input, reported by the run, not
-        # a usage error that stops every other input.
+        # a usage error that stops every other input. Not required by click, so that
+        # --print-config needs none; checked below.
         typer.Argument(help="Image files and/or folders (recursive).", readable=False),
-    ],
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output folder; folder inputs are mirrored.")] = Path(
         "attnviz-out"
     ),
@@ -129,6 +232,13 @@ def run(
     as_video: Annotated[
         bool, typer.Option(help="Folders given are frame sequences: one video each.")
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="K/N: only this job's share of the inputs (K from 0), with its own manifest; "
+            "join the shards with `attnviz merge`."
+        ),
+    ] = None,
     random_init: Annotated[
         bool, typer.Option(help="Random weights: structure checks only, maps mean nothing.")
     ] = False,
@@ -139,11 +249,37 @@ def run(
     max_pixels: Annotated[
         int, typer.Option(help="Refuse images with more pixels than this (decompression bombs).")
     ] = 160_000_000,  # attnviz.io.DEFAULT_MAX_PIXELS, not imported: --help stays light
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only errors and failed inputs, one line each.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also the device, threads and throughput.")
+    ] = False,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config",
+            help="Print the effective options as TOML, each with its source, and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Write a triptych (photo | weight map | weighted features) for every input image.
 
+    Defaults: the run table of attnviz.toml or pyproject.toml here; see --print-config.
+
     Example: attnviz run photos/ --layer all --cmap turbo --out figures/
     """
+    try:
+        verbosity = _verbosity(ctx, quiet, verbose)
+        if print_config:
+            print(_effective_config(ctx), end="")
+            return
+        if not inputs:
+            raise UsageError("missing INPUTS: give image files and/or folders to draw")
+        if verbosity > 0:
+            _print_setup(model, device, workers)
+    except AttnvizError as exc:
+        raise _fail(exc) from None
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -163,52 +299,68 @@ def run(
         strict=strict, overwrite=overwrite, max_pixels=max_pixels, method=method.lower(),
         panels=tuple(p.strip().lower() for p in panels.split(",") if p.strip()),
         layout=layout.lower(), norm=norm.lower(), stats=stats, gallery=gallery, every=every,
-        gif=gif, as_video=as_video,
+        gif=gif, as_video=as_video, shard=shard,
     )  # fmt: skip
     progress = Progress(
-        TextColumn("[bold]attnviz"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} images/s"),
+        TextColumn("{task.fields[rate]} {task.fields[unit]}/s"),
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=verbosity < 0,
     )
-    task = progress.add_task("run", total=None, rate="-")
+    task = progress.add_task("[bold]attnviz", total=None, rate="-", unit="images")
+    # A video's frames get a bar of their own while it is processed.
+    frames = progress.add_task("", total=None, rate="-", unit="frames", visible=False)
 
     def on_progress(done: int, total: int) -> None:
-        elapsed = progress.tasks[0].elapsed or 0.0
+        elapsed = progress.tasks[task].elapsed or 0.0
         rate = f"{done / elapsed:.1f}" if elapsed > 0 else "-"
         progress.update(task, completed=done, total=total, rate=rate)
 
+    def on_frames(video: str, done: int, total: int | None) -> None:
+        if done == 0:
+            progress.reset(frames, total=total, visible=True)
+            progress.update(frames, description=_printable(Path(video).name), rate="-")
+            return
+        elapsed = progress.tasks[frames].elapsed or 0.0
+        rate = f"{done / elapsed:.1f}" if elapsed > 0 else "-"
+        progress.update(frames, completed=done, rate=rate)
+
     try:
         with progress:
-            summary = run_pipeline(opts, on_progress)
+            summary = run_pipeline(opts, on_progress, on_frames)
     except AttnvizError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:
         # A second Ctrl-C: outputs are atomic and the manifest was written on the way out.
         console.print("[bold red]interrupted[/]: rerun the same command to resume")
         raise typer.Exit(130) from None
-    _print_summary(summary)
+    _print_summary(summary, verbosity)
     if summary.signum is not None:
         raise typer.Exit(128 + summary.signum)
     if summary.failed:
         raise typer.Exit(1)
 
 
-def _print_summary(summary: RunSummary) -> None:
-    table = Table(title="attnviz run", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("processed", str(summary.processed))
-    table.add_row("up to date", str(summary.skipped))
-    table.add_row("failed", str(len(summary.failed)))
-    table.add_row("output", _printable(summary.out))
-    table.add_row("wall time", f"{summary.wall_s:.1f} s")
-    out_console.print(table)
+def _print_summary(summary: RunSummary, verbosity: int = 0) -> None:
+    """The summary table and one line per note or failure; --quiet keeps only the failures."""
+    if verbosity >= 0:
+        table = Table(title="attnviz run", show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("processed", str(summary.processed))
+        table.add_row("up to date", str(summary.skipped))
+        table.add_row("failed", str(len(summary.failed)))
+        table.add_row("output", _printable(summary.out))
+        table.add_row("wall time", f"{summary.wall_s:.1f} s")
+        if verbosity > 0 and summary.wall_s > 0:
+            table.add_row("throughput", f"{summary.processed / summary.wall_s:.2f} images/s")
+        out_console.print(table)
     for label, style, entries in (
-        ("note", "yellow", summary.notes),
+        ("note", "yellow", summary.notes if verbosity >= 0 else []),
         ("failed", "red", summary.failed),
     ):
         for path, reason in entries:
@@ -224,6 +376,65 @@ def _print_summary(summary: RunSummary) -> None:
             f"[bold red]stopped[/] by {summary.stopped_by}: finished outputs and the manifest are "
             "written; rerun the same command to resume"
         )
+
+
+def _verbosity(ctx: typer.Context, quiet: bool, verbose: bool) -> int:
+    """-1 quiet, 0 normal, 1 verbose. A flag overrides the other one set in a config file."""
+    if not (quiet and verbose):
+        return -1 if quiet else int(verbose)
+    quiet_flag, verbose_flag = (_source(ctx, name) == "flag" for name in ("quiet", "verbose"))
+    if quiet_flag != verbose_flag:
+        return -1 if quiet_flag else 1
+    files = sorted({_source(ctx, "quiet"), _source(ctx, "verbose")})
+    where = "given together" if quiet_flag else f"both set in {' and '.join(files)}"
+    raise UsageError(f"--quiet and --verbose are mutually exclusive ({where})")
+
+
+def _source(ctx: typer.Context, name: str) -> str:
+    """Where an option's value came from: flag, environment, attnviz.toml, ... or default."""
+    source = ctx.get_parameter_source(name)
+    kind = source.name if source is not None else "DEFAULT"
+    if kind == "DEFAULT_MAP":
+        from attnviz.config import Defaults
+
+        defaults = ctx.meta.get(CONFIG_META)
+        found = (
+            defaults.source(ctx.info_name or "", name) if isinstance(defaults, Defaults) else None
+        )
+        return found or "config"
+    return {"COMMANDLINE": "flag", "ENVIRONMENT": "environment"}.get(kind, "default")
+
+
+def _effective_config(ctx: typer.Context) -> str:
+    """The command's options as a TOML table to paste into attnviz.toml, sources as comments."""
+    from attnviz.config import format_toml
+
+    rows = [
+        (param.opts[0].lstrip("-"), _plain(ctx.params[param.name]), _source(ctx, param.name))
+        for param in ctx.command.params
+        if param.param_type_name == "option" and param.name and param.name not in _NOT_CONFIGURABLE
+    ]
+    return format_toml(ctx.info_name or "run", rows)
+
+
+def _plain(value: object) -> object:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _print_setup(model: str, device: str, workers: int | None) -> None:
+    """--verbose: what the run is about to use, before the model loads."""
+    import torch
+
+    from attnviz.models import resolve_device
+    from attnviz.pipeline import forward_threads, io_workers
+
+    console.print(
+        f"model {_printable(model)} on {resolve_device(device)}; "
+        f"{forward_threads()} torch thread(s), {workers or io_workers()} worker thread(s); "
+        f"torch {torch.__version__}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -404,6 +615,111 @@ def train(
         f"{report.holdout_images} photos; mean gate opening "
         + ", ".join(f"{o:.2f}" for o in report.holdout_opening)
     )
+
+
+@app.command()
+def doctor(ctx: typer.Context) -> None:
+    """Check this installation: versions, GPUs, the default model's weights, the config file.
+
+    Exits 1 when a check fails, so scripts and bug reports can rely on it.
+
+    Example: attnviz doctor
+    """
+    from attnviz.doctor import Status, failed, run_checks
+
+    run_defaults = (ctx.default_map or {}).get("run") or {}
+    checks = run_checks(Path(str(run_defaults.get("out", "attnviz-out"))))
+    checks.append(_config_check(ctx.meta.get(CONFIG_META)))
+    styles = {Status.OK: "green", Status.INFO: "cyan", Status.WARN: "yellow", Status.FAIL: "red"}
+    table = Table(title=f"attnviz {__version__} doctor", title_justify="left")
+    for column in ("check", "status", "detail"):
+        # Fold, not ellipsis: the detail of a weights row is a path the user may need whole.
+        table.add_column(column, no_wrap=column != "detail", overflow="fold")
+    for check in checks:
+        style = styles[check.status]
+        table.add_row(check.name, f"[{style}]{check.status.value}[/]", _printable(check.detail))
+    out_console.print(table)
+    if failed(checks):
+        broken = ", ".join(c.name for c in checks if c.status is Status.FAIL)
+        console.print(f"[bold red]broken:[/] {_printable(broken)}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _config_check(loaded: object) -> Check:
+    """The config files in effect, as one of the doctor's rows."""
+    from attnviz.config import CONFIG_FILE, PYPROJECT_FILE, Defaults
+    from attnviz.doctor import Check, Status
+
+    if isinstance(loaded, AttnvizError):
+        return Check("config", Status.FAIL, str(loaded))
+    files = loaded.files if isinstance(loaded, Defaults) else []
+    if not files:
+        return Check(
+            "config", Status.INFO, f"no {CONFIG_FILE} or [tool.attnviz] in {PYPROJECT_FILE} here"
+        )
+    return Check("config", Status.OK, ", ".join(str(f) for f in files))
+
+
+@app.command()
+def gallery(
+    out: Annotated[Path, typer.Argument(help="An output folder written by `attnviz run`.")],
+) -> None:
+    """Write OUT/index.html: a page to browse, sort and filter the figures of a run.
+
+    Example: attnviz gallery figures/
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from attnviz.render.gallery import write_gallery
+
+    progress = Progress(
+        "thumbnails", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+        transient=True,
+    )  # fmt: skip
+    task = progress.add_task("gallery", total=None)
+    try:
+        with progress:
+            result = write_gallery(
+                out, lambda done, total: progress.update(task, completed=done, total=total)
+            )
+    except AttnvizError as exc:
+        raise _fail(exc) from None
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {_printable(note)}", highlight=False, soft_wrap=True)
+    failed = f", {result.failed} failed input(s) listed" if result.failed else ""
+    out_console.print(
+        f"wrote {_printable(result.path)}: {result.items} figure(s){failed}", highlight=False
+    )
+
+
+@app.command()
+def merge(
+    out: Annotated[Path, typer.Argument(help="The output folder the shard jobs shared.")],
+) -> None:
+    """Join the manifests of `attnviz run --shard K/N` jobs into OUT/manifest.jsonl.
+
+    Exits 1 when shards of the split are missing (the merge is written anyway).
+
+    Example: attnviz merge /shared/val-maps
+    """
+    from attnviz.io.shards import merge_manifests
+
+    try:
+        report = merge_manifests(out)
+    except AttnvizError as exc:
+        raise _fail(exc) from None
+    failed = f", {report.failed} failed" if report.failed else ""
+    out_console.print(
+        f"wrote {_printable(report.path)}: {report.records} input(s){failed} from "
+        f"{len(report.shards)} shard manifest(s)",
+        highlight=False,
+    )
+    if report.missing:
+        console.print(
+            f"[bold red]incomplete:[/] no manifest yet for shard(s) {', '.join(report.missing)}",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 def main() -> None:

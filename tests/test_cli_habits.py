@@ -1,0 +1,305 @@
+"""CLI habits: config files and their precedence, --print-config, doctor, --version,
+--quiet/--verbose, NO_COLOR, completion and the examples in every --help."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import typer.main
+
+from attnviz import __version__
+from attnviz.cli import app
+from tests.conftest import attnviz, write_photo
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+# Colour and style escapes (SGR); a live progress bar's cursor moves are not colour.
+SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def printed_config(*flags: str) -> dict[str, tuple[object, str]]:
+    """``run --print-config`` parsed: {key: (value, source)}; checks that it is valid TOML."""
+    code, output = attnviz("run", "--print-config", *flags)
+    assert code == 0, output
+    values = tomllib.loads(output)["run"]
+    sources = {}
+    for line in output.splitlines():
+        if match := re.fullmatch(r"#? ?([a-z-]+) = .*  # (\S+)", line):
+            sources[match.group(1)] = match.group(2)
+    return {key: (values.get(key), source) for key, source in sources.items()}
+
+
+def attnviz_process(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user starts it, in its own process (environment read at start)."""
+    script = Path(sys.executable).with_name("attnviz")  # the console script of this venv
+    if not script.is_file():
+        pytest.skip("attnviz is not installed as a command in this environment")
+    return subprocess.run(
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "100", **env},
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory: config files are read from there only."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+PYPROJECT = """\
+[project]
+name = "my-figures"
+
+[tool.attnviz.run]
+cmap = "viridis"
+layer = "all"
+format = "jpg"
+panel_size = 100
+"""
+ATTNVIZ_TOML = """\
+[run]
+cmap = "turbo"
+out = "figs"
+"""
+
+
+# --- config files: precedence, end to end -------------------------------------------
+
+
+def test_config_precedence_flag_over_attnviz_toml_over_pyproject_over_default(
+    project: Path,
+) -> None:
+    (project / "pyproject.toml").write_text(PYPROJECT)
+    (project / "attnviz.toml").write_text(ATTNVIZ_TOML)
+    config = printed_config("--panel-size", "120")
+    assert config["cmap"] == ("turbo", "attnviz.toml")  # attnviz.toml beats pyproject.toml
+    assert config["out"] == ("figs", "attnviz.toml")
+    assert config["layer"] == ("all", "pyproject.toml")
+    assert config["format"] == ("jpg", "pyproject.toml")
+    assert config["panel-size"] == (120, "flag")  # the flag beats pyproject.toml
+    assert config["model"] == ("lite0-cbam", "default")
+    assert config["weights"] == (None, "default")  # unset: commented out, still listed
+
+
+def test_a_run_uses_the_config_and_flags_override_it(project: Path) -> None:
+    (project / "pyproject.toml").write_text(PYPROJECT)
+    (project / "attnviz.toml").write_text(ATTNVIZ_TOML)
+    photo = write_photo(project / "photo.png", (90, 60))
+    code, output = attnviz("run", photo)
+    assert code == 0, output
+    # out from attnviz.toml, format and layer=all from pyproject.toml
+    assert sorted(p.name for p in (project / "figs").iterdir()) == ["manifest.jsonl", "photo.jpg"]
+    assert len(records(project / "figs")[0]["layers"]) == 4
+
+    code, output = attnviz("run", photo, "--out", "mine", "--format", "png", "--layer", "-1")
+    assert code == 0, output
+    assert (project / "mine" / "photo.png").is_file()
+    assert records(project / "mine")[0]["layers"] == ["attention.head"]
+
+
+def test_help_shows_the_configured_default(project: Path) -> None:
+    (project / "attnviz.toml").write_text('[run]\ncmap = "turbo"\n[eval]\nbatch-size = 7\n')
+    assert "[default: turbo]" in attnviz("run", "--help")[1]
+    assert "[default: 7]" in attnviz("eval", "--help")[1]
+
+
+def test_print_config_pastes_back_into_attnviz_toml(project: Path) -> None:
+    (project / "pyproject.toml").write_text(PYPROJECT)
+    code, first = attnviz("run", "--print-config", "--alpha", "0.25", "--save-raw")
+    assert code == 0, first
+    (project / "attnviz.toml").write_text(first)
+    code, second = attnviz("run", "--print-config")
+    assert code == 0, second
+    values = [line.split("  # ")[0] for line in first.splitlines()]
+    assert values == [line.split("  # ")[0] for line in second.splitlines()]
+    assert "alpha = 0.25  # attnviz.toml" in second
+    assert "save-raw = true  # attnviz.toml" in second
+
+
+def test_print_config_without_config_files_needs_no_inputs(project: Path) -> None:
+    config = printed_config()
+    assert config["cmap"] == ("jet", "default")
+    assert all(source == "default" for _, source in config.values())
+    assert not (project / "attnviz-out").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "message"),
+    [
+        ("attnviz.toml", '[run]\ncmpa = "turbo"\n', "key 'cmpa' in [run] (did you mean 'cmap'"),
+        ("attnviz.toml", '[rnu]\ncmap = "turbo"\n', "unknown table [rnu] (did you mean [run]?)"),
+        ("attnviz.toml", '[run]\nbatch-size = "8"\n', 'batch-size must be an integer, got "8"'),
+        ("attnviz.toml", "[run]\nsave-raw = 1\n", "[run] save-raw must be true or false"),
+        ("attnviz.toml", 'cmap = "turbo"\n', "'cmap' must be inside a table naming its command"),
+        ("attnviz.toml", "[run\ncmap = 1\n", "not valid TOML"),
+        ("pyproject.toml", "[tool.attnviz.run]\nlayers = 'all'\n", "in [tool.attnviz.run] (did"),
+        ("pyproject.toml", "[tool.attnviz]\ncmap = 'turbo'\n", "e.g. [tool.attnviz.run]"),
+        ("pyproject.toml", "[project\n", "pyproject.toml: not valid TOML"),
+    ],
+)  # fmt: skip
+def test_a_bad_config_file_is_one_line_and_exit_2(
+    project: Path, file: str, text: str, message: str
+) -> None:
+    (project / file).write_text(text)
+    photo = write_photo(project / "photo.jpg")
+    code, output = attnviz("run", photo)
+    assert code == 2, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {file}"), output
+    assert message in lines[0]
+    assert not (project / "attnviz-out").exists()
+
+
+def test_pyproject_without_an_attnviz_table_is_ignored(project: Path) -> None:
+    (project / "pyproject.toml").write_text('[project]\nname = "x"\n[tool.ruff]\nline-length = 9\n')
+    assert printed_config()["cmap"] == ("jet", "default")
+
+
+def test_other_commands_read_their_own_table(project: Path) -> None:
+    (project / "attnviz.toml").write_text('[layers]\nmodel = "cbam-resnet18"\n')
+    code, output = attnviz("layers")
+    assert code == 0, output
+    assert "attention layers of cbam-resnet18" in output
+
+
+# --- run: inputs, quiet, verbose -------------------------------------------------------
+
+
+def test_run_without_inputs_is_a_usage_error(project: Path) -> None:
+    code, output = attnviz("run")
+    assert code == 2
+    assert "missing INPUTS" in output
+
+
+def test_quiet_prints_only_failures(project: Path) -> None:
+    photo = write_photo(project / "photo.jpg")
+    code, output = attnviz("run", photo, "--quiet")
+    assert code == 0
+    assert output == ""
+    (project / "broken.jpg").write_bytes(b"not a jpeg")
+    code, output = attnviz("run", photo, project / "broken.jpg", "-q")
+    assert code == 1
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("failed:") and "broken.jpg" in lines[0]
+
+
+def test_verbose_adds_the_setup_and_throughput(project: Path) -> None:
+    photo = write_photo(project / "photo.jpg")
+    code, output = attnviz("run", photo, "--verbose", "--device", "cpu")
+    assert code == 0, output
+    assert "model lite0-cbam on cpu" in output
+    assert "throughput" in output and "processed" in output
+
+
+def test_quiet_and_verbose_exclude_each_other_unless_a_flag_overrides_the_config(
+    project: Path,
+) -> None:
+    photo = write_photo(project / "photo.jpg")
+    code, output = attnviz("run", photo, "-q", "-v")
+    assert code == 2 and "mutually exclusive" in output
+    (project / "attnviz.toml").write_text("[run]\nquiet = true\n")
+    code, output = attnviz("run", photo, "--verbose")
+    assert code == 0 and "throughput" in output  # the flag wins over the file
+
+
+# --- version, help, completion, colour ----------------------------------------------
+
+
+def test_version_prints_the_version_without_importing_torch() -> None:
+    code, output = attnviz("--version")
+    assert (code, output.strip()) == (0, f"attnviz {__version__}")
+    probe = (
+        "import sys; from attnviz.cli import main; sys.argv = ['attnviz', '--version']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'cv2') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.splitlines() == [f"attnviz {__version__}", "[]"], done.stderr
+
+
+def test_every_command_help_has_an_example() -> None:
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert {"run", "eval", "layers", "models", "train", "doctor", "gallery"} <= set(commands)
+    for name in commands:
+        code, output = attnviz(name, "--help")
+        assert code == 0, output
+        assert "Example: attnviz " + name in output, name
+    assert "Example: attnviz" in attnviz("--help")[1]
+
+
+def test_completion_is_offered_and_completes_offline() -> None:
+    output = attnviz("--help")[1]
+    assert "--install-completion" in output and "--show-completion" in output
+    # What the installed bash script does on <TAB>: ask the program itself.
+    env = {"_ATTNVIZ_COMPLETE": "complete_bash", "COMP_WORDS": "attnviz run --cm"}
+    done = attnviz_process(**env, COMP_CWORD="2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["--cmap"]
+
+
+@pytest.mark.parametrize("off", [{"NO_COLOR": "1"}, {"TERM": "dumb"}])
+def test_no_color_and_dumb_terminals_get_no_escapes(tmp_path: Path, off: dict[str, str]) -> None:
+    photo = write_photo(tmp_path / "photo.jpg")
+    forced = {"FORCE_COLOR": "1", "TERM": "xterm-256color"}
+    # Control: forced colour does colour, so the check below can see escapes.
+    assert SGR.search(attnviz_process("--help", **forced).stdout)
+    for args in (
+        ["--help"],
+        ["run", "--help"],
+        ["run", "--bogus-flag"],  # typer's own usage-error box
+        ["run", str(photo), str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "out")],
+    ):
+        done = attnviz_process(*args, **{**forced, **off})
+        assert not SGR.search(done.stdout + done.stderr), (args, done.stdout + done.stderr)
+    assert (tmp_path / "out" / "photo.png").is_file()
+
+
+# --- doctor ------------------------------------------------------------------------------
+
+
+def test_doctor_passes_here_and_lists_versions(project: Path) -> None:
+    code, output = attnviz("doctor")
+    assert code == 0, output
+    assert torch.__version__ in output
+    for check in ("Python", "torchvision", "OpenCV", "CUDA", "MPS", "gate weights"):
+        assert check in output
+    assert "all finite" in output  # the default model loaded and ran
+    assert " fail " not in output
+
+
+def test_doctor_fails_when_the_shipped_weights_are_missing(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attnviz.models import registry
+
+    monkeypatch.setattr(registry, "PRETRAINED_DIRS", (project / "nowhere",))
+    code, output = attnviz("doctor")
+    assert code == 1, output
+    assert re.search(r"gate weights\s*│\s*fail", output), output
+    assert "lite0-cbam.safetensors not found" in output
+    assert "broken: gate weights, lite0-cbam load" in output
+
+
+def test_doctor_reports_a_broken_config_file(project: Path) -> None:
+    (project / "attnviz.toml").write_text("[run]\nnope = 1\n")
+    code, output = attnviz("doctor")
+    assert code == 1, output
+    assert re.search(r"config\s*│\s*fail", output), output

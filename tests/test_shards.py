@@ -1,0 +1,90 @@
+"""Spec of --shard K/N and `attnviz merge`: N independent jobs cover a data set exactly once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from attnviz.errors import UsageError
+from attnviz.io.shards import Shard
+from tests.conftest import attnviz, summary_count, write_photo
+
+
+def manifest(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("text", ["4/4", "1/0", "a/3", "2", "-1/3", "1/2/3"])
+def test_bad_shard_specs_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError, match="--shard"):
+        Shard.parse(text)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shards_are_disjoint_complete_and_balanced(count: int) -> None:
+    keys = [f"train/class_{i % 13}/img_{i:05d}.jpg" for i in range(3000)]
+    shards = [Shard(k, count) for k in range(count)]
+    owners = [[s.index for s in shards if s.holds(key)] for key in keys]
+    assert all(len(o) == 1 for o in owners)  # each input in exactly one shard
+    sizes = [sum(o == [k] for o in owners) for k in range(count)]
+    assert min(sizes) > 0.8 * len(keys) / count
+
+
+def test_an_added_input_does_not_move_the_others() -> None:
+    shard = Shard(1, 4)
+    before = {f"img_{i}.jpg": shard.holds(f"img_{i}.jpg") for i in range(100)}
+    assert all(shard.holds(k) == v for k, v in before.items())  # a pure function of the name
+
+
+def test_shard_jobs_cover_a_folder_once_and_merge(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    for i in range(7):
+        write_photo(photos / f"sub{i % 2}" / f"p{i}.jpg", (48, 40), seed=i)
+    write_photo(photos / "bad.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    for k in range(3):
+        code, output = attnviz("run", photos, "--out", out, "--shard", f"{k}/3")
+        assert code in (0, 1), output  # the shard that holds bad.jpg fails it
+    shard_files = sorted(p.name for p in out.glob("manifest.shard-*"))
+    assert shard_files == [f"manifest.shard-{k}-of-3.jsonl" for k in range(3)]
+    inputs = [r["input"] for k in range(3) for r in manifest(out / shard_files[k])]
+    assert sorted(inputs) == sorted(str(p) for p in photos.rglob("*.jpg"))  # once each
+    assert len(list(out.rglob("*.png"))) == 7
+    assert not (out / "manifest.jsonl").exists()
+
+    code, output = attnviz("merge", out)
+    assert code == 0, output
+    merged = manifest(out / "manifest.jsonl")
+    assert len(merged) == 8 and sum("error" in r for r in merged) == 1
+    # The merged manifest is what an unsharded rerun resumes from.
+    code, output = attnviz("run", photos, "--out", out)
+    assert code == 1 and summary_count(output, "processed") == 0, output
+    assert summary_count(output, "up to date") == 7
+
+
+def test_a_shard_resumes_from_its_own_manifest(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    for i in range(4):
+        write_photo(photos / f"p{i}.jpg", (48, 40), seed=i)
+    out = tmp_path / "out"
+    assert attnviz("run", photos, "--out", out, "--shard", "0/2")[0] == 0
+    assert attnviz("run", photos, "--out", out, "--shard", "1/2")[0] == 0
+    code, output = attnviz("run", photos, "--out", out, "--shard", "0/2")
+    assert code == 0 and summary_count(output, "processed") == 0, output
+
+
+def test_merge_says_what_is_missing_or_inconsistent(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    code, output = attnviz("merge", out)
+    assert code == 1 and "no shard manifests" in output
+    (out / "manifest.shard-0-of-3.jsonl").write_text('{"input": "a.jpg", "error": "x"}\n')
+    code, output = attnviz("merge", out)
+    # Merged, but the job is not done: the missing shards are named and the exit says so.
+    assert code == 1 and "1/3, 2/3" in output
+    assert len(manifest(out / "manifest.jsonl")) == 1
+    (out / "manifest.shard-0-of-2.jsonl").write_text("")
+    code, output = attnviz("merge", out)
+    assert code == 1 and "different splits" in output
