@@ -272,18 +272,23 @@ def test_method_gradcam_puts_the_trunks_gradcam_in_place_of_the_weight_map(tmp_p
     assert attnviz("run", photo, "--method", "saliency")[0] == 2
 
 
-def test_outputs_are_byte_identical_whatever_the_number_of_workers(tmp_path: Path) -> None:
+def test_outputs_are_byte_identical_whatever_the_batch_size_and_workers(tmp_path: Path) -> None:
     for i in range(6):
         write_photo(tmp_path / "in" / f"p{i}.jpg", (90 + 7 * i, 70), seed=i)
-    for workers in ("1", "3"):
-        code, output = attnviz("run", tmp_path / "in", "--workers", workers, "--batch-size", "4",
-                               "--save-raw", "--out", tmp_path / workers)  # fmt: skip
+    runs = {"w1-b4": ("1", "4"), "w3-b4": ("3", "4"), "w2-b1": ("2", "1"), "w2-b5": ("2", "5")}
+    for name, (workers, batch) in runs.items():
+        code, output = attnviz(
+            "run", tmp_path / "in", "--workers", workers, "--batch-size", batch, "--save-raw",
+            "--layer", "all", "--panels", "original,map,weighted,gradcam", "--out", tmp_path / name,
+        )  # fmt: skip
         assert code == 0, output
 
-    one, three = sorted((tmp_path / "1").iterdir()), sorted((tmp_path / "3").iterdir())
-    assert [p.name for p in one] == [p.name for p in three]
-    for a, b in zip(one, three, strict=True):
-        assert a.read_bytes() == b.read_bytes(), a.name  # figures, raw maps and manifest
+    reference = sorted((tmp_path / "w1-b4").iterdir())
+    for name in runs:
+        files = sorted((tmp_path / name).iterdir())
+        assert [p.name for p in files] == [p.name for p in reference]
+        for a, b in zip(files, reference, strict=True):
+            assert a.read_bytes() == b.read_bytes(), (name, a.name)  # figures, maps, manifest
 
 
 def test_strict_writes_nothing_after_a_failed_write(tmp_path: Path) -> None:
