@@ -974,7 +974,8 @@ def write_stats_csv(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(STATS_COLUMNS)
     for record in records:
-        top1 = (record.get("top5") or [{}])[0]
+        # A video has no top-5, but the class most of its frames were given.
+        top1 = (record.get("top5") or record.get("top1") or [{}])[0]
         for layer, stats in record.get("maps", {}).items():
             x, y = stats.get("peak_xy", [None, None])
             writer.writerow([

@@ -55,6 +55,7 @@ class _Tally:
         self.top1: Counter[str] = Counter()
         self.sums: dict[str, dict[str, float]] = {}
         self.peaks: dict[str, float] = {}
+        self.lows: dict[str, float] = {}
 
     def add(self, frame: np.ndarray, result: ImageResult) -> None:
         if self.image_size is None:
@@ -68,11 +69,16 @@ class _Tally:
             for key in _AVERAGED_STATS:
                 sums[key] += _number(stats[key])
             self.peaks[m.name] = max(self.peaks.get(m.name, 0.0), _number(stats["max"]))
+            self.lows[m.name] = min(self.lows.get(m.name, 1.0), _number(stats["min"]))
 
     def maps(self, frames: int) -> dict[str, dict[str, float]]:
-        """Per layer: each statistic's mean over the frames, and the highest peak."""
+        """Per layer: each statistic's mean over the frames, the lowest low, the highest peak."""
         return {
-            name: {**{k: v / frames for k, v in sums.items()}, "max": self.peaks[name]}
+            name: {
+                **{k: v / frames for k, v in sums.items()},
+                "min": self.lows[name],
+                "max": self.peaks[name],
+            }
             for name, sums in self.sums.items()
         }
 

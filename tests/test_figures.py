@@ -175,17 +175,30 @@ def test_norm_global_draws_every_image_with_the_run_range(photos: Path) -> None:
 
 
 def test_norm_global_range_covers_new_inputs_on_a_rerun(photos: Path) -> None:
+    # Each photo's own range, to pick one that alone holds an end of the run's range.
+    own = photos.parent / "own"
+    assert attnviz("run", photos, "--out", own)[0] == 0
+    ranges = {name: r["heat_ranges"]["attention.head"] for name, r in records(own).items()}
+    lows, highs = sorted(lo for lo, _ in ranges.values()), sorted(hi for _, hi in ranges.values())
+    widening = next(
+        name for name, (lo, hi) in ranges.items()
+        if (lo == lows[0] and lo < lows[1]) or (hi == highs[-1] and hi > highs[-2])
+    )  # fmt: skip
+    others = [photos / name for name in ranges if name != widening]
+
     out = photos.parent / "out"
-    code, _ = attnviz("run", photos / "a.jpg", photos / "b.jpg", "--out", out, "--norm", "global")
-    assert code == 0
-    first = records(out)["a.jpg"]["heat_ranges"]
+    assert attnviz("run", *others, "--out", out, "--norm", "global")[0] == 0
+    first = records(out)[others[0].name]["heat_ranges"]
     code, output = attnviz("run", photos, "--out", out, "--norm", "global")
     assert code == 0, output
     after = records(out)
     assert len({json.dumps(r["heat_ranges"]) for r in after.values()}) == 1
-    # c.png widened the range, so the earlier figures were redrawn with it; else only c is new.
-    widened = after["a.jpg"]["heat_ranges"] != first
-    assert summary_count(output, "processed") == (3 if widened else 1)
+    # The new photo widened the range, so the earlier figures were redrawn with it.
+    assert after[others[0].name]["heat_ranges"] != first
+    assert summary_count(output, "processed") == 3
+    # A rerun with nothing new finds every figure up to date.
+    code, output = attnviz("run", photos, "--out", out, "--norm", "global")
+    assert code == 0 and summary_count(output, "processed") == 0, output
 
 
 # --- statistics ------------------------------------------------------------------------------

@@ -348,3 +348,30 @@ def test_five_thousand_images_load_sort_and_filter(tmp_path: Path, page: Any) ->
     build_ms = page.evaluate("window.attnvizGallery.buildMs")
     print(f"\n5,000 items: page script {build_ms:.0f} ms, sort by peak {sort_ms:.0f} ms")
     assert page.problems == []
+
+
+def test_run_with_gallery_then_gallery_command_in_chromium(tmp_path: Path, page: Any) -> None:
+    """End to end: the real CLI on real photos with the shipped model, then the page."""
+    from tests.conftest import attnviz, write_photo
+
+    photos = tmp_path / "photos"
+    for seed in range(3):
+        write_photo(photos / f"p{seed}.jpg", (120, 90), seed=seed)
+    out = tmp_path / "out"
+    code, output = attnviz("run", photos, "--out", out, "--gallery")
+    assert code == 0, output
+    index = out / "index.html"
+    assert index.is_file()
+    _open(page, index)
+    assert sorted(_shown_names(page)) == ["p0.png", "p1.png", "p2.png"]
+    assert page.problems == []
+
+    # `attnviz gallery OUT` remakes the page of an existing folder, here after one more photo.
+    write_photo(photos / "p3.jpg", (90, 120), seed=3)
+    assert attnviz("run", photos, "--out", out)[0] == 0
+    index.unlink()
+    code, output = attnviz("gallery", out)
+    assert code == 0, output
+    _open(page, index)
+    assert len(_shown_names(page)) == 4
+    assert page.problems == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import signal
@@ -562,3 +563,21 @@ def test_cli_frame_folder_as_video_and_corrupt_frames_counted(tmp_path: Path) ->
     code, output = attnviz("run", damaged, "--out", out)
     assert code == 0 and "1 corrupt frame skipped" in output, output
     assert len(_read_back(out / "damaged.mp4")[0]) == N - 1
+
+
+@pytest.mark.parametrize(("name", "fourcc"), [("clip.mov", "mp4v"), ("clip.webm", "VP80")])
+def test_cli_reads_mov_and_webm_and_writes_stats_rows(
+    tmp_path: Path, name: str, fourcc: str
+) -> None:
+    from tests.conftest import attnviz
+
+    (tmp_path / "in").mkdir()
+    _write_video(tmp_path / "in" / name, fourcc)
+    out, stats = tmp_path / "out", tmp_path / "stats.csv"
+    code, output = attnviz("run", tmp_path / "in", "--out", out, "--stats", stats)
+    assert code == 0, output
+    assert len(_read_back(out / "clip.mp4")[0]) == N
+    # One row per layer for the whole video: its majority class and the maps' range.
+    rows = list(csv.DictReader(stats.open()))
+    assert [r["layer"] for r in rows] == ["attention.head"]
+    assert rows[0]["top1"] and 0.0 <= float(rows[0]["min"]) <= float(rows[0]["max"]) <= 1.0

@@ -20,7 +20,8 @@ from attnviz.errors import AttnvizError, OutputError, UsageError
 
 FORMATS = ("png", "jpg", "webp")
 
-# PNG level 3: lossless, and much faster than 9 for a few percent larger files.
+# PNG level 1 with the up filter: lossless, about 3x faster to encode than level 3 for
+# files about 8 % larger; encoding competes with the forward pass for the CPU.
 # OpenCV >= 4.10 lets the caller pick PNG's row filter; older ones try all five per row.
 _PNG_FILTER_UP = (
     [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
