@@ -188,7 +188,9 @@ def run(
     alpha: Annotated[float, typer.Option(help="Heatmap opacity over the photo, 0..1.")] = 0.5,
     size: Annotated[int | None, typer.Option(help="Network input size (default: model's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Photos decoded, rendered and written together.")] = 8,
+    batch_size: Annotated[
+        int, typer.Option(help="Photos decoded, rendered and written together.")
+    ] = 8,
     workers: Annotated[
         int | None,
         typer.Option(
