@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 from torch import nn
 
@@ -76,16 +77,17 @@ def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> n
     return model
 
 
-def _cbam_resnet(depth: int) -> Callable[[bool], nn.Module]:
+def _authors_resnet(attention: Literal["cbam", "bam"], depth: int) -> Callable[[bool], nn.Module]:
     def build(random_init: bool) -> nn.Module:
-        from attnviz.models.cbam_resnet import cbam_resnet
+        from attnviz.models.resnet import attention_resnet
 
         if not random_init:
             raise UsageError(
-                f"cbam-resnet{depth} has no shipped weights: pass --weights FILE (e.g. the CBAM "
-                "authors' ImageNet checkpoint), or --random-init for structure checks only"
+                f"{attention}-resnet{depth} has no shipped weights: pass --weights FILE (e.g. "
+                f"the {attention.upper()} authors' ImageNet checkpoint), or --random-init for "
+                "structure checks only"
             )
-        return cbam_resnet(depth)
+        return attention_resnet(depth, attention)
 
     return build
 
@@ -114,7 +116,21 @@ MODELS: dict[str, ModelSpec] = {
                 224,
                 WeightsSource.USER,
                 f"ResNet-{d} + CBAM in every block, the CBAM authors' layout",
-                _cbam_resnet(d),
+                _authors_resnet("cbam", d),
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+                gradcam_layer="layer4",
+            )
+            for d in (18, 34, 50, 101)
+        ],
+        *[
+            ModelSpec(
+                f"bam-resnet{d}",
+                "bam",
+                224,
+                WeightsSource.USER,
+                f"ResNet-{d} + BAM after stages 1-3, the BAM authors' layout",
+                _authors_resnet("bam", d),
                 IMAGENET_MEAN,
                 IMAGENET_STD,
                 gradcam_layer="layer4",

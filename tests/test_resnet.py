@@ -1,4 +1,4 @@
-"""attnviz.models.cbam_resnet: the CBAM authors' layout, their checkpoint format, capture."""
+"""attnviz.models.resnet: the CBAM and BAM authors' layouts, their checkpoint format, capture."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from attnviz.attention.capture import capture_maps
 from attnviz.attention.protocol import attention_layers
 from attnviz.errors import AttnvizError
-from attnviz.models.cbam_resnet import cbam_resnet
+from attnviz.models.resnet import cbam_resnet
 from attnviz.models.weights import load_into, read_state_dict
 
 CBAM_KEY = re.compile(

@@ -1,15 +1,20 @@
-"""ResNet with CBAM in every block, laid out like the CBAM authors' ImageNet code.
+"""ResNet with CBAM in every block or BAM between stages, laid out like the authors' code.
 
 Module names (``conv1``, ``layerX.Y.{conv,bn}N``, ``downsample.{0,1}``, ``layerX.Y.cbam``,
-``fc``) match Woo et al.'s ``MODELS/model_resnet.py`` so their published checkpoints load
-strictly. CBAM gates the residual branch after its last BatchNorm, before the addition.
+``bam1..3``, ``fc``) match the ImageNet ``MODELS/model_resnet.py`` that CBAM (Woo et al.)
+and BAM (Park et al.) share, so both groups' published checkpoints load strictly.
+CBAM gates each block's residual branch after its last BatchNorm, before the addition;
+BAM follows each of the first three stages.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor, nn
 
 from attnviz.errors import UsageError
+from attnviz.models.bam import BAM
 from attnviz.models.cbam import CBAM
 
 # depth -> (block is a bottleneck, blocks per stage)
@@ -20,6 +25,7 @@ DEPTHS: dict[int, tuple[bool, tuple[int, int, int, int]]] = {
     101: (True, (3, 4, 23, 3)),
 }
 STAGE_PLANES = (64, 128, 256, 512)
+Attention = Literal["cbam", "bam"]
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -31,24 +37,32 @@ def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
 
 
 class ResidualBlock(nn.Module):
-    """A residual block whose branch ends in CBAM, gated before the addition."""
+    """A residual block whose branch may end in CBAM, gated before the addition."""
 
     expansion = 1
     relu: nn.ReLU
     downsample: nn.Module | None
-    cbam: CBAM
+    cbam: CBAM | None
 
     def residual(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(self.cbam(self.residual(x)) + shortcut)
+        branch = self.residual(x)
+        if self.cbam is not None:
+            branch = self.cbam(branch)
+        return self.relu(branch + shortcut)
 
 
 class BasicBlock(ResidualBlock):
     def __init__(
-        self, in_ch: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        use_cbam: bool = True,
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_ch, planes, stride)
@@ -57,7 +71,7 @@ class BasicBlock(ResidualBlock):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
-        self.cbam = CBAM(planes * self.expansion, 16)
+        self.cbam = CBAM(planes * self.expansion, 16) if use_cbam else None
 
     def residual(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -68,7 +82,12 @@ class Bottleneck(ResidualBlock):
     expansion = 4
 
     def __init__(
-        self, in_ch: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        use_cbam: bool = True,
     ) -> None:
         super().__init__()
         # Stride on the 3x3 conv (conv2) as in the authors' code; key names alone don't show it.
@@ -80,7 +99,7 @@ class Bottleneck(ResidualBlock):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.cbam = CBAM(planes * self.expansion, 16)
+        self.cbam = CBAM(planes * self.expansion, 16) if use_cbam else None
 
     def residual(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -91,11 +110,12 @@ class Bottleneck(ResidualBlock):
 BlockType = type[BasicBlock] | type[Bottleneck]
 
 
-class CBAMResNet(nn.Module):
+class AttentionResNet(nn.Module):
     def __init__(
         self,
         block: BlockType,
         layers: tuple[int, int, int, int],
+        attention: Attention = "cbam",
         num_classes: int = 1000,
     ) -> None:
         super().__init__()
@@ -106,9 +126,12 @@ class CBAMResNet(nn.Module):
         in_ch = 64
         stages: list[nn.Sequential] = []
         for i, (planes, blocks) in enumerate(zip(STAGE_PLANES, layers, strict=True)):
-            stage, in_ch = self._make_stage(block, in_ch, planes, blocks, 1 if i == 0 else 2)
+            stride = 1 if i == 0 else 2
+            stage, in_ch = self._make_stage(block, in_ch, planes, blocks, stride, attention)
             stages.append(stage)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        bams = [BAM(p * block.expansion) if attention == "bam" else None for p in STAGE_PLANES[:3]]
+        self.bam1, self.bam2, self.bam3 = bams
         # Adaptive instead of the authors' AvgPool2d(7): same result at 224 px, no parameters,
         # and smaller inputs (tests, thumbnails) still work.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -119,25 +142,42 @@ class CBAMResNet(nn.Module):
 
     @staticmethod
     def _make_stage(
-        block: BlockType, in_ch: int, planes: int, blocks: int, stride: int
+        block: BlockType, in_ch: int, planes: int, blocks: int, stride: int, attention: Attention
     ) -> tuple[nn.Sequential, int]:
         out_ch = planes * block.expansion
         downsample = None
         if stride != 1 or in_ch != out_ch:
             downsample = nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
-        layers = [block(in_ch, planes, stride, downsample)]
-        layers += [block(out_ch, planes) for _ in range(1, blocks)]
+        cbam = attention == "cbam"
+        layers = [block(in_ch, planes, stride, downsample, use_cbam=cbam)]
+        layers += [block(out_ch, planes, use_cbam=cbam) for _ in range(1, blocks)]
         return nn.Sequential(*layers), out_ch
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage, bam in ((self.layer1, self.bam1), (self.layer2, self.bam2),
+                           (self.layer3, self.bam3), (self.layer4, None)):  # fmt: skip
+            x = stage(x)
+            if bam is not None:
+                x = bam(x)
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def cbam_resnet(depth: int, num_classes: int = 1000) -> nn.Module:
-    """ResNet-``depth`` (18, 34, 50 or 101) with CBAM in every block, randomly initialised."""
+def attention_resnet(depth: int, attention: Attention, num_classes: int = 1000) -> nn.Module:
+    """ResNet-``depth`` (18, 34, 50 or 101) with CBAM or BAM, randomly initialised."""
     if depth not in DEPTHS:
-        raise UsageError(f"no CBAM ResNet of depth {depth}; choose one of {sorted(DEPTHS)}")
+        raise UsageError(
+            f"no {attention.upper()} ResNet of depth {depth}; choose one of {sorted(DEPTHS)}"
+        )
     bottleneck, layers = DEPTHS[depth]
-    return CBAMResNet(Bottleneck if bottleneck else BasicBlock, layers, num_classes)
+    return AttentionResNet(Bottleneck if bottleneck else BasicBlock, layers, attention, num_classes)
+
+
+def cbam_resnet(depth: int, num_classes: int = 1000) -> nn.Module:
+    """ResNet-``depth`` with CBAM in every block (the CBAM authors' ImageNet models)."""
+    return attention_resnet(depth, "cbam", num_classes)
+
+
+def bam_resnet(depth: int, num_classes: int = 1000) -> nn.Module:
+    """ResNet-``depth`` with BAM after stages 1-3 (the BAM authors' ImageNet models)."""
+    return attention_resnet(depth, "bam", num_classes)
