@@ -180,6 +180,11 @@ def wall(command: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+def median_wall(command: list[str], env: dict[str, str], runs: int = 5) -> float:
+    """Start-up times are short and noisy: the median of a few runs."""
+    return float(np.median([wall(command, env) for _ in range(runs)]))
+
+
 def peak_rss_mib(command: list[str], env: dict[str, str]) -> float:
     """Peak RSS of a command, measured in a fresh wrapper process (its only child)."""
     probe = (
@@ -225,8 +230,8 @@ def main() -> int:
         folder = folder_of(photos, work / "inputs")
         one = [*ATTNVIZ, "run", str(photos[0]), "--out", str(work / "one"), "--device", "cpu"]
         wall([*one, "--overwrite"], env)  # warm-up: bytecode and file caches, as for a user
-        results["startup_help_s"] = wall([*ATTNVIZ, "--help"], env)
-        results["startup_one_s"] = wall([*one, "--overwrite"], env)
+        results["startup_help_s"] = median_wall([*ATTNVIZ, "--help"], env)
+        results["startup_one_s"] = median_wall([*one, "--overwrite"], env, runs=3)
         run_cmd = [*ATTNVIZ, "run", str(folder), "--out", str(work / "run"), "--device", "cpu",
                    "--batch-size", str(args.batch_size)]  # fmt: skip
         run_s = wall(run_cmd, env)
