@@ -152,6 +152,11 @@ def check_options(opts: RunOptions) -> None:
         raise UsageError(f"--every must be at least 1, got {opts.every}")
     if opts.shard is not None:
         Shard.parse(opts.shard)
+        if parse_norm(opts.norm)[0] == "global":
+            raise UsageError(
+                "--norm global with --shard: each job would find its own range, so colours "
+                "would differ between shards; give every job the same --norm fixed:LO,HI"
+            )
 
 
 def parse_norm(norm: str) -> tuple[str, Range | None]:
@@ -282,7 +287,8 @@ def run(
                 todo = _plan(items, opts, runner.map_names, previous, keys, report)
                 photos = [(i, f) for i, f in todo if not is_video_input(i)]
                 videos = [(i, f) for i, f in todo if is_video_input(i)]
-                _process(photos, runner, opts, ranges, keys[0], report, stop, progress)
+                if not stop.requested:  # a stop during --norm global's first pass
+                    _process(photos, runner, opts, ranges, keys[0], report, stop, progress)
                 if videos and not stop.requested:
                     _process_videos(videos, runner, opts, ranges, keys[1], report, stop,
                                     frame_progress)  # fmt: skip
@@ -296,7 +302,9 @@ def run(
         remove_stale_temps(opts.out)
         remove_stale_journals(opts.out, manifest_name)
         if opts.stats is not None:
-            write_stats_csv(opts.stats, report.results)
+            # Each shard's job writes its own rows, so parallel jobs never overwrite each other.
+            stats = shard.file_for(opts.stats) if shard is not None else opts.stats
+            write_stats_csv(stats, report.results)
         if opts.gallery and shard is not None:
             summary.notes.append(
                 (str(opts.out), "no gallery for one shard: `attnviz merge` the shards, then "
@@ -482,6 +490,9 @@ def _process_videos(
             raise
         except AttnvizError as exc:
             report.failed(item.path, str(exc))
+            continue
+        except (ValueError, MemoryError, cv2.error) as exc:  # a frame too odd to render
+            report.failed(item.path, f"cannot render ({type(exc).__name__}: {exc})")
             continue
         record.update(input_stat=fingerprint, settings=key)
         for text in notes:

@@ -6,6 +6,7 @@ with --as-video); frame reading and video writing live in attnviz.io.video.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -68,8 +69,8 @@ class _Tally:
             sums = self.sums.setdefault(m.name, dict.fromkeys(_AVERAGED_STATS, 0.0))
             for key in _AVERAGED_STATS:
                 sums[key] += _number(stats[key])
-            self.peaks[m.name] = max(self.peaks.get(m.name, 0.0), _number(stats["max"]))
-            self.lows[m.name] = min(self.lows.get(m.name, 1.0), _number(stats["min"]))
+            self.peaks[m.name] = max(self.peaks.get(m.name, -math.inf), _number(stats["max"]))
+            self.lows[m.name] = min(self.lows.get(m.name, math.inf), _number(stats["min"]))
 
     def maps(self, frames: int) -> dict[str, dict[str, float]]:
         """Per layer: each statistic's mean over the frames, the lowest low, the highest peak."""

@@ -88,3 +88,27 @@ def test_merge_says_what_is_missing_or_inconsistent(tmp_path: Path) -> None:
     (out / "manifest.shard-0-of-2.jsonl").write_text("")
     code, output = attnviz("merge", out)
     assert code == 1 and "different splits" in output
+
+
+def test_shards_refuse_a_global_norm_and_write_their_own_stats(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    for i in range(4):
+        write_photo(photos / f"p{i}.jpg", seed=i)
+    out = tmp_path / "out"
+    # Each job would find its own range: the same colour would mean different values.
+    code, output = attnviz("run", photos, "--out", out, "--shard", "0/2", "--norm", "global")
+    assert code == 2 and "--norm global with --shard" in output
+    assert not out.exists()
+
+    stats = tmp_path / "maps.csv"
+    for k in range(2):
+        code, output = attnviz("run", photos, "--out", out, "--shard", f"{k}/2", "--stats", stats)
+        assert code == 0, output
+    # Parallel jobs given the same --stats path never overwrite each other's rows.
+    rows = [
+        line.split(",")[0]
+        for k in range(2)
+        for line in (tmp_path / f"maps.shard-{k}-of-2.csv").read_text().splitlines()[1:]
+    ]
+    assert sorted(Path(r).name for r in rows) == [f"p{i}.jpg" for i in range(4)]
+    assert not stats.exists()

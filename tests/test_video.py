@@ -581,3 +581,26 @@ def test_cli_reads_mov_and_webm_and_writes_stats_rows(
     rows = list(csv.DictReader(stats.open()))
     assert [r["layer"] for r in rows] == ["attention.head"]
     assert rows[0]["top1"] and 0.0 <= float(rows[0]["min"]) <= float(rows[0]["max"]) <= 1.0
+
+
+def test_cli_a_video_that_cannot_be_drawn_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A render error in a video (a NaN map, an OpenCV refusal) is one failed input."""
+    import attnviz.video as video_run
+    from tests.conftest import attnviz, summary_count, write_photo
+
+    (tmp_path / "in").mkdir()
+    _write_video(tmp_path / "in" / "clip.mp4", "mp4v")
+    write_photo(tmp_path / "in" / "photo.jpg", (64, 48))
+
+    def refuse(*args: object, **kwargs: object) -> np.ndarray:
+        raise cv2.error("simulated: cannot draw this frame")
+
+    monkeypatch.setattr(video_run, "render_figure", refuse)
+    out = tmp_path / "out"
+    code, output = attnviz("run", tmp_path / "in", "--out", out)
+    assert code == 1, output
+    assert summary_count(output, "failed") == 1 and "cannot render (error" in output
+    assert (out / "photo.png").is_file() and not (out / "clip.mp4").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] in ([], [".thumbs"])

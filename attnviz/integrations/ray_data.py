@@ -86,9 +86,11 @@ from attnviz.pipeline import (
     _plan,
     _Report,
     _Todo,
+    _torch_threads,
     _write_outputs,
     check_options,
     fixed_ranges,
+    forward_threads,
     is_video_input,
     make_runner,
     output_settings,
@@ -173,7 +175,9 @@ class AttnvizBatchMapper:
                 records[index] = {"input": str(item.path), "error": outcome}
             else:
                 ready.append((index, item, *outcome))
-        results = self.runner.run([d.rgb for *_, d in ready]) if ready else []
+        # The same torch threads as `attnviz run`: their count can change the arithmetic.
+        with _torch_threads(forward_threads()):
+            results = self.runner.run([d.rgb for *_, d in ready]) if ready else []
         for (index, item, fingerprint, decoded), result in zip(ready, results, strict=True):
             records[index] = self._write(item, fingerprint, decoded, result)
         # JSON text: Arrow takes it whatever the record holds; ASCII keeps odd names intact.

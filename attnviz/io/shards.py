@@ -49,7 +49,11 @@ class Shard:
 
     @property
     def manifest_name(self) -> str:
-        return f"manifest.shard-{self.index}-of-{self.count}.jsonl"
+        return self.file_for(Path("manifest.jsonl")).name
+
+    def file_for(self, path: Path) -> Path:
+        """This shard's own version of a file all jobs are given: ``maps.shard-1-of-4.csv``."""
+        return path.with_name(f"{path.stem}.shard-{self.index}-of-{self.count}{path.suffix}")
 
 
 @dataclass
