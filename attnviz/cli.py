@@ -441,10 +441,10 @@ def _print_setup(model: str, device: str, workers: int | None) -> None:
 
 @app.command()
 def layers(
-    model: Annotated[str, typer.Option(help="Built-in model.")] = "lite0-cbam",
+    model: Annotated[str, typer.Option(help="Built-in model or file.py:factory.")] = "lite0-cbam",
     size: Annotated[int | None, typer.Option(help="Input size (default: model's).")] = None,
 ) -> None:
-    """List a model's attention layers: name, family, feature and map shapes.
+    """List a model's attention layers: name, family, shapes, and how each was found.
 
     Example: attnviz layers --model cbam-resnet50
     """
@@ -455,13 +455,14 @@ def layers(
     except AttnvizError as exc:
         raise _fail(exc) from None
     table = Table(title=f"attention layers of {model}", title_justify="left")
-    for column in ("#", "name", "family", "feature shape", "map shape"):
+    for column in ("#", "name", "family", "feature shape", "map shape", "found by"):
         table.add_column(column)
     for i, row in enumerate(rows):
         mark = " (default)" if row.name == default else ""
         table.add_row(
-            str(i - len(rows)), row.name + mark, row.family, _shape(row.feature), _shape(row.map)
-        )
+            str(i - len(rows)), row.name + mark, row.family, _shape(row.feature), _shape(row.map),
+            row.found_by,
+        )  # fmt: skip
     out_console.print(table)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from attnviz.attention import attention_layers
+from attnviz.attention.protocol import capturer_for
 from attnviz.models.registry import get_spec
 
 
@@ -16,6 +17,7 @@ class LayerInfo:
     family: str
     feature: tuple[int, ...]
     map: tuple[int, ...]
+    found_by: str  # "protocol" or "adapter"
 
 
 def describe_layers(model_name: str, size: int | None = None) -> tuple[list[LayerInfo], str]:
@@ -28,9 +30,11 @@ def describe_layers(model_name: str, size: int | None = None) -> tuple[list[Laye
     layers = attention_layers(net)
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
+    capturers = {n: capturer_for(m) for n, m in layers}
+
     def hook_for(name: str):
         def hook(module, inputs, output) -> None:  # noqa: ANN001
-            maps = module.capture_attention(inputs, output)
+            maps = capturers[name].capture(inputs, output)  # type: ignore[union-attr]
             shapes[name] = (tuple(inputs[0].shape[1:]), tuple(maps.weights.shape[1:]))
 
         return hook
@@ -43,5 +47,8 @@ def describe_layers(model_name: str, size: int | None = None) -> tuple[list[Laye
         for h in handles:
             h.remove()
     default = select_layers(net, spec.default_layer)[0]
-    rows = [LayerInfo(n, m.attention_family, *shapes[n]) for n, m in layers]
+    rows = [
+        LayerInfo(n, capturers[n].family, *shapes[n], capturers[n].found_by)  # type: ignore[union-attr]
+        for n, _ in layers
+    ]
     return rows, default

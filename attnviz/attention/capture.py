@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from attnviz.attention.protocol import AttentionCapture, attention_layers
+from attnviz.attention.protocol import AttentionCapture, attention_layers, capturer_for
 from attnviz.errors import UsageError
 
 
@@ -71,8 +71,10 @@ def capture_maps(
     handles = []
 
     def hook_for(name: str):
+        capture = capturer_for(modules[name]).capture  # type: ignore[union-attr]
+
         def hook(module: nn.Module, inputs: tuple, output: object) -> None:
-            captured[name] = module.capture_attention(inputs, output)  # type: ignore[operator]
+            captured[name] = capture(inputs, output)
 
         return hook
 

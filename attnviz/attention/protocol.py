@@ -4,10 +4,12 @@ A module is spatial attention because it says so: it has a class attribute
 ``attention_family`` and a method ``capture_attention(inputs, output)`` that turns the
 arguments of a forward hook into an :class:`AttentionCapture`. New attention families
 plug in by implementing these two names; the hooks and the pipeline never change.
+Classes of other projects that cannot say so get an adapter (attention/adapters.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -44,6 +46,29 @@ def is_spatial_attention(module: nn.Module) -> bool:
     return isinstance(module, SpatialAttention)
 
 
+@dataclass(frozen=True)
+class Capturer:
+    """How attnviz reads one attention layer: its family, how it was found, the capture."""
+
+    family: str
+    found_by: str  # "protocol" or "adapter"
+    capture: Callable[[tuple[Tensor, ...], object], AttentionCapture]
+
+
+def capturer_for(module: nn.Module) -> Capturer | None:
+    """The module's own protocol, else an adapter for its class, else None."""
+    if is_spatial_attention(module):
+        return Capturer(module.attention_family, "protocol", module.capture_attention)  # type: ignore[attr-defined]
+    from attnviz.attention.adapters import adapter_for
+
+    adapter = adapter_for(module)
+    if adapter is None:
+        return None
+    return Capturer(
+        adapter.family, "adapter", lambda inputs, output: adapter.capture(module, inputs, output)
+    )
+
+
 def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """All spatial attention layers of ``model`` in forward (registration) order."""
-    return [(name, m) for name, m in model.named_modules() if name and is_spatial_attention(m)]
+    return [(name, m) for name, m in model.named_modules() if name and capturer_for(m) is not None]

@@ -90,6 +90,8 @@ def load_model(
     from attnviz.models.weights import load_into, read_state_dict
 
     spec = get_spec(name)
+    if spec.fixed_size and size not in (None, spec.input_size):
+        raise UsageError(f"{spec.name} works at {spec.input_size} px only, not --size {size}")
     target = device if isinstance(device, torch.device) else resolve_device(device)
     if weights is not None:
         net = spec.build(True)

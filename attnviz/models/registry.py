@@ -34,6 +34,8 @@ class ModelSpec:
     default_layer: str = "-1"
     # The trunk's last feature map, for Grad-CAM (None: found by running the model).
     gradcam_layer: str | None = None
+    # Only input_size works (a ViT's position embedding is learnt for one grid).
+    fixed_size: bool = False
 
 
 PRETRAINED_DIRS = (
@@ -92,6 +94,12 @@ def _authors_resnet(attention: Literal["cbam", "bam"], depth: int) -> Callable[[
     return build
 
 
+def _vit(name: str, arch: str) -> Callable[[bool], nn.Module]:
+    from attnviz.models.vit import vit_builder
+
+    return vit_builder(name, arch)
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -136,6 +144,27 @@ MODELS: dict[str, ModelSpec] = {
                 gradcam_layer="layer4",
             )
             for d in (18, 34, 50, 101)
+        ],
+        *[
+            ModelSpec(
+                name,
+                "vit",
+                224,
+                WeightsSource.USER,
+                f"torchvision's {arch} (self-attention; rollout and each block's class-token "
+                "attention)",
+                _vit(name, arch),
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+                default_layer="encoder",
+                fixed_size=True,
+            )
+            for name, arch in (
+                ("vit-b16", "vit_b_16"),
+                ("vit-b32", "vit_b_32"),
+                ("vit-l16", "vit_l_16"),
+                ("vit-l32", "vit_l_32"),
+            )  # fmt: skip
         ],
     ]
 }

@@ -1,0 +1,102 @@
+"""Self-attention of Vision Transformers (torchvision's ``VisionTransformer``).
+
+torchvision runs attention fused (``need_weights=False``), so the weights never exist
+as a tensor. attnviz recomputes them from what a forward hook sees, without changing the
+model: a block's input, its LayerNorm and the attention's input projection give
+``softmax(q k^T / sqrt(d))`` per head, exactly as the fused kernel computed it.
+
+Two maps, both brought to [0, 1] by dividing by their maximum over the photo (raw
+attention sums to 1 over all tokens, so its values are tiny):
+
+- each encoder block: the attention the class token pays to every patch, averaged over
+  heads (the map the classifier's token reads from);
+- the encoder: attention rollout (Abnar & Zuidema, 2020): each block's head-averaged
+  attention, mixed half and half with the identity for the residual path and
+  renormalised, multiplied through the blocks; the class token's row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnviz.attention.protocol import AttentionCapture
+from attnviz.errors import UsageError
+
+
+def attention_weights(block: nn.Module, tokens: Tensor) -> Tensor:
+    """Attention probabilities (N, heads, T, T) of an ``EncoderBlock`` for its input tokens."""
+    attention: nn.MultiheadAttention = block.self_attention  # type: ignore[assignment]
+    x = block.ln_1(tokens)  # type: ignore[operator]
+    n, t, d = x.shape
+    heads = attention.num_heads
+    weight, bias = attention.in_proj_weight, attention.in_proj_bias
+    q = F.linear(x, weight[:d], None if bias is None else bias[:d])
+    k = F.linear(x, weight[d : 2 * d], None if bias is None else bias[d : 2 * d])
+    q = q.view(n, t, heads, d // heads).transpose(1, 2)
+    k = k.view(n, t, heads, d // heads).transpose(1, 2)
+    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // heads), dim=-1)
+
+
+def patch_grid(per_patch: Tensor) -> Tensor:
+    """(N, P) values of the P = g * g patch tokens -> (N, 1, g, g), in image order."""
+    side = math.isqrt(per_patch.shape[1])
+    if side * side != per_patch.shape[1]:
+        raise ValueError(f"{per_patch.shape[1]} patch tokens do not form a square grid")
+    return per_patch.reshape(-1, 1, side, side)
+
+
+def _peak_normalised(grid: Tensor) -> Tensor:
+    return grid / grid.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+
+
+def _token_magnitude(tokens: Tensor) -> Tensor:
+    """Mean |feature| of each patch token (the class token dropped), as a grid."""
+    return patch_grid(tokens[:, 1:].abs().mean(dim=-1))
+
+
+def capture_block(block: nn.Module, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
+    """A block's class-token attention over the patches, averaged over heads."""
+    cls_row = attention_weights(block, inputs[0])[:, :, 0, 1:].mean(dim=1)
+    weights = _peak_normalised(patch_grid(cls_row))
+    return AttentionCapture(weights.detach(), _token_magnitude(output).detach())  # type: ignore[arg-type]
+
+
+def rollout(encoder: nn.Module, tokens: Tensor) -> Tensor:
+    """Attention rollout through every block of an ``Encoder``: (N, T, T)."""
+    x = encoder.dropout(tokens + encoder.pos_embedding)  # type: ignore[operator]
+    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    flow = eye.expand(x.shape[0], -1, -1)
+    for block in encoder.layers:  # type: ignore[union-attr]
+        mixed = 0.5 * attention_weights(block, x).mean(dim=1) + 0.5 * eye
+        flow = (mixed / mixed.sum(dim=-1, keepdim=True)) @ flow
+        x = block(x)
+    return flow
+
+
+def capture_encoder(
+    encoder: nn.Module, inputs: tuple[Tensor, ...], output: object
+) -> AttentionCapture:
+    """The class token's row of the attention rollout, over the patches."""
+    weights = _peak_normalised(patch_grid(rollout(encoder, inputs[0])[:, 0, 1:]))
+    return AttentionCapture(weights.detach(), _token_magnitude(output).detach())  # type: ignore[arg-type]
+
+
+def vit_builder(name: str, arch: str) -> Callable[[bool], nn.Module]:
+    """torchvision's ``arch`` (e.g. ``vit_b_16``) without weights: users bring theirs."""
+
+    def build(random_init: bool) -> nn.Module:
+        if not random_init:
+            raise UsageError(
+                f"{name} has no shipped weights: pass --weights FILE (a state dict of "
+                f"torchvision's {arch}), or --random-init for structure checks only"
+            )
+        import torchvision.models
+
+        return getattr(torchvision.models, arch)(weights=None)
+
+    return build
