@@ -16,7 +16,8 @@ from attnviz.errors import UsageError
 
 
 def last_feature_layer(net: nn.Module, x: Tensor) -> str:
-    """The name of the last module, in execution order, whose output is a spatial map.
+    """The name of the last module, in execution order, whose output is a spatial feature
+    map (several channels: a gate's one-channel logits are not features).
 
     A fallback for models that do not name their Grad-CAM layer; one extra forward pass.
     """
@@ -26,7 +27,12 @@ def last_feature_layer(net: nn.Module, x: Tensor) -> str:
         if name and not list(module.children()):
 
             def hook(m: nn.Module, i: object, out: object, name: str = name) -> None:
-                if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1:
+                if (
+                    isinstance(out, Tensor)
+                    and out.ndim == 4
+                    and out.shape[1] > 1
+                    and out.shape[-1] * out.shape[-2] > 1
+                ):
                     order.append(name)
 
             handles.append(module.register_forward_hook(hook))

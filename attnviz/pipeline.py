@@ -30,7 +30,7 @@ import attnviz
 from attnviz.api import capture_arrays
 from attnviz.attention import capture_maps, select_layers
 from attnviz.errors import AttnvizError, OutputError, UsageError
-from attnviz.gradcam import trunk_grad_cam
+from attnviz.gradcam import last_feature_layer, trunk_grad_cam, trunk_mode
 from attnviz.io import (
     DEFAULT_MAX_PIXELS,
     FORMATS,
@@ -727,7 +727,7 @@ class GradCamRunner(BatchRunner):
         self, model: LoadedModel, layer: str | None, forward_batch: int | None = None
     ) -> None:
         super().__init__(model, [], forward_batch=forward_batch)
-        self.target = layer or model.spec.gradcam_layer
+        self.target = layer or model.spec.gradcam_layer or _last_feature_layer(model)
 
     @property
     def map_names(self) -> list[str]:
@@ -752,6 +752,17 @@ class GradCamRunner(BatchRunner):
             )
             results.append(ImageResult(top5[i], [layer], cam))
         return results
+
+
+def _last_feature_layer(model: LoadedModel) -> str:
+    """The trunk's last spatial feature map, found now rather than on the first batch: the
+    Grad-CAM map is named after it, and that name keys its colour range (--norm)."""
+    probe = torch.zeros(1, 3, model.size, model.size, device=model.device)
+    try:
+        with trunk_mode(model.net):
+            return last_feature_layer(model.net, probe)
+    except ValueError as exc:
+        raise UsageError(f"--method gradcam: {exc}") from None
 
 
 def make_runner(

@@ -249,3 +249,19 @@ def test_layer_all_stacks_rows_coarse_to_fine() -> None:
     drawn = render_figure(image, result, RunOptions(inputs=[], layer="all", panel_height=64))
     expected = render_triptych(image, [coarse, mid, fine], panel_height=64)
     assert np.array_equal(drawn, expected)
+
+
+def test_norm_fixed_applies_to_grad_cam_of_a_user_model(tmp_path: Path) -> None:
+    """A model that names no Grad-CAM layer still gets the fixed range on its Grad-CAM map."""
+    source = tmp_path / "my_model.py"
+    source.write_text(
+        "from tests.toy_models import ToyGated\n\ndef build():\n    return ToyGated()\n"
+    )
+    photo = write_photo(tmp_path / "p.jpg")
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--model", f"{source}:build", "--method", "gradcam",
+                           "--norm", "fixed:0,2", "--out", out)  # fmt: skip
+    assert code == 0, output
+    ranges = records(out)["p.jpg"]["heat_ranges"]
+    assert "gradcam:conv2" in ranges, ranges  # the last multi-channel map, not a gate's conv
+    assert all(r == [0.0, 2.0] for r in ranges.values()), ranges
