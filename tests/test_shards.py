@@ -112,3 +112,20 @@ def test_shards_refuse_a_global_norm_and_write_their_own_stats(tmp_path: Path) -
     ]
     assert sorted(Path(r).name for r in rows) == [f"p{i}.jpg" for i in range(4)]
     assert not stats.exists()
+
+
+def test_merge_keeps_records_of_a_plain_run_in_the_same_folder(tmp_path: Path) -> None:
+    early, photos = tmp_path / "early", tmp_path / "photos"
+    write_photo(early / "first.jpg", seed=9)
+    for i in range(3):
+        write_photo(photos / f"p{i}.jpg", seed=i)
+    out = tmp_path / "out"
+    assert attnviz("run", early, "--out", out)[0] == 0  # a plain run first
+    for k in range(2):
+        assert attnviz("run", photos, "--out", out, "--shard", f"{k}/2")[0] == 0
+    code, output = attnviz("merge", out)
+    assert code == 0, output
+    names = sorted(Path(r["input"]).name for r in manifest(out / "manifest.jsonl"))
+    assert names == ["first.jpg", "p0.jpg", "p1.jpg", "p2.jpg"]
+    code, output = attnviz("merge", out)  # merging again changes nothing
+    assert code == 0 and len(manifest(out / "manifest.jsonl")) == 4

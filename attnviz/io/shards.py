@@ -69,8 +69,9 @@ def merge_manifests(out_dir: Path) -> MergeReport:
     """Join the shard manifests of ``out_dir`` into its ``manifest.jsonl`` (atomically).
 
     One record per input: where two shards recorded the same input (a rerun with another
-    N), a success wins over a failure. The shard manifests stay, so a shard can be rerun
-    and the merge repeated.
+    N), a success wins over a failure, and any shard's record wins over one that only the
+    folder's manifest held. The shard manifests stay, so a shard can be rerun and the merge
+    repeated.
     """
     found = sorted(
         (int(m.group(2)), int(m.group(1)), path)
@@ -91,6 +92,10 @@ def merge_manifests(out_dir: Path) -> MergeReport:
     report = MergeReport(path=Path(out_dir) / MANIFEST_NAME, shards=[p for _, _, p in found])
     report.missing = [f"{k}/{count}" for k in range(count) if k not in present]
     merged: dict[str, dict[str, Any]] = {}
+    # Records only the folder's manifest holds (a plain run in the same folder, an earlier
+    # merge) stay listed, below any shard's record of the same input.
+    if report.path.is_file():
+        merged = {str(r.get("input")): r for r in read_manifest(report.path)}
     for _, _, path in found:
         for record in read_manifest(path):
             key = str(record.get("input"))
