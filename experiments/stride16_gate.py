@@ -104,6 +104,9 @@ def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:
     # Destroyed positions are filled with the mean feature, a neutral stand-in.
     neutral = data["f"][:2000].float().mean((0, 2, 3))[None, :, None, None]
 
+    def gated(f: Tensor, m: Tensor) -> Tensor:
+        return f * (1 + m) if args.residual else f * m
+
     def tail(f: Tensor, keep: bool = True) -> tuple[Tensor, Tensor | None]:
         h = net.head_features(net.run_blocks(f, BLOCK + 1))
         if not args.headgate:
@@ -119,9 +122,13 @@ def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:
             f = f.flip(-1)
         gate.train(), head_gate.train()
         m = gate(f)
-        logits, head_map = tail(f * m)
+        logits, head_map = tail(gated(f, m))
+        opening = m.mean() if args.target is None else (m.mean() - args.target) ** 2
         loss = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher, 1), log_target=True,
-                        reduction="batchmean") + args.area * m.mean()  # fmt: skip
+                        reduction="batchmean") + args.area * opening  # fmt: skip
+        if args.insertion:
+            classes = teacher.argmax(1)[:, None]
+            loss = loss - args.insertion * F.log_softmax(logits, 1).gather(1, classes).mean()
         if head_map is not None:
             loss = loss + args.head_area * head_map.mean()
         if args.destroy:
@@ -144,7 +151,7 @@ def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:
         for start in range(0, len(split["f"]), 100):
             f = split["f"][start : start + 100].float()
             m = gate(f)
-            logits, head_map = tail(f * m)
+            logits, head_map = tail(gated(f, m))
             if head_map is not None:  # the product of both gates' maps, at 14x14
                 m = m * F.interpolate(head_map, m.shape[-2:], mode="bilinear", align_corners=False)
             maps.append(m)
@@ -184,6 +191,11 @@ def main() -> None:
     parser.add_argument("--destroy", type=float, default=1.0, help="weight of p(class | 1 - M)")
     parser.add_argument("--headgate", action="store_true", help="a second gate on the head")
     parser.add_argument("--head-area", type=float, default=0.3)
+    parser.add_argument(
+        "--residual", action="store_true", help="BAM's residual form F * (1 + M) instead of F * M"
+    )
+    parser.add_argument("--insertion", type=float, default=0.0, help="weight of -log p(class)")
+    parser.add_argument("--target", type=float, default=None, help="area: (mean - target)^2")
     args = parser.parse_args()
     torch.set_num_threads(2)
     net = trunk()
