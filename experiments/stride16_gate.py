@@ -105,7 +105,9 @@ def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:
     neutral = data["f"][:2000].float().mean((0, 2, 3))[None, :, None, None]
 
     def gated(f: Tensor, m: Tensor) -> Tensor:
-        return f * (1 + m) if args.residual else f * m
+        if args.residual:
+            return f * (1 + m)
+        return f * (args.floor + (1 - args.floor) * m)
 
     def tail(f: Tensor, keep: bool = True) -> tuple[Tensor, Tensor | None]:
         h = net.head_features(net.run_blocks(f, BLOCK + 1))
@@ -195,6 +197,9 @@ def main() -> None:
         "--residual", action="store_true", help="BAM's residual form F * (1 + M) instead of F * M"
     )
     parser.add_argument("--insertion", type=float, default=0.0, help="weight of -log p(class)")
+    parser.add_argument(
+        "--floor", type=float, default=0.0, help="gate F * (floor + (1 - floor) * M)"
+    )
     parser.add_argument("--target", type=float, default=None, help="area: (mean - target)^2")
     args = parser.parse_args()
     torch.set_num_threads(2)

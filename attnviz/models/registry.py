@@ -119,30 +119,17 @@ MODELS: dict[str, ModelSpec] = {
         ),
         *[
             ModelSpec(
-                f"cbam-resnet{d}",
-                "cbam",
+                f"{kind}-resnet{d}",
+                kind,
                 224,
                 WeightsSource.USER,
-                f"ResNet-{d} + CBAM in every block, the CBAM authors' layout",
-                _authors_resnet("cbam", d),
+                f"ResNet-{d} + {where}, the {kind.upper()} authors' layout",
+                _authors_resnet(kind, d),
                 IMAGENET_MEAN,
                 IMAGENET_STD,
                 gradcam_layer="layer4",
             )
-            for d in (18, 34, 50, 101)
-        ],
-        *[
-            ModelSpec(
-                f"bam-resnet{d}",
-                "bam",
-                224,
-                WeightsSource.USER,
-                f"ResNet-{d} + BAM after stages 1-3, the BAM authors' layout",
-                _authors_resnet("bam", d),
-                IMAGENET_MEAN,
-                IMAGENET_STD,
-                gradcam_layer="layer4",
-            )
+            for kind, where in (("cbam", "CBAM in every block"), ("bam", "BAM after stages 1-3"))
             for d in (18, 34, 50, 101)
         ],
         *[
