@@ -79,25 +79,39 @@ def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> n
     return model
 
 
-def _authors_resnet(attention: Literal["cbam", "bam"], depth: int) -> Callable[[bool], nn.Module]:
-    def build(random_init: bool) -> nn.Module:
-        from attnviz.models.resnet import attention_resnet
+def _needs_weights(
+    name: str, example: str, build: Callable[[], nn.Module]
+) -> Callable[[bool], nn.Module]:
+    """A builder that refuses to run without the user's weights (random maps would mislead)."""
 
+    def checked(random_init: bool) -> nn.Module:
         if not random_init:
             raise UsageError(
-                f"{attention}-resnet{depth} has no shipped weights: pass --weights FILE (e.g. "
-                f"the {attention.upper()} authors' ImageNet checkpoint), or --random-init for "
-                "structure checks only"
+                f"{name} has no shipped weights: pass --weights FILE ({example}), or "
+                "--random-init for structure checks only"
             )
+        return build()
+
+    return checked
+
+
+def _authors_resnet(attention: Literal["cbam", "bam"], depth: int) -> Callable[[bool], nn.Module]:
+    def build() -> nn.Module:
+        from attnviz.models.resnet import attention_resnet
+
         return attention_resnet(depth, attention)
 
-    return build
+    example = f"e.g. the {attention.upper()} authors' ImageNet checkpoint"
+    return _needs_weights(f"{attention}-resnet{depth}", example, build)
 
 
-def _vit(name: str, arch: str) -> Callable[[bool], nn.Module]:
-    from attnviz.models.vit import vit_builder
+def _torchvision_vit(name: str, arch: str) -> Callable[[bool], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision.models
 
-    return vit_builder(name, arch)
+        return getattr(torchvision.models, arch)(weights=None)
+
+    return _needs_weights(name, f"a state dict of torchvision's {arch}", build)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -140,7 +154,7 @@ MODELS: dict[str, ModelSpec] = {
                 WeightsSource.USER,
                 f"torchvision's {arch} (self-attention; rollout and each block's class-token "
                 "attention)",
-                _vit(name, arch),
+                _torchvision_vit(name, arch),
                 IMAGENET_MEAN,
                 IMAGENET_STD,
                 default_layer="encoder",

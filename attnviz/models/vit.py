@@ -18,14 +18,12 @@ attention sums to 1 over all tokens, so its values are tiny):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnviz.attention.protocol import AttentionCapture
-from attnviz.errors import UsageError
 
 
 def attention_weights(block: nn.Module, tokens: Tensor) -> Tensor:
@@ -50,24 +48,26 @@ def patch_grid(per_patch: Tensor) -> Tensor:
     return per_patch.reshape(-1, 1, side, side)
 
 
-def _peak_normalised(grid: Tensor) -> Tensor:
-    return grid / grid.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-
-
-def _token_magnitude(tokens: Tensor) -> Tensor:
-    """Mean |feature| of each patch token (the class token dropped), as a grid."""
-    return patch_grid(tokens[:, 1:].abs().mean(dim=-1))
+def _capture(cls_row: Tensor, output: Tensor) -> AttentionCapture:
+    """The class token's (N, P) attention over the patches, divided by its maximum, and the
+    mean |feature| of each output patch token (the class token dropped), both as grids."""
+    weights = patch_grid(cls_row)
+    weights = weights / weights.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    return AttentionCapture(weights.detach(), patch_grid(output[:, 1:].abs().mean(-1)).detach())
 
 
 def capture_block(block: nn.Module, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
     """A block's class-token attention over the patches, averaged over heads."""
     cls_row = attention_weights(block, inputs[0])[:, :, 0, 1:].mean(dim=1)
-    weights = _peak_normalised(patch_grid(cls_row))
-    return AttentionCapture(weights.detach(), _token_magnitude(output).detach())  # type: ignore[arg-type]
+    return _capture(cls_row, output)  # type: ignore[arg-type]
 
 
 def rollout(encoder: nn.Module, tokens: Tensor) -> Tensor:
-    """Attention rollout through every block of an ``Encoder``: (N, T, T)."""
+    """Attention rollout through every block of an ``Encoder``: (N, T, T).
+
+    The hook sees only the encoder's input, so the blocks run a second time here: selecting
+    ``encoder`` costs about one more encoder pass per photo.
+    """
     x = encoder.dropout(tokens + encoder.pos_embedding)  # type: ignore[operator]
     eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     flow = eye.expand(x.shape[0], -1, -1)
@@ -82,21 +82,4 @@ def capture_encoder(
     encoder: nn.Module, inputs: tuple[Tensor, ...], output: object
 ) -> AttentionCapture:
     """The class token's row of the attention rollout, over the patches."""
-    weights = _peak_normalised(patch_grid(rollout(encoder, inputs[0])[:, 0, 1:]))
-    return AttentionCapture(weights.detach(), _token_magnitude(output).detach())  # type: ignore[arg-type]
-
-
-def vit_builder(name: str, arch: str) -> Callable[[bool], nn.Module]:
-    """torchvision's ``arch`` (e.g. ``vit_b_16``) without weights: users bring theirs."""
-
-    def build(random_init: bool) -> nn.Module:
-        if not random_init:
-            raise UsageError(
-                f"{name} has no shipped weights: pass --weights FILE (a state dict of "
-                f"torchvision's {arch}), or --random-init for structure checks only"
-            )
-        import torchvision.models
-
-        return getattr(torchvision.models, arch)(weights=None)
-
-    return build
+    return _capture(rollout(encoder, inputs[0])[:, 0, 1:], output)  # type: ignore[arg-type]
