@@ -9,8 +9,10 @@ Classes of other projects that cannot say so get an adapter (attention/adapters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -22,10 +24,20 @@ class AttentionCapture:
 
     weights:  the spatial weights M_s, (N, 1, h, w), values in [0, 1].
     weighted: the weighted features reduced over channels, mean |M_s * F|, (N, 1, h, w).
+    parts:    named sub-maps a figure shows on request (``--parts``): a ViT's heads, a
+              pyramid's scales, a non-local block's mean received attention. Each is a
+              (weights, weighted) pair shaped like the two above (its own h, w allowed).
+    channels: the per-channel weights (N, C) in [0, 1] of a channel gate that ran with
+              this map (CBAM's), drawn as a strip under the map.
+    marker:   the point the map was read from, (N, 2) as (x, y) fractions of the map's
+              width and height (a non-local block's query), marked on the map panel.
     """
 
     weights: Tensor
     weighted: Tensor
+    parts: Mapping[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    channels: Tensor | None = None
+    marker: Tensor | None = None
 
     @classmethod
     def from_weighted(cls, weights: Tensor, weighted_features: Tensor) -> AttentionCapture:
@@ -40,6 +52,21 @@ class SpatialAttention(Protocol):
     def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
         """Maps of this layer for the forward call a hook just saw."""
         ...
+
+
+# Query points for attention that is read from a point (a non-local block's HW x HW map):
+# (N, 2) as (x, y) fractions of each photo's width and height, or None for the module's own
+# choice. The pipeline sets it around a forward pass (``--query``); captures read it.
+QUERY_POINTS: ContextVar[Tensor | None] = ContextVar("attnviz_query_points", default=None)
+
+
+@contextmanager
+def query_points(points: Tensor | None) -> Iterator[None]:
+    token = QUERY_POINTS.set(points)
+    try:
+        yield
+    finally:
+        QUERY_POINTS.reset(token)
 
 
 def is_spatial_attention(module: nn.Module) -> bool:
