@@ -6,6 +6,7 @@ each command imports what it needs when it runs.
 
 from __future__ import annotations
 
+import math
 import os
 import unicodedata
 from pathlib import Path
@@ -157,6 +158,19 @@ def _option_schema(group: object) -> Schema:
     }
 
 
+def _parse_query(text: str | None) -> tuple[float, float] | None:
+    """``--query X,Y``: two finite, non-negative pixel coordinates."""
+    if text is None:
+        return None
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--query must be X,Y in pixels, e.g. 120,80; got {text!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y) and x >= 0 and y >= 0):
+        raise UsageError(f"--query must be non-negative pixel coordinates, got {text!r}")
+    return x, y
+
+
 @app.command()
 def run(
     ctx: typer.Context,
@@ -211,7 +225,10 @@ def run(
     ] = 320,
     panels: Annotated[
         str,
-        typer.Option(help="Panels in order: original, map, weighted, gradcam, contours."),
+        typer.Option(
+            help="Panels in order: original, map, weighted, gradcam, contours, channels "
+            "(a channel gate's weights; added after the map by itself when a layer has them)."
+        ),
     ] = "original,map,weighted",
     layout: Annotated[
         str, typer.Option(help="row, grid, or separate (one file per panel, for papers).")
@@ -234,6 +251,20 @@ def run(
     as_video: Annotated[
         bool, typer.Option(help="Folders given are frame sequences: one video each.")
     ] = False,
+    parts: Annotated[
+        bool,
+        typer.Option(
+            help="Also each layer's parts as rows: a ViT block's heads, a pyramid's scales, a "
+            "non-local block's mean received attention, deformable sampling and modulation."
+        ),
+    ] = False,
+    query: Annotated[
+        str | None,
+        typer.Option(
+            help="X,Y in the photo's pixels: the point whose attention a non-local block shows "
+            "(default: where the block changes the features most; marked with a ring)."
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -278,6 +309,7 @@ def run(
             return
         if not inputs:
             raise UsageError("missing INPUTS: give image files and/or folders to draw")
+        query_point = _parse_query(query)
         if verbosity > 0:
             _print_setup(model, device, workers)
     except AttnvizError as exc:
@@ -301,7 +333,7 @@ def run(
         strict=strict, overwrite=overwrite, max_pixels=max_pixels, method=method.lower(),
         panels=tuple(p.strip().lower() for p in panels.split(",") if p.strip()),
         layout=layout.lower(), norm=norm.lower(), stats=stats, gallery=gallery, every=every,
-        gif=gif, as_video=as_video, shard=shard,
+        gif=gif, as_video=as_video, shard=shard, parts=parts, query=query_point,
     )  # fmt: skip
     progress = Progress(
         TextColumn("{task.description}"),

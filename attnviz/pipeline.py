@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 import attnviz
-from attnviz.api import capture_arrays
+from attnviz.api import layer_maps
 from attnviz.attention import capture_maps, select_layers
+from attnviz.attention.protocol import query_points
 from attnviz.errors import AttnvizError, OutputError, UsageError
 from attnviz.gradcam import last_feature_layer, trunk_grad_cam, trunk_mode
 from attnviz.io import (
@@ -90,6 +91,8 @@ class RunOptions:
     gif: bool = False  # videos: also write a short animated GIF
     as_video: bool = False  # folders of frames are one video each
     shard: str | None = None  # "K/N": only this job's share of the inputs (see io.shards)
+    parts: bool = False  # also each layer's parts (a ViT's heads, PSA's scales ...) as rows
+    query: tuple[float, float] | None = None  # (x, y) pixel read by point attention (non-local)
 
 
 @dataclass
@@ -193,6 +196,8 @@ def output_settings(opts: RunOptions) -> dict[str, object]:
         "panels": list(opts.panels),
         "layout": opts.layout,
         "norm": opts.norm,
+        "parts": opts.parts,
+        "query": list(opts.query) if opts.query is not None else None,
     }
 
 
@@ -256,7 +261,10 @@ def run(
         model = load_model(
             opts.model, opts.weights, opts.device, size=opts.size, random_init=opts.random_init
         )
-        runner = make_runner(model, opts.method, opts.layer, "gradcam" in opts.panels)
+        runner = make_runner(
+            model, opts.method, opts.layer, "gradcam" in opts.panels,
+            parts=opts.parts, query=opts.query,
+        )  # fmt: skip
         shard = Shard.parse(opts.shard) if opts.shard is not None else None
         manifest_name = shard.manifest_name if shard is not None else MANIFEST_NAME
         previous, unusable = PreviousRun.load(opts.out, manifest_name)
@@ -437,8 +445,9 @@ def _process(
                     else:
                         decoded.append((item, fingerprint, future.result()))
                 images = [d.rgb for _, _, d in decoded]
+                sizes = [d.original_hw for _, _, d in decoded]
                 for (item, fingerprint, d), result in zip(
-                    decoded, runner.run(images) if images else [], strict=True
+                    decoded, runner.run(images, sizes) if images else [], strict=True
                 ):
                     write = pool.submit(_write_outputs, item, d, result, opts, ranges)
                     add((item, fingerprint, d.notes, write))
@@ -513,7 +522,19 @@ def _record_finished(pending: _Pending, settle: Callable[[int], None]) -> None:
 
 
 def _decode(item: InputItem, opts: RunOptions, min_side: int) -> Decoded:
-    return decode_image(item.path, opts.max_pixels, min_side)
+    decoded = decode_image(item.path, opts.max_pixels, min_side)
+    check_query(opts.query, decoded.original_hw)
+    return decoded
+
+
+def check_query(query: tuple[float, float] | None, image_hw: tuple[int, int]) -> None:
+    """``--query`` must lie inside the photo: a point outside has no attention to show."""
+    if query is None:
+        return
+    x, y = query
+    h, w = image_hw
+    if not (0 <= x < w and 0 <= y < h):
+        raise AttnvizError(f"--query {x:g},{y:g} lies outside this {w}x{h} image")
 
 
 def _decode_ahead(
@@ -657,9 +678,13 @@ class BatchRunner:
         layers: list[str],
         with_gradcam: bool = False,
         forward_batch: int | None = None,
+        parts: bool = False,
+        query: tuple[float, float] | None = None,
     ) -> None:
         self.model, self.layers, self.with_gradcam = model, layers, with_gradcam
         self.forward_batch = forward_batch
+        self.parts = parts  # each layer's parts (heads, scales ...) as rows after it
+        self.query = query  # (x, y) in the photos' own pixels, for point-read attention
         self.gradcam_layer: str | None = model.spec.gradcam_layer
         self.batch_limit: int | None = None  # lowered after an out-of-memory error
         self.oom_note: str | None = None
@@ -669,30 +694,51 @@ class BatchRunner:
         """Names of the maps each result holds: its layers', then "gradcam" if computed."""
         return self.layers + (["gradcam"] if self.with_gradcam else [])
 
-    def run(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
-        limit = self.batch_limit or self.forward_batch or len(images)
+    def run(
+        self, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[ImageResult]:
+        """Results for ``images``; ``sizes`` are the photos' own (h, w) when they were decoded
+        smaller (``--query`` is in their pixels), else the arrays' own."""
+        sizes = list(sizes) if sizes is not None else [im.shape[:2] for im in images]
+        return self._run(list(zip(images, sizes, strict=True)))
+
+    def _run(self, photos: list[tuple[np.ndarray, tuple[int, int]]]) -> list[ImageResult]:
+        limit = self.batch_limit or self.forward_batch or len(photos)
         results: list[ImageResult] = []
-        for i in range(0, len(images), limit):
-            results += self._run_or_split(images[i : i + limit])
+        for i in range(0, len(photos), limit):
+            results += self._run_or_split(photos[i : i + limit])
         return results
 
-    def _run_or_split(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
+    def _run_or_split(self, photos: list[tuple[np.ndarray, tuple[int, int]]]) -> list[ImageResult]:
         try:
-            return self._forward(images)
+            with query_points(self._query_points(photos)):
+                return self._forward([image for image, _ in photos])
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
-            if len(images) == 1:
+            if len(photos) == 1:
                 raise AttnvizError(
                     "out of memory with a batch of one image; try a smaller --size or --device cpu"
                 ) from None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        half = (len(images) + 1) // 2
+        half = (len(photos) + 1) // 2
         self.batch_limit = half
         self.oom_note = f"out of memory: retried with smaller batches, down to {half}"
-        # The second half goes through run(): at the size the first half ended up needing.
-        return self._run_or_split(images[:half]) + self.run(images[half:])
+        # The second half goes through _run(): at the size the first half ended up needing.
+        return self._run_or_split(photos[:half]) + self._run(photos[half:])
+
+    def _query_points(self, photos: list[tuple[np.ndarray, tuple[int, int]]]) -> Tensor | None:
+        """``--query`` as fractions of each photo's width and height, padded like the batch."""
+        if self.query is None:
+            return None
+        for _, hw in photos:
+            check_query(self.query, hw)  # frames of a video meet it here
+        x, y = self.query
+        points = [(x / w, y / h) for _, (h, w) in photos]
+        size = max(len(points), self.batch_limit or self.forward_batch or 0)
+        points += [(0.5, 0.5)] * (size - len(points))
+        return torch.tensor(points, dtype=torch.float32, device=self.model.device)
 
     def _input(self, images: Sequence[np.ndarray]) -> Tensor:
         """The batch tensor, padded with zeros to the fixed forward shape (if any)."""
@@ -707,15 +753,13 @@ class BatchRunner:
         with torch.inference_mode(), capture_maps(self.model.net, self.layers) as captured:
             logits = logits_of(self.model(x))
             top5 = top_classes(logits)
-            maps = {name: capture_arrays(c) for name, c in captured.items()}
+            maps = {name: layer_maps(name, c, self.parts) for name, c in captured.items()}
         cams: list[np.ndarray | None] = [None] * len(images)
         if self.with_gradcam:
             found, _, self.gradcam_layer = trunk_grad_cam(self.model.net, x, self.gradcam_layer)
             cams = list(found.float().cpu().numpy())
         return [
-            ImageResult(
-                top5[i], [LayerMaps(n, maps[n][0][i], maps[n][1][i]) for n in self.layers], cams[i]
-            )
+            ImageResult(top5[i], [row for n in self.layers for row in maps[n][i]], cams[i])
             for i in range(len(images))
         ]
 
@@ -766,10 +810,17 @@ def _last_feature_layer(model: LoadedModel) -> str:
 
 
 def make_runner(
-    model: LoadedModel, method: str, layer: str | None, with_gradcam: bool = False
+    model: LoadedModel,
+    method: str,
+    layer: str | None,
+    with_gradcam: bool = False,
+    *,
+    parts: bool = False,
+    query: tuple[float, float] | None = None,
 ) -> BatchRunner:
     """The forward passes for ``method``; ``with_gradcam`` adds the trunk's Grad-CAM to each
-    result (for a gradcam panel beside the attention maps)."""
+    result (for a gradcam panel beside the attention maps); ``parts`` and ``query`` as in
+    RunOptions."""
     if method == "gradcam":
         if layer is not None and layer not in dict(model.net.named_modules()):
             names = [n for n, _ in model.net.named_modules() if n]
@@ -778,7 +829,9 @@ def make_runner(
             raise UsageError(f"--method gradcam: the model has no module {layer!r}{hint}")
         return GradCamRunner(model, layer, forward_batch(model.device))
     layers = select_layers(model.net, layer or model.spec.default_layer)
-    return BatchRunner(model, layers, with_gradcam, forward_batch(model.device))
+    return BatchRunner(
+        model, layers, with_gradcam, forward_batch(model.device), parts=parts, query=query
+    )
 
 
 def forward_batch(device: torch.device) -> int:
@@ -813,8 +866,8 @@ def global_ranges(
     lo: dict[str, float] = {}
     hi: dict[str, float] = {}
 
-    def widen(images: Sequence[np.ndarray]) -> None:
-        for result in runner.run(images) if images else []:
+    def widen(images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]] | None = None) -> None:
+        for result in runner.run(images, sizes) if images else []:
             for name, values in _heat_maps(result).items():
                 lo[name] = min(lo.get(name, math.inf), float(values.min()))
                 hi[name] = max(hi.get(name, -math.inf), float(values.max()))
@@ -830,7 +883,8 @@ def global_ranges(
                 break
             chunk = photos[start : start + opts.batch_size]
             decoded = pool.map(_try_decode, chunk, [opts] * len(chunk), [min_side] * len(chunk))
-            widen([d.rgb for d in decoded if d is not None])
+            found = [d for d in decoded if d is not None]
+            widen([d.rgb for d in found], [d.original_hw for d in found])
             progress(min(start + opts.batch_size, len(photos)), len(items))
         for item in (i for i in items if is_video_input(i)):
             # A video that cannot be read is reported by the second pass.
@@ -931,7 +985,7 @@ def _separate_panels(
         panels = draw_panels(
             image, layer, panels=opts.panels, cmap=opts.cmap, alpha=opts.alpha,
             panel_height=opts.panel_height, ranges=ranges, gradcam=result.gradcam,
-            original_hw=original_hw,
+            original_hw=original_hw, auto_channels=False,
         )  # fmt: skip
         for panel in panels:
             tag = f"{layer.name}:{panel.kind}" if several else panel.kind

@@ -101,13 +101,13 @@ def test_authors_checkpoint_loads_strictly_and_captures(
 
     names = [name for name, _ in attention_layers(model)]
     assert len(names) == 16
-    assert names[0] == "layer1.0.cbam.SpatialGate"
-    assert names[-1] == "layer4.2.cbam.SpatialGate"
+    assert names[0] == "layer1.0.cbam"
+    assert names[-1] == "layer4.2.cbam"
     with torch.no_grad(), capture_maps(model, "-1") as maps:
         logits = model(torch.randn(2, 3, 64, 64))
     assert logits.shape == (2, 1000)
-    assert list(maps) == ["layer4.2.cbam.SpatialGate"]
-    weights = maps["layer4.2.cbam.SpatialGate"].weights
+    assert list(maps) == ["layer4.2.cbam"]
+    weights = maps["layer4.2.cbam"].weights
     assert weights.shape == (2, 1, 2, 2)
     assert weights.min() >= 0 and weights.max() <= 1
 
@@ -134,7 +134,7 @@ def test_checkpoint_missing_key_is_named(
 def test_resnet18_forward_and_layers() -> None:
     model = cbam_resnet(18, num_classes=10).eval()
     names = [name for name, _ in attention_layers(model)]
-    assert names == [f"layer{s}.{b}.cbam.SpatialGate" for s in range(1, 5) for b in range(2)]
+    assert names == [f"layer{s}.{b}.cbam" for s in range(1, 5) for b in range(2)]
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
 

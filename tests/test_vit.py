@@ -91,7 +91,14 @@ def test_layers_are_found_by_adapter_and_captures_read_like_their_definition() -
         attention = by_hand(block, tokens)
         cls = attention[:, :, 0, 1:].mean(1).reshape(2, 1, 4, 4)
         expected = cls / cls.amax(dim=(2, 3), keepdim=True)
-        torch.testing.assert_close(maps[f"encoder.layers.encoder_layer_{i}"].weights, expected)
+        block_capture = maps[f"encoder.layers.encoder_layer_{i}"]
+        torch.testing.assert_close(block_capture.weights, expected)
+        assert list(block_capture.parts) == ["head 1", "head 2"]
+        for h in range(2):
+            head = attention[:, h, 0, 1:].reshape(2, 1, 4, 4)
+            part_weights, part_weighted = block_capture.parts[f"head {h + 1}"]
+            torch.testing.assert_close(part_weights, head / head.amax(dim=(2, 3), keepdim=True))
+            torch.testing.assert_close(part_weighted, block_capture.weighted)
         mixed = 0.5 * attention.mean(1) + 0.5 * torch.eye(17)
         flow = (mixed / mixed.sum(-1, keepdim=True)) @ flow
     rollout = flow[:, 0, 1:].reshape(2, 1, 4, 4)
@@ -144,6 +151,17 @@ def test_cli_user_vit_layers_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert record["layers"] == ["encoder", "encoder.layers.encoder_layer_0",
                                 "encoder.layers.encoder_layer_1"]  # fmt: skip
     assert (out / "p.png").is_file()
+
+    # --parts: each block's heads as rows after it (rollout has none), in the manifest too.
+    code, output = attnviz("run", photo, "--model", f"{source}:build", "--layer", "all",
+                           "--parts", "--out", out)  # fmt: skip
+    assert code == 0, output
+    record = json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
+    assert record["layers"] == [
+        "encoder",
+        *(f"encoder.layers.encoder_layer_{i}{part}" for i in range(2)
+          for part in ("", "[head 1]", "[head 2]")),
+    ]  # fmt: skip
 
 
 def test_cli_built_in_vit_needs_weights_and_its_own_size(tmp_path: Path) -> None:

@@ -97,5 +97,13 @@ def capturer_for(module: nn.Module) -> Capturer | None:
 
 
 def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """All spatial attention layers of ``model`` in forward (registration) order."""
-    return [(name, m) for name, m in model.named_modules() if name and capturer_for(m) is not None]
+    """All spatial attention layers of ``model`` in forward (registration) order.
+
+    A module that its parent captures (CBAM's spatial gate, inside CBAM) sets
+    ``attention_listed = False`` and is left out, so a map is never listed twice.
+    """
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if name and getattr(m, "attention_listed", True) and capturer_for(m) is not None
+    ]

@@ -158,8 +158,9 @@ class AttnvizBatchMapper:
             random_init=options.random_init,
         )
         self.runner: BatchRunner = make_runner(
-            model, options.method, options.layer, "gradcam" in options.panels
-        )
+            model, options.method, options.layer, "gradcam" in options.panels,
+            parts=options.parts, query=options.query,
+        )  # fmt: skip
         self.ranges = fixed_ranges(options, self.runner)
         self.settings = settings or settings_key(output_settings(options))
         # Neither the network nor the figure needs more pixels (see decode_image).
@@ -177,7 +178,11 @@ class AttnvizBatchMapper:
                 ready.append((index, item, *outcome))
         # The same torch threads as `attnviz run`: their count can change the arithmetic.
         with _torch_threads(forward_threads()):
-            results = self.runner.run([d.rgb for *_, d in ready]) if ready else []
+            results = (
+                self.runner.run([d.rgb for *_, d in ready], [d.original_hw for *_, d in ready])
+                if ready
+                else []
+            )
         for (index, item, fingerprint, decoded), result in zip(ready, results, strict=True):
             records[index] = self._write(item, fingerprint, decoded, result)
         # JSON text: Arrow takes it whatever the record holds; ASCII keeps odd names intact.

@@ -8,6 +8,7 @@ Submodule names follow the CBAM authors' ImageNet code (``ChannelGate.mlp.{1,3}`
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -119,12 +120,26 @@ class ChannelGate(nn.Module):
 
 
 class CBAM(nn.Module):
-    """Channel gate then spatial gate, as in the paper; the spatial gate is the captured layer."""
+    """Channel gate then spatial gate, as in the paper.
+
+    CBAM is the captured layer, not its spatial gate: only here are both gates' inputs seen,
+    so the capture carries the spatial map and the channel weights that ran with it.
+    """
+
+    attention_family = "cbam"
 
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
         super().__init__()
         self.ChannelGate = ChannelGate(channels, reduction)
         self.SpatialGate = SpatialGate(kernel_size, pool_order="max-avg", batch_norm=True)
+        self.SpatialGate.attention_listed = False  # captured through this module
 
     def forward(self, x: Tensor) -> Tensor:
         return self.SpatialGate(self.ChannelGate(x))
+
+    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
+        channels = self.ChannelGate.channel_weights(inputs[0])
+        features = inputs[0] * channels[:, :, None, None]
+        weights = self.SpatialGate.attention_map(features)
+        capture = AttentionCapture.from_weighted(weights, weights * features)
+        return replace(capture, channels=channels.detach())

@@ -9,7 +9,8 @@ Two maps, both brought to [0, 1] by dividing by their maximum over the photo (ra
 attention sums to 1 over all tokens, so its values are tiny):
 
 - each encoder block: the attention the class token pays to every patch, averaged over
-  heads (the map the classifier's token reads from);
+  heads (the map the classifier's token reads from), and each head's own as parts
+  (``attnviz run --parts``);
 - the encoder: attention rollout (Abnar & Zuidema, 2020): each block's head-averaged
   attention, mixed half and half with the identity for the residual path and
   renormalised, multiplied through the blocks; the class token's row.
@@ -48,18 +49,28 @@ def patch_grid(per_patch: Tensor) -> Tensor:
     return per_patch.reshape(-1, 1, side, side)
 
 
-def _capture(cls_row: Tensor, output: Tensor) -> AttentionCapture:
+def _peak_grid(cls_row: Tensor) -> Tensor:
+    """(N, P) attention over the patches -> (N, 1, g, g) grid divided by its maximum."""
+    grid = patch_grid(cls_row)
+    return (grid / grid.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)).detach()
+
+
+def _capture(cls_row: Tensor, output: Tensor, heads: Tensor | None = None) -> AttentionCapture:
     """The class token's (N, P) attention over the patches, divided by its maximum, and the
-    mean |feature| of each output patch token (the class token dropped), both as grids."""
-    weights = patch_grid(cls_row)
-    weights = weights / weights.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-    return AttentionCapture(weights.detach(), patch_grid(output[:, 1:].abs().mean(-1)).detach())
+    mean |feature| of each output patch token (the class token dropped), both as grids;
+    ``heads`` (N, H, P), each head's own row, become the parts "head 1" ... "head H"."""
+    weighted = patch_grid(output[:, 1:].abs().mean(-1)).detach()
+    parts = {} if heads is None else {
+        f"head {h + 1}": (_peak_grid(heads[:, h]), weighted) for h in range(heads.shape[1])
+    }  # fmt: skip
+    return AttentionCapture(_peak_grid(cls_row), weighted, parts=parts)
 
 
 def capture_block(block: nn.Module, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
-    """A block's class-token attention over the patches, averaged over heads."""
-    cls_row = attention_weights(block, inputs[0])[:, :, 0, 1:].mean(dim=1)
-    return _capture(cls_row, output)  # type: ignore[arg-type]
+    """A block's class-token attention over the patches, averaged over heads; each head's
+    own as parts."""
+    heads = attention_weights(block, inputs[0])[:, :, 0, 1:]
+    return _capture(heads.mean(dim=1), output, heads)  # type: ignore[arg-type]
 
 
 def rollout(encoder: nn.Module, tokens: Tensor) -> Tensor:

@@ -62,6 +62,10 @@ class LayerMaps:
     weights_key: str = "weights"
     weighted_label: str = "weighted |F_out|"
     weighted_key: str = "|F_out|"
+    # A channel gate's weights (C,) in [0, 1] that ran with this map (CBAM's), or None.
+    channels: np.ndarray | None = None
+    # The point the map was read from, (x, y) fractions of its width and height, or None.
+    marker: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,48 @@ def _outline(base: np.ndarray, weights_px: np.ndarray, level: float) -> np.ndarr
     return out
 
 
+def _mark(image: np.ndarray, marker: tuple[float, float] | None) -> np.ndarray:
+    """``image`` with a ring and cross at ``marker`` (fractions of its width and height)."""
+    if marker is None:
+        return image
+    h, w = image.shape[:2]
+    centre = (round(marker[0] * w - 0.5), round(marker[1] * h - 0.5))
+    radius = max(5, round(min(h, w) / 18))
+    out = image.copy()
+    # White on a black edge, like the contours: visible on any colour map.
+    for colour, extra in (((0, 0, 0), 2), ((255, 255, 255), 0)):
+        thickness = max(1, radius // 4) + extra
+        cv2.circle(out, centre, radius, colour, thickness, cv2.LINE_AA)
+        cv2.drawMarker(out, centre, colour, cv2.MARKER_CROSS, radius, thickness, cv2.LINE_AA)
+    return out
+
+
+def channel_profile(weights: np.ndarray, size: tuple[int, int], cmap: str) -> np.ndarray:
+    """A channel gate's weights at a glance, RGB (height, width): on top, a strip of the
+    channels in their own order coloured by weight; below, the same weights sorted high to
+    low as a filled curve on the [0, 1] scale (how many channels the gate keeps, how hard).
+    """
+    height, width = size
+    values = np.clip(np.asarray(weights, dtype=np.float32).ravel(), 0.0, 1.0)
+    if values.size == 0:
+        raise ValueError("a channel panel needs at least one channel weight")
+    strip_h = max(2, height // 6)
+    # Nearest channel per pixel column: every channel shows when there are fewer than pixels.
+    columns = np.minimum((np.arange(width) * values.size) // width, values.size - 1)
+    strip = apply_colormap(np.tile(values[columns], (strip_h, 1)), cmap)
+    plot_h = max(1, height - strip_h - GUTTER)
+    ranked = np.sort(values)[::-1][columns]
+    rows = np.arange(plot_h, dtype=np.float32)[:, None]
+    filled = rows >= (1.0 - ranked[None, :]) * plot_h  # under the curve, counted from the top
+    plot = np.full((plot_h, width, 3), 235, dtype=np.uint8)
+    colours = apply_colormap(np.tile(ranked, (plot_h, 1)), cmap)
+    plot[filled] = colours[filled]
+    for level in (0.25, 0.5, 0.75):  # grid lines at quarter steps of the weight
+        plot[min(plot_h - 1, round((1.0 - level) * plot_h)), :] = 160
+    gap = np.full((height - strip_h - plot_h, width, 3), _WHITE, dtype=np.uint8)
+    return np.vstack([strip, gap, plot])
+
+
 def draw_panels(
     image: np.ndarray,
     layer: LayerMaps,
@@ -243,13 +289,15 @@ def draw_panels(
     gradcam: np.ndarray | None = None,
     base: np.ndarray | None = None,
     original_hw: tuple[int, int] | None = None,
+    auto_channels: bool = True,
 ) -> list[Panel]:
     """The panels of one layer, in the order asked for (see PANELS).
 
     Panel ``map`` is on the weights' absolute [0, 1] scale; ``weighted`` and ``gradcam`` use
     ``ranges[name]`` when given (name: the layer's, or "gradcam"), else their own min-max.
     ``original_hw`` is the photo's own size, for the caption, when ``image`` was decoded
-    smaller.
+    smaller. A layer with channel weights gets a ``channels`` panel after its map unless
+    ``auto_channels`` is off; a layer without them draws no ``channels`` panel.
     """
     _check_image(image)
     unknown = [k for k in panels if k not in PANELS]
@@ -262,8 +310,11 @@ def draw_panels(
     ranges = ranges or {}
     h, w = original_hw or image.shape[:2]
     weights = _check_map(layer, "weights")
+    kinds = list(panels)
+    if auto_channels and layer.channels is not None and "map" in kinds and "channels" not in kinds:
+        kinds.insert(kinds.index("map") + 1, "channels")
     out: list[Panel] = []
-    for kind in panels:
+    for kind in kinds:
         if kind == "original":
             out.append(Panel(kind, base, f"original {w}x{h}"))
         elif kind == "map":
@@ -272,13 +323,24 @@ def draw_panels(
             lo, hi = float(weights.min()), float(weights.max())
             rgb = apply_colormap(np.clip(upsample(weights, size), 0.0, 1.0), cmap)
             text = f"{layer.name}\n{layer.weights_label} [{lo:.3g}, {hi:.3g}]"
+            if layer.marker is not None:
+                text += " at the ring"
+            out.append(Panel(kind, _mark(rgb, layer.marker), text, (layer.weights_key, 0.0, 1.0)))
+        elif kind == "channels":
+            if layer.channels is None:
+                continue
+            values = np.asarray(layer.channels, dtype=np.float32).ravel()
+            kept = float((values >= 0.5).mean())
+            rgb = channel_profile(values, size, cmap)
+            text = (f"{values.size} channel weights: order, sorted\n"
+                    f"mean {values.mean():.2f}, {kept:.0%} >= 0.5")  # fmt: skip
             out.append(Panel(kind, rgb, text, (layer.weights_key, 0.0, 1.0)))
         elif kind == "weighted":
             # Relative scale: features have no natural unit, so stretch them (or use the run's).
             unit, lo, hi = scale_to_range(_check_map(layer, "weighted"), ranges.get(layer.name))
             rgb = blend(base, apply_colormap(upsample(unit, size), cmap), alpha)
             text = f"{layer.name}\n{layer.weighted_label} [{lo:.3g}, {hi:.3g}]"
-            out.append(Panel(kind, rgb, text, (layer.weighted_key, lo, hi)))
+            out.append(Panel(kind, _mark(rgb, layer.marker), text, (layer.weighted_key, lo, hi)))
         elif kind == "gradcam":
             assert gradcam is not None
             unit, lo, hi = scale_to_range(np.asarray(gradcam, np.float32), ranges.get("gradcam"))
@@ -343,7 +405,6 @@ def render_triptych(
     layout = compute_layout(image.shape, panel_height)
     base = fit_image(image, panel_height)
     box = (layout.panel_height, layout.panel_width)
-    per_line = columns or len(panels)
     lines: list[np.ndarray] = []
     for layer in layers:
         drawn = draw_panels(
@@ -354,6 +415,7 @@ def render_triptych(
         parts = [caption(letterbox(p.image, box), p.caption) for p in drawn]
         keys = list(dict.fromkeys(p.key for p in drawn if p.key is not None))  # one per scale
         bars = [_key(t, colorbar(layout.panel_height, cmap, lo, hi), layout) for t, lo, hi in keys]
+        per_line = columns or len(parts)  # a row may gain a channels panel by itself
         chunks = [parts[i : i + per_line] for i in range(0, len(parts), per_line)]
         chunks[-1] = chunks[-1] + bars
         lines += [_line(chunk, layout.row_height) for chunk in chunks]
