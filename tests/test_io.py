@@ -32,6 +32,7 @@ from attnviz.io import (
 )
 from attnviz.io.manifest import remove_stale_journals
 from attnviz.io.resume import PreviousRun
+from attnviz.io.write import in_use
 
 
 def _png(path: Path, color: tuple[int, int, int] = (10, 20, 30), size: int = 4) -> Path:
@@ -608,6 +609,33 @@ def test_temporary_files_of_killed_runs_are_removed_those_in_use_kept(tmp_path: 
     try:
         assert remove_stale_temps(tmp_path) == 1
         assert not dead.exists() and live.exists() and unrelated.exists()
+    finally:
+        os.close(fd)
+
+
+def test_a_temp_swept_before_its_writer_could_lock_it_is_replaced_by_a_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another shard's sweep may run between mkstemp and flock: the writer must notice."""
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+    calls = []
+
+    def mkstemp_then_sweep(*args: object, **kwargs: object) -> tuple[int, str]:
+        fd, name = real_mkstemp(*args, **kwargs)  # type: ignore[call-overload]
+        calls.append(name)
+        if len(calls) == 1:
+            assert remove_stale_temps(tmp_path) == 1  # not locked yet: taken for a leftover
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_sweep)
+    fd, path = create_locked_temp(tmp_path, "a.png")
+    try:
+        assert len(calls) == 2 and str(path) == calls[1]
+        assert path.exists() and in_use(path)
+        assert remove_stale_temps(tmp_path) == 0  # a later sweep leaves it alone
+        assert _tmp_files(tmp_path) == [path]
     finally:
         os.close(fd)
 

@@ -87,6 +87,7 @@ _FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 # an exclusive flock on them until they are renamed, so a later run can tell the leftovers of
 # a killed run (SIGKILL, power loss) from a live run's files, whatever the process ids.
 TEMP_GLOB = ".attnviz-*.tmp"
+_LOCK_ATTEMPTS = 8  # new temporary files tried when sweeps keep taking them
 _TMP_NAME_CHARS = 64  # keeps the temporary name under NAME_MAX even for a 255-byte target
 
 
@@ -99,12 +100,33 @@ def write_error(path: Path, exc: OSError) -> AttnvizError:
 
 
 def create_locked_temp(folder: Path, name: str, suffix: str = ".tmp") -> tuple[int, Path]:
-    """A new temporary file in `folder` (never through a planted symlink), flock-ed by us."""
-    fd, tmp = tempfile.mkstemp(
-        dir=folder, prefix=f".attnviz-{name[:_TMP_NAME_CHARS]}.", suffix=suffix
-    )
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd, Path(tmp)
+    """A new temporary file in `folder` (never through a planted symlink), flock-ed by us.
+
+    Between mkstemp and flock the file is unlocked, so another run's sweep
+    (``remove_stale_temps``) may take it for a killed run's leftover. The sweep deletes only
+    while it holds the lock, so once ours is taken, a file still at its path is ours for good;
+    otherwise try a new one.
+    """
+    for _ in range(_LOCK_ATTEMPTS):
+        fd, tmp = tempfile.mkstemp(
+            dir=folder, prefix=f".attnviz-{name[:_TMP_NAME_CHARS]}.", suffix=suffix
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _same_file(fd, Path(tmp)):
+                return fd, Path(tmp)
+        except BlockingIOError:
+            pass  # a sweep holds it, and is deleting it
+        os.close(fd)
+    raise OSError(errno.EAGAIN, f"could not create a temporary file in {folder}")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, ours = path.lstat(), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -139,12 +161,32 @@ def remove_stale_temps(folder: Path) -> int:
     for tmp in Path(folder).rglob(TEMP_GLOB):
         if tmp.name.endswith(".journal.tmp"):
             continue
-        if tmp.is_symlink() or not tmp.is_file() or in_use(tmp):
+        if tmp.is_symlink() or not tmp.is_file():
             continue
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed += 1
+        removed += _remove_if_unlocked(tmp)
     return removed
+
+
+def _remove_if_unlocked(tmp: Path) -> int:
+    """Delete ``tmp`` while holding its lock (1), or leave a live run's file alone (0).
+
+    Holding the lock while deleting is what lets ``create_locked_temp`` tell a file it has
+    just locked from one a sweep took before it could.
+    """
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not _same_file(fd, tmp):
+            return 0
+        tmp.unlink()
+        return 1
+    except OSError:  # BlockingIOError: a live run holds it
+        return 0
+    finally:
+        os.close(fd)
 
 
 def check_writable(folder: Path) -> None:
