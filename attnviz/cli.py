@@ -733,7 +733,8 @@ def merge(
 ) -> None:
     """Join the manifests of `attnviz run --shard K/N` jobs into OUT/manifest.jsonl.
 
-    Exits 1 when shards of the split are missing (the merge is written anyway).
+    Exits 1 when shards of the split are missing, were killed or still run (the merge is
+    written anyway, with what the killed ones finished).
 
     Example: attnviz merge /shared/val-maps
     """
@@ -749,11 +750,16 @@ def merge(
         f"{len(report.shards)} shard manifest(s)",
         highlight=False,
     )
-    if report.missing:
-        console.print(
-            f"[bold red]incomplete:[/] no manifest yet for shard(s) {', '.join(report.missing)}",
-            highlight=False,
-        )
+    problems = [
+        (report.missing, "no manifest yet for shard(s)"),
+        (report.interrupted, "killed before the end (their finished inputs are merged; rerun "
+                             "them to finish): shard(s)"),
+        (report.running, "still running: shard(s)"),
+    ]  # fmt: skip
+    for shards, what in problems:
+        if shards:
+            console.print(f"[bold red]incomplete:[/] {what} {', '.join(shards)}", highlight=False)
+    if report.missing or report.interrupted or report.running:
         raise typer.Exit(1)
 
 

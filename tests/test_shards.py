@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from attnviz.errors import UsageError
+from attnviz.io import create_locked_temp
+from attnviz.io.manifest import JOURNAL_SUFFIX
 from attnviz.io.shards import Shard
 from tests.conftest import attnviz, summary_count, write_photo
 
@@ -88,6 +91,32 @@ def test_merge_says_what_is_missing_or_inconsistent(tmp_path: Path) -> None:
     (out / "manifest.shard-0-of-2.jsonl").write_text("")
     code, output = attnviz("merge", out)
     assert code == 1 and "different splits" in output
+
+
+def test_merge_takes_a_killed_shards_journal_and_names_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.shard-0-of-2.jsonl").write_text('{"input": "a.jpg", "outputs": {}}\n')
+    # Shard 1 was killed mid-way: its journal holds one finished record and a torn line.
+    journal = out / ".attnviz-shard-1-of-2.k1ll3d.journal.tmp"
+    journal.write_text('{"input": "b.jpg", "outputs": {}}\n{"input": "c.j')
+    code, output = attnviz("merge", out)
+    assert code == 1, output
+    assert "killed before the end" in output and "1/2" in output
+    assert [r["input"] for r in manifest(out / "manifest.jsonl")] == ["a.jpg", "b.jpg"]
+    assert journal.exists()  # the shard's own rerun resumes from it
+
+    # A job still writing its journal is not read, and the merge says it is running.
+    journal.unlink()
+    fd, live = create_locked_temp(out, "shard-1-of-2", JOURNAL_SUFFIX)
+    try:
+        os.write(fd, b'{"input": "d.jpg", "outputs": {}}\n')
+        code, output = attnviz("merge", out)
+    finally:
+        os.close(fd)
+    assert code == 1 and "still running: shard(s) 1/2" in output, output
+    assert "no manifest yet" not in output
+    assert "d.jpg" not in (out / "manifest.jsonl").read_text()
 
 
 def test_shards_refuse_a_global_norm_and_write_their_own_stats(tmp_path: Path) -> None:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from attnviz.errors import AttnvizError, UsageError
-from attnviz.io.manifest import MANIFEST_NAME, _dumps, read_manifest
-from attnviz.io.write import atomic_write_bytes
+from attnviz.io.manifest import JOURNAL_SUFFIX, MANIFEST_NAME, _dumps, read_manifest
+from attnviz.io.write import atomic_write_bytes, in_use
 
 _SHARD_FILE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.jsonl$")
+# A shard's manifest being written (see manifest.journal_glob); a killed job leaves it.
+_SHARD_JOURNAL = re.compile(rf"^\.attnviz-shard-(\d+)-of-(\d+)\..*{re.escape(JOURNAL_SUFFIX)}$")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,18 @@ class MergeReport:
     records: int = 0
     failed: int = 0
     missing: list[str] = field(default_factory=list)  # shards of N that wrote no manifest
+    # Shards whose job was killed: their journal's records are merged, the rest is undone.
+    interrupted: list[str] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)  # shards whose job is still writing
+
+
+def _shard_files(out_dir: Path, pattern: str, name: re.Pattern[str]) -> list[tuple[int, int, Path]]:
+    """(N, K, path) of the files in ``out_dir`` whose name ``name`` matches, sorted."""
+    return sorted(
+        (int(m.group(2)), int(m.group(1)), path)
+        for path in Path(out_dir).glob(pattern)
+        if (m := name.match(path.name)) is not None and path.is_file() and not path.is_symlink()
+    )
 
 
 def merge_manifests(out_dir: Path) -> MergeReport:
@@ -70,17 +84,17 @@ def merge_manifests(out_dir: Path) -> MergeReport:
 
     One record per input: where two shards recorded the same input (a rerun with another
     N), a success wins over a failure, and any shard's record wins over one that only the
-    folder's manifest held. The shard manifests stay, so a shard can be rerun and the merge
-    repeated.
+    folder's manifest held. A killed job's journal counts as its shard's newest records
+    (the shard is reported as interrupted); a live job's is left alone (reported as
+    running). The shard manifests stay, so a shard can be rerun and the merge repeated.
     """
-    found = sorted(
-        (int(m.group(2)), int(m.group(1)), path)
-        for path in Path(out_dir).glob("manifest.shard-*-of-*.jsonl")
-        if (m := _SHARD_FILE.match(path.name)) is not None
-    )
-    if not found:
+    found = _shard_files(out_dir, "manifest.shard-*-of-*.jsonl", _SHARD_FILE)
+    journals = _shard_files(out_dir, f".attnviz-shard-*-of-*{JOURNAL_SUFFIX}", _SHARD_JOURNAL)
+    live = [(n, k, j) for n, k, j in journals if in_use(j)]
+    killed = [(n, k, j) for n, k, j in journals if not in_use(j)]
+    if not found and not killed:
         raise AttnvizError(f"{out_dir}: no shard manifests (manifest.shard-K-of-N.jsonl) to merge")
-    counts = {count for count, _, _ in found}
+    counts = {count for count, _, _ in found + killed}
     if len(counts) > 1:
         splits = ", ".join(f"N={n}" for n in sorted(counts))
         raise AttnvizError(
@@ -88,16 +102,20 @@ def merge_manifests(out_dir: Path) -> MergeReport:
             "remove the stale ones and merge again"
         )
     (count,) = counts
-    present = {index for _, index, _ in found}
     report = MergeReport(path=Path(out_dir) / MANIFEST_NAME, shards=[p for _, _, p in found])
+    # A killed job's journal is newer than its shard's manifest (the run resumed from it).
+    killed.sort(key=lambda entry: entry[2].stat().st_mtime_ns)
+    report.interrupted = sorted({f"{k}/{n}" for n, k, _ in killed})
+    report.running = sorted({f"{k}/{n}" for n, k, _ in live if n == count})
+    present = {index for n, index, _ in found + killed + live if n == count}
     report.missing = [f"{k}/{count}" for k in range(count) if k not in present]
     merged: dict[str, dict[str, Any]] = {}
     # Records only the folder's manifest holds (a plain run in the same folder, an earlier
     # merge) stay listed, below any shard's record of the same input.
     if report.path.is_file():
         merged = {str(r.get("input")): r for r in read_manifest(report.path)}
-    for _, _, path in found:
-        for record in read_manifest(path):
+    for _, _, path in found + killed:
+        for record in read_manifest(path, allow_torn_tail=path.name.endswith(JOURNAL_SUFFIX)):
             key = str(record.get("input"))
             if key not in merged or "error" in merged[key]:
                 merged[key] = record
