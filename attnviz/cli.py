@@ -449,7 +449,7 @@ def compare(
     models: Annotated[
         str | None,
         typer.Option(
-            help="Rows, comma-separated: MODEL[@WEIGHTS][#LAYER] or gradcam (Grad-CAM of the "
+            help="Rows, comma-separated: MODEL\\[@WEIGHTS]\\[#LAYER] or gradcam (Grad-CAM of the "
             "first model's trunk). MODEL: a built-in name or file.py:factory. "
             "Default: every built-in model with shipped weights, then gradcam.",
         ),

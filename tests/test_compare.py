@@ -243,3 +243,10 @@ def test_usage_errors_come_before_any_work(tmp_path: Path) -> None:
                            "--out", out)  # fmt: skip
     assert code == 2 and "did you mean attention.head" in output
     assert not list(out.rglob("*.png"))
+
+
+def test_help_spells_out_the_entry_syntax() -> None:
+    code, output = attnviz("compare", "--help")
+    assert code == 0
+    # Rich markup must not swallow the brackets of the syntax.
+    assert "MODEL[@WEIGHTS][#LAYER]" in output and "gradcam" in output
