@@ -250,3 +250,18 @@ def test_help_spells_out_the_entry_syntax() -> None:
     assert code == 0
     # Rich markup must not swallow the brackets of the syntax.
     assert "MODEL[@WEIGHTS][#LAYER]" in output and "gradcam" in output
+
+
+@pytest.mark.parametrize("output", ["tuple", "dict"])
+def test_gradcam_row_of_a_model_that_returns_a_tuple_or_dict(tmp_path: Path, output: str) -> None:
+    source = tmp_path / "toy_out.py"
+    source.write_text(
+        f"from tests.toy_models import ToyGated\n\ndef build():\n    return ToyGated({output!r})\n"
+    )
+    photo = write_photo(tmp_path / "p.jpg", (80, 80))
+    out = tmp_path / "out"
+    code, text = attnviz("compare", photo, "--models", f"{source}:build,gradcam", "--out", out,
+                         "--panel-size", PANEL)  # fmt: skip
+    assert code == 0, text
+    figure = Image.open(out / "p.compare.png")
+    assert figure.height == figure_layout(photo).height(2)
