@@ -265,3 +265,56 @@ def test_gradcam_row_of_a_model_that_returns_a_tuple_or_dict(tmp_path: Path, out
     assert code == 0, text
     figure = Image.open(out / "p.compare.png")
     assert figure.height == figure_layout(photo).height(2)
+
+
+def test_same_flags_same_bytes_whatever_the_batch(tmp_path: Path, toy_model: str) -> None:
+    src = tmp_path / "photos"
+    for seed in range(3):
+        write_photo(src / f"p{seed}.jpg", (90, 70), seed=seed)
+    runs = []
+    for batch in ("1", "3"):
+        out = tmp_path / f"out{batch}"
+        code, output = attnviz("compare", src, "--models", f"{toy_model},gradcam", "--out", out,
+                               "--panel-size", PANEL, "--batch-size", batch)  # fmt: skip
+        assert code == 0, output
+        runs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert len(runs[0]) == 3 and runs[0] == runs[1]
+
+
+def test_layer_flag_applies_to_entries_without_their_own(tmp_path: Path, toy_model: str) -> None:
+    photo = write_photo(tmp_path / "p.jpg", (80, 60))
+    out = tmp_path / "out"
+    code, output = attnviz("compare", photo, "--models", f"{toy_model},{toy_model}#gate1,gradcam",
+                           "--layer", "all", "--out", out, "--panel-size", PANEL)  # fmt: skip
+    assert code == 0, output
+    # all: gate1 and gate2; '#gate1' keeps its own; gradcam one row.
+    assert Image.open(out / "p.compare.png").height == figure_layout(photo).height(4)
+
+
+def test_fixed_norm_gives_every_row_the_same_range(tmp_path: Path, toy_model: str) -> None:
+    photo = write_photo(tmp_path / "p.jpg", (80, 80), seed=6)
+    figures = {}
+    for norm in ("image", "fixed:1e6,2e6"):
+        out = tmp_path / norm.replace(":", "_")
+        code, output = attnviz("compare", photo, "--models", f"{toy_model}#gate1,{toy_model}#gate2",
+                               "--norm", norm, "--out", out, "--panel-size", PANEL)  # fmt: skip
+        assert code == 0, output
+        figures[norm] = np.asarray(Image.open(out / "p.compare.png").convert("RGB"))
+    layout = figure_layout(photo)
+    own = [panel(figures["image"], layout, row, 2) for row in (0, 1)]
+    assert np.abs(own[0] - own[1]).mean() > 1  # each row stretched over its own range
+    # Every value lies far below the shared range: both rows get its lowest colour.
+    shared = [panel(figures["fixed:1e6,2e6"], layout, row, 2) for row in (0, 1)]
+    assert np.array_equal(shared[0], shared[1])
+
+
+def test_videos_are_left_to_run(tmp_path: Path, toy_model: str) -> None:
+    src = tmp_path / "mixed"
+    write_photo(src / "p.jpg")
+    (src / "clip.mp4").write_bytes(b"not decoded: compare does not open videos")
+    out = tmp_path / "out"
+    code, output = attnviz("compare", src, "--models", toy_model, "--out", out)
+    assert code == 0, output
+    assert "skipped: a video" in output and (out / "p.compare.png").is_file()
+    code, output = attnviz("compare", src / "clip.mp4", "--models", toy_model, "--out", out)
+    assert code == 1 and "attnviz compare draws photos" in output
