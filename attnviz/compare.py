@@ -122,7 +122,8 @@ def default_models() -> str:
 
 def parse_models(models: str | None) -> list[Entry]:
     """The entries of ``--models`` (comma-separated), checked without loading anything."""
-    texts = [t.strip() for t in (models or default_models()).split(",") if t.strip()]
+    given = default_models() if models is None else models
+    texts = [t.strip() for t in given.split(",") if t.strip()]
     if not texts:
         raise UsageError("--models names no model")
     entries = [parse_entry(t) for t in texts]

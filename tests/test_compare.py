@@ -103,6 +103,8 @@ def test_the_list_is_checked_before_anything_loads(tmp_path: Path) -> None:
         parse_models("lite0-cbm,gradcam")
     with pytest.raises(UsageError, match="more than once"):
         parse_models("lite0-cbam,gradcam,lite0-cbam")
+    with pytest.raises(UsageError, match="names no model"):
+        parse_models(" , ")
     with pytest.raises(UsageError, match="name a model too"):
         parse_models("gradcam")
     with pytest.raises(UsageError, match="no such weights file"):
