@@ -221,7 +221,8 @@ def _load(entry: Entry, device: str) -> LoadedModel:
         spec = get_spec(entry.model)
         if entry.weights is None and spec.weights is WeightsSource.USER:
             # The registry's message names run's --weights; compare takes them in the entry.
-            raise UsageError(f"{exc} (attnviz compare: {entry.model}@FILE)") from None
+            hint = f"attnviz compare takes the file as {entry.model}@FILE"
+            raise UsageError(f"{exc}; {hint}") from None
         raise
 
 
