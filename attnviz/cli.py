@@ -379,14 +379,15 @@ def run(
         raise typer.Exit(1)
 
 
-def _print_summary(summary: RunSummary, verbosity: int = 0) -> None:
+def _print_summary(summary: RunSummary, verbosity: int = 0, command: str = "run") -> None:
     """The summary table and one line per note or failure; --quiet keeps only the failures."""
     if verbosity >= 0:
-        table = Table(title="attnviz run", show_header=False, title_justify="left")
+        table = Table(title=f"attnviz {command}", show_header=False, title_justify="left")
         table.add_column(style="bold")
         table.add_column()
         table.add_row("processed", str(summary.processed))
-        table.add_row("up to date", str(summary.skipped))
+        if command == "run":  # only run keeps up-to-date outputs
+            table.add_row("up to date", str(summary.skipped))
         table.add_row("failed", str(len(summary.failed)))
         table.add_row("output", _printable(summary.out))
         table.add_row("wall time", f"{summary.wall_s:.1f} s")
@@ -469,6 +470,94 @@ def _print_setup(model: str, device: str, workers: int | None) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command()
+def compare(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Image files and/or folders (recursive).", readable=False),
+    ],
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="Rows, comma-separated: MODEL\\[@WEIGHTS]\\[#LAYER] or gradcam (Grad-CAM of the "
+            "first model's trunk). MODEL: a built-in name or file.py:factory. "
+            "Default: every built-in model with shipped weights, then gradcam.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output folder: <stem>.compare.<format> per photo.")
+    ] = Path("attnviz-out"),
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            help="Layer for entries without #LAYER: name, glob, index (-1 = deepest) or 'all' "
+            "(one row per layer). Default: each model's own."
+        ),
+    ] = None,
+    cmap: Annotated[str, typer.Option(help="OpenCV colormap, the same for every row.")] = "jet",
+    alpha: Annotated[float, typer.Option(help="Heatmap opacity over the photo, 0..1.")] = 0.5,
+    norm: Annotated[
+        str,
+        typer.Option(
+            help="Panel 3 (and Grad-CAM): image (each row its own range, printed) or "
+            "fixed:LO,HI (one range for every row). Panel 2 is always [0, 1]."
+        ),
+    ] = "image",
+    panel_height: Annotated[
+        int, typer.Option("--panel-size", "--panel-height", help="Panel height in pixels.")
+    ] = 320,
+    fmt: Annotated[str, typer.Option("--format", help="png, jpg or webp.")] = "png",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Photos per forward pass.")] = 8,
+    glob: Annotated[str | None, typer.Option(help="Only files matching this glob.")] = None,
+    max_pixels: Annotated[
+        int, typer.Option(help="Refuse images with more pixels than this (decompression bombs).")
+    ] = 160_000_000,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only errors and failed inputs, one line each.")
+    ] = False,
+) -> None:
+    """One figure per photo with one row per model: the same photo, colour map and scales.
+
+    Every row shows the photo, the model's weight map on the absolute [0, 1] scale, and
+    its weighted features; each caption names the model, the layer and its top-1 class.
+    Models load once per run. In an entry the layer follows the last '#' and the weights
+    the first '@' after the model (after ':factory' for file.py:factory).
+
+    Example: attnviz compare photo.jpg --models lite0-cbam,cbam-resnet50@cbam50.pth,gradcam
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from attnviz.compare import CompareOptions
+    from attnviz.compare import compare as run_compare
+
+    opts = CompareOptions(
+        inputs=inputs, out=out, models=models, layer=layer, cmap=cmap, alpha=alpha,
+        norm=norm.lower(), panel_height=panel_height, fmt=fmt.lower(), device=device,
+        batch_size=batch_size, glob=glob, max_pixels=max_pixels,
+    )  # fmt: skip
+    progress = Progress(
+        "compare", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+        transient=True, disable=quiet,
+    )  # fmt: skip
+    task = progress.add_task("compare", total=None)
+    try:
+        with progress:
+            summary = run_compare(
+                opts, lambda done, total: progress.update(task, completed=done, total=total)
+            )
+    except AttnvizError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: the figures written are whole
+        console.print("[bold red]interrupted[/]")
+        raise typer.Exit(130) from None
+    _print_summary(summary, -1 if quiet else 0, command="compare")
+    if summary.signum is not None:
+        raise typer.Exit(128 + summary.signum)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

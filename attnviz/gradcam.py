@@ -80,11 +80,13 @@ def grad_cam(
     module = dict(net.named_modules())[layer]
     captured: list[Tensor] = []
     handle = module.register_forward_hook(lambda m, i, out: captured.append(out))
+    # Imported here: the pipeline imports this module. Tuple and dict outputs hold the
+    # class scores somewhere; logits_of finds them as it does for the attention maps.
+    from attnviz.pipeline import logits_of
+
     try:
         with torch.enable_grad():
-            logits = net(x)
-            if not isinstance(logits, Tensor):
-                raise TypeError("Grad-CAM needs a model whose output is the class scores")
+            logits = logits_of(net(x))
             if not captured or not isinstance(captured[-1], Tensor) or captured[-1].ndim != 4:
                 raise UsageError(
                     f"Grad-CAM needs a layer the trunk runs that outputs a (N, C, H, W) map; "
