@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from attnviz.attention import attention_layers
 from attnviz.attention.capture import layer_capturer, select_layers
-from attnviz.attention.protocol import AttentionCapture, Capturer, FoundBy
+from attnviz.attention.protocol import AttentionCapture, Capturer, FoundBy, Sink
 from attnviz.models.registry import get_spec
 
 
@@ -44,19 +46,19 @@ def describe_layers(
     features: dict[str, tuple[int, ...]] = {}
     maps: dict[str, tuple[int, ...]] = {}
 
-    def feature_hook(name: str):  # noqa: ANN202 - a forward hook
-        def hook(_module: nn.Module, inputs: tuple, _output: object) -> None:
+    def feature_hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], object], None]:
+        def hook(_module: nn.Module, inputs: tuple[Tensor, ...], _output: object) -> None:
             features[name] = tuple(inputs[0].shape[1:])
 
         return hook
 
-    def sink(name: str):  # noqa: ANN202 - a Sink
+    def sink(name: str) -> Sink:
         def keep(capture: AttentionCapture) -> None:
             maps[name] = tuple(capture.weights.shape[1:])
 
         return keep
 
-    handles = []
+    handles: list[RemovableHandle] = []
     try:
         for name in names:
             handles.append(modules[name].register_forward_hook(feature_hook(name)))
