@@ -16,7 +16,7 @@ from attnviz.attention.adapters import adapter_for
 from attnviz.attention.capture import as_weight_map
 from attnviz.errors import UsageError
 from tests.conftest import attnviz, write_photo
-from tests.toy_models import hook_count
+from tests.toy_models import ToyGated, hook_count
 
 # -- the CBAM authors' layout (MODELS/cbam.py), written here from its description ----------
 
@@ -273,6 +273,17 @@ def test_package_module_factory_is_imported_from_the_current_folder(
                            "--out", tmp_path / "o")  # fmt: skip
     assert code == 0, output
     assert (tmp_path / "o" / "p.png").is_file()
+    # --weights works as for every model: a wrapped checkpoint, loaded strictly.
+    torch.manual_seed(1)
+    state = {f"module.{k}": v for k, v in ToyGated().state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "toy.pth")
+    code, output = attnviz("run", photo, "--model", "usernets_pkg.nets:build", "--weights",
+                           tmp_path / "toy.pth", "--out", tmp_path / "o3")  # fmt: skip
+    assert code == 0, output
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    code, output = attnviz("run", photo, "--model", "usernets_pkg.nets:build", "--weights",
+                           tmp_path / "bad.pth", "--out", tmp_path / "o4")  # fmt: skip
+    assert code != 0 and "weights do not fit" in output
 
     code, output = attnviz("run", photo, "--model", "usernets_pkg.nope:build", "--out", "o2")
     assert code == 2 and "no module named usernets_pkg.nope" in output

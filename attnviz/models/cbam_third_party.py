@@ -28,19 +28,20 @@ from attnviz.errors import AttnvizError
 def attach_authors_spatial_gate(gate: nn.Module, sink: Sink) -> list[RemovableHandle]:
     """Hooks on the authors' ``SpatialGate``: its ``spatial`` child gives the logits, the gate
     itself its input; together one capture per forward call."""
-    logits: list[Tensor] = []
+    maps: list[Tensor] = []
 
     def on_spatial(_m: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        logits.append(output)
+        # The sigmoid now, on a new tensor: the gate may go on to change the logits in place.
+        maps.append(torch.sigmoid(output))
 
     def on_gate(_m: nn.Module, inputs: tuple[Tensor, ...], _output: object) -> None:
         features = inputs[0]
-        if not logits:
+        if not maps:
             raise AttnvizError(
                 f"{type(gate).__name__}: its 'spatial' child did not run in this forward call"
             )
-        weights = torch.sigmoid(logits.pop())
-        logits.clear()
+        weights = maps.pop()
+        maps.clear()  # a call that failed half-way left nothing this one should read
         if weights.shape[1] != 1 or weights.shape[2:] != features.shape[2:]:
             raise AttnvizError(
                 f"{type(gate).__name__}: 'spatial' gave {tuple(weights.shape)} for features "
