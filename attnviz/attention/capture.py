@@ -59,7 +59,8 @@ def select_layers(model: nn.Module, selector: str | Sequence[str] | None = "-1")
             chosen.update(available)
             continue
         index = _parse_index(token)
-        if index is not None:
+        # A name first: nn.Sequential's children are called "0", "1" ...
+        if index is not None and token not in available:
             if not -len(available) <= index < len(available):
                 raise UsageError(
                     f"layer index {index} is out of range: this model has {len(available)} "

@@ -123,11 +123,17 @@ def capturer_for(module: nn.Module) -> Capturer | None:
 
 
 def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """All spatial attention layers of ``model`` in forward (registration) order."""
+    """All spatial attention layers of ``model`` in forward (registration) order.
+
+    A map is never listed twice: a module that its parent captures sets
+    ``attention_listed = False``, and an adapter names the submodules it reads (``covers``).
+    """
     found: list[tuple[str, nn.Module]] = []
     covered: set[str] = set()
     for name, module in model.named_modules():
-        capturer = capturer_for(module) if name and name not in covered else None
+        if not name or name in covered or not getattr(module, "attention_listed", True):
+            continue
+        capturer = capturer_for(module)
         if capturer is not None:
             found.append((name, module))
             covered.update(f"{name}.{child}" for child in capturer.covers)
