@@ -34,6 +34,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+MODEL_HELP = (
+    "Built-in model (see `attnviz models`), path/to/file.py:factory, package.module:factory "
+    "(runs that code) or timm:NAME (with --weights)."
+)
+
 
 def _colour_off() -> bool:
     # NO_COLOR (no-color.org) means any non-empty value. rich alone would still send bold
@@ -184,15 +189,17 @@ def run(
     out: Annotated[Path, typer.Option(help="Output folder; folder inputs are mirrored.")] = Path(
         "attnviz-out"
     ),
-    model: Annotated[str, typer.Option(help="Built-in model (see `attnviz models`).")] = (
-        "lite0-cbam"
-    ),
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "lite0-cbam",
     weights: Annotated[
         Path | None, typer.Option(help="Checkpoint (safetensors or tensors-only torch file).")
     ] = None,
     layer: Annotated[
         str | None,
-        typer.Option(help="Layer name, glob, index (-1 = deepest), or 'all'. Comma-separated."),
+        typer.Option(
+            help="Layer name, glob, index (-1 = deepest), or 'all'. Comma-separated. The exact "
+            "name of any module with a one-channel output (N,1,h,w) works too: its output is "
+            "the map, through a sigmoid when an image's values fall outside [0, 1]."
+        ),
     ] = None,
     cmap: Annotated[str, typer.Option(help="OpenCV colormap: jet, turbo, viridis, …")] = "jet",
     method: Annotated[
@@ -562,17 +569,22 @@ def compare(
 
 @app.command()
 def layers(
-    model: Annotated[str, typer.Option(help="Built-in model or file.py:factory.")] = "lite0-cbam",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "lite0-cbam",
     size: Annotated[int | None, typer.Option(help="Input size (default: model's).")] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option(help="Also list these modules (as in run's --layer): user selections."),
+    ] = None,
 ) -> None:
-    """List a model's attention layers: name, family, shapes, and how each was found.
+    """List a model's attention layers: name, family, shapes, and how each was found
+    (protocol, adapter, or user selection with --layer).
 
     Example: attnviz layers --model cbam-resnet50
     """
     from attnviz.describe import describe_layers
 
     try:
-        rows, default = describe_layers(model, size)
+        rows, default = describe_layers(model, size, layer)
     except AttnvizError as exc:
         raise _fail(exc) from None
     table = Table(title=f"attention layers of {model}", title_justify="left")
@@ -615,7 +627,7 @@ def eval_command(
     boxes: Annotated[
         Path, typer.Option(help="CSV: file,imagenet_idx,width,height,x0,y0,x1,y1 per box.")
     ],
-    model: Annotated[str, typer.Option(help="Built-in model or file.py:factory.")] = ("lite0-cbam"),
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "lite0-cbam",
     layer: Annotated[str, typer.Option(help="Attention layers to score (as in run).")] = "all",
     batch_size: Annotated[int, typer.Option(help="Photos per forward pass.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,

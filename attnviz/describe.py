@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from attnviz.attention import attention_layers
-from attnviz.attention.protocol import capturer_for
+from attnviz.attention.capture import layer_capturer, select_layers
+from attnviz.attention.protocol import AttentionCapture, Capturer, FoundBy, Sink
 from attnviz.models.registry import get_spec
 
 
@@ -17,38 +21,57 @@ class LayerInfo:
     family: str
     feature: tuple[int, ...]
     map: tuple[int, ...]
-    found_by: str  # "protocol" or "adapter"
+    found_by: FoundBy
 
 
-def describe_layers(model_name: str, size: int | None = None) -> tuple[list[LayerInfo], str]:
-    """The attention layers of a built-in model, and the name of its default layer."""
-    from attnviz.attention import select_layers
+def describe_layers(
+    model_name: str, size: int | None = None, layer: str | None = None
+) -> tuple[list[LayerInfo], str | None]:
+    """The attention layers of a model, and the name of its default layer.
 
+    ``layer`` (as ``--layer``) adds the modules it names that are not attention layers
+    (user selections), checked on the dry forward like the others.
+    """
     spec = get_spec(model_name)
     net = spec.build(True).eval()  # structure only: shapes do not depend on weights
     size = size or spec.input_size
-    layers = attention_layers(net)
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    modules = dict(net.named_modules())
+    names = [name for name, _ in attention_layers(net)]
+    if layer is not None:
+        chosen = set(select_layers(net, layer))
+        names = [name for name in modules if name in chosen or name in names]
+    if not names:
+        select_layers(net, spec.default_layer)  # raises: nothing to list, and what to do
+    capturers: dict[str, Capturer] = {n: layer_capturer(n, modules[n]) for n in names}
+    features: dict[str, tuple[int, ...]] = {}
+    maps: dict[str, tuple[int, ...]] = {}
 
-    capturers = {n: capturer_for(m) for n, m in layers}
-
-    def hook_for(name: str):
-        def hook(module, inputs, output) -> None:  # noqa: ANN001
-            maps = capturers[name].capture(inputs, output)  # type: ignore[union-attr]
-            shapes[name] = (tuple(inputs[0].shape[1:]), tuple(maps.weights.shape[1:]))
+    def feature_hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], object], None]:
+        def hook(_module: nn.Module, inputs: tuple[Tensor, ...], _output: object) -> None:
+            features[name] = tuple(inputs[0].shape[1:])
 
         return hook
 
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in layers]
+    def sink(name: str) -> Sink:
+        def keep(capture: AttentionCapture) -> None:
+            maps[name] = tuple(capture.weights.shape[1:])
+
+        return keep
+
+    handles: list[RemovableHandle] = []
     try:
+        for name in names:
+            handles.append(modules[name].register_forward_hook(feature_hook(name)))
+            handles += capturers[name].attach(sink(name))
         with torch.inference_mode():
             net(torch.zeros(1, 3, size, size))
     finally:
         for h in handles:
             h.remove()
-    default = select_layers(net, spec.default_layer)[0]
+    default = select_layers(net, spec.default_layer)[0] if attention_layers(net) else None
     rows = [
-        LayerInfo(n, capturers[n].family, *shapes[n], capturers[n].found_by)  # type: ignore[union-attr]
-        for n, _ in layers
+        LayerInfo(n, capturers[n].family, features[n], maps[n], capturers[n].found_by)
+        for n in names
+        if n in maps
     ]
     return rows, default

@@ -29,6 +29,7 @@ from torch import Tensor
 import attnviz
 from attnviz.api import layer_maps
 from attnviz.attention import capture_maps, select_layers
+from attnviz.attention.capture import user_selected
 from attnviz.attention.protocol import query_points
 from attnviz.errors import AttnvizError, OutputError, UsageError
 from attnviz.gradcam import last_feature_layer, trunk_grad_cam, trunk_mode
@@ -829,9 +830,20 @@ def make_runner(
             raise UsageError(f"--method gradcam: the model has no module {layer!r}{hint}")
         return GradCamRunner(model, layer, forward_batch(model.device))
     layers = select_layers(model.net, layer or model.spec.default_layer)
+    _check_user_selections(model, layers)
     return BatchRunner(
         model, layers, with_gradcam, forward_batch(model.device), parts=parts, query=query
     )
+
+
+def _check_user_selections(model: LoadedModel, layers: list[str]) -> None:
+    """Run a blank photo through modules that --layer names outside the attention layers: an
+    output that is not a one-channel map is then a usage error, not every input failing."""
+    chosen = user_selected(model.net, layers)
+    if chosen:
+        probe = torch.zeros(1, 3, model.size, model.size, device=model.device)
+        with torch.inference_mode(), capture_maps(model.net, chosen):
+            model.net(probe)
 
 
 def forward_batch(device: torch.device) -> int:

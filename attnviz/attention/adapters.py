@@ -1,8 +1,17 @@
 """Adapters: spatial attention in third-party classes that cannot follow attnviz's protocol.
 
-An adapter names a class by its import path (so nothing is imported to look for it) and
-gives the function that turns a forward hook's arguments into an AttentionCapture, just
-as ``capture_attention`` does for attnviz's own modules. Subclasses are covered too.
+Most adapters name a class by its import path (so nothing is imported to look for it;
+subclasses are covered too). Code that users copy into their own projects, such as the
+CBAM authors' ``SpatialGate``, lives under any module path (``MODELS.cbam``, ``cbam``,
+``mynet.attention``): such classes are recognised by their structure instead (see
+:data:`STRUCTURAL_ADAPTERS`), with checks strict enough that an unrelated class of the same
+name is not mistaken for them.
+
+An adapter gives the function that turns hooks on the module into AttentionCaptures. A
+"capture" function takes one forward hook's arguments, ``(module, inputs, output)``, just
+as ``capture_attention`` does for attnviz's own modules; an "attach" function,
+``(module, sink) -> hook handles``, places its own hooks, for a map the module's own
+forward hook cannot see.
 """
 
 from __future__ import annotations
@@ -10,25 +19,41 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
+from typing import Literal
 
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from attnviz.attention.protocol import AttentionCapture
+from attnviz.attention.protocol import AttentionCapture, Sink, on_forward
 
 CaptureFn = Callable[[nn.Module, tuple[Tensor, ...], object], AttentionCapture]
+AttachFn = Callable[[nn.Module, Sink], list[RemovableHandle]]
 
 
 @dataclass(frozen=True)
 class Adapter:
     family: str
-    capture_path: str  # "module:function", imported on first use
+    path: str  # "module:function", imported on first use
+    kind: Literal["capture", "attach"] = "capture"
+    # Submodules the adapter reads itself: not listed as layers of their own.
+    covers: tuple[str, ...] = ()
+    # A class can hold spatial attention or not depending on how it was built.
+    accepts: Callable[[nn.Module], bool] | None = None
 
-    def capture(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: object
-    ) -> AttentionCapture:
-        module_name, _, function = self.capture_path.partition(":")
-        fn: CaptureFn = getattr(import_module(module_name), function)
-        return fn(module, inputs, output)
+    def _function(self) -> Callable[..., object]:
+        module_name, _, function = self.path.partition(":")
+        return getattr(import_module(module_name), function)
+
+    def attach(self, module: nn.Module, sink: Sink) -> list[RemovableHandle]:
+        fn = self._function()
+        if self.kind == "attach":
+            return fn(module, sink)  # type: ignore[return-value]
+        return on_forward(module, lambda inputs, output: fn(module, inputs, output))(sink)  # type: ignore[return-value]
+
+
+def _has_spatial_attention(module: nn.Module) -> bool:
+    # timm's GlobalContext with use_attn=False pools by a plain mean: no map to show.
+    return isinstance(getattr(module, "conv_attn", None), nn.Conv2d)
 
 
 # class import path -> adapter
@@ -40,12 +65,66 @@ ADAPTERS: dict[str, Adapter] = {
     "torchvision.models.vision_transformer.Encoder": Adapter(
         "vit-rollout", "attnviz.models.vit:capture_encoder"
     ),
+    # timm's CBAM: the spatial gates alone, and the whole module (with its channel weights).
+    "timm.layers.cbam.SpatialAttn": Adapter(
+        "cbam-spatial", "attnviz.models.cbam_third_party:capture_timm_spatial"
+    ),
+    "timm.layers.cbam.LightSpatialAttn": Adapter(
+        "cbam-spatial", "attnviz.models.cbam_third_party:capture_timm_spatial"
+    ),
+    "timm.layers.cbam.CbamModule": Adapter(
+        "cbam", "attnviz.models.cbam_third_party:capture_timm_cbam", covers=("spatial",)
+    ),
+    "timm.layers.cbam.LightCbamModule": Adapter(
+        "cbam", "attnviz.models.cbam_third_party:capture_timm_cbam", covers=("spatial",)
+    ),
+    "timm.layers.global_context.GlobalContext": Adapter(
+        "global-context",
+        "attnviz.models.global_context:capture_timm_global_context",
+        accepts=_has_spatial_attention,
+    ),
+    "timm.layers.non_local_attn.NonLocalAttn": Adapter(
+        "non-local", "attnviz.models.non_local_timm:capture_timm_non_local"
+    ),
 }
+
+
+def _is_cbam_authors_spatial_gate(module: nn.Module) -> bool:
+    """The CBAM authors' ``SpatialGate`` (Jongchan/attention-module, ``MODELS/cbam.py``).
+
+    Its class may live under any module path, so its layout is checked instead: the class
+    is named ``SpatialGate``; ``compress`` is a module without parameters (the channel pool);
+    ``spatial.conv`` is a convolution from 2 channels (max, mean) to 1 (the map's logits).
+    """
+    if type(module).__name__ != "SpatialGate":
+        return False
+    compress = getattr(module, "compress", None)
+    conv = getattr(getattr(module, "spatial", None), "conv", None)
+    return (
+        isinstance(compress, nn.Module)
+        and next(compress.parameters(), None) is None
+        and isinstance(conv, nn.Conv2d)
+        and (conv.in_channels, conv.out_channels) == (2, 1)
+    )
+
+
+# Checked in order after the import paths, for classes that users copy into their projects.
+STRUCTURAL_ADAPTERS: list[tuple[Callable[[nn.Module], bool], Adapter]] = [
+    (
+        _is_cbam_authors_spatial_gate,
+        Adapter(
+            "cbam-spatial", "attnviz.models.cbam_third_party:attach_authors_spatial_gate", "attach"
+        ),
+    ),
+]
 
 
 def adapter_for(module: nn.Module) -> Adapter | None:
     for cls in type(module).__mro__:
         adapter = ADAPTERS.get(f"{cls.__module__}.{cls.__qualname__}")
         if adapter is not None:
+            return adapter if adapter.accepts is None or adapter.accepts(module) else None
+    for matches, adapter in STRUCTURAL_ADAPTERS:
+        if matches(module):
             return adapter
     return None

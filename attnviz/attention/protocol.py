@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 
 @dataclass(frozen=True)
@@ -73,37 +74,67 @@ def is_spatial_attention(module: nn.Module) -> bool:
     return isinstance(module, SpatialAttention)
 
 
+FoundBy = Literal["protocol", "adapter", "user selection"]
+CaptureFn = Callable[[tuple[Tensor, ...], object], AttentionCapture]
+Sink = Callable[[AttentionCapture], None]
+Attach = Callable[[Sink], list[RemovableHandle]]
+
+
+def on_forward(module: nn.Module, capture: CaptureFn) -> Attach:
+    """The usual hooks: one forward hook on the layer itself, turned into a capture."""
+
+    def attach(sink: Sink) -> list[RemovableHandle]:
+        return [
+            module.register_forward_hook(lambda _m, inputs, output: sink(capture(inputs, output)))
+        ]
+
+    return attach
+
+
 @dataclass(frozen=True)
 class Capturer:
-    """How attnviz reads one attention layer: its family, how it was found, the capture."""
+    """How attnviz reads one attention layer: its family, how it was found, its hooks.
+
+    ``attach(sink)`` registers the hooks that hand each forward call's capture to ``sink``
+    and returns their handles (the caller removes them). Usually one forward hook on the
+    layer (:func:`on_forward`); an adapter may hook a child where the layer's own hook cannot
+    see the map. ``covers`` names submodules this layer reads, so they are not listed again.
+    """
 
     family: str
-    found_by: str  # "protocol" or "adapter"
-    capture: Callable[[tuple[Tensor, ...], object], AttentionCapture]
+    found_by: FoundBy
+    attach: Attach
+    covers: tuple[str, ...] = ()
 
 
 def capturer_for(module: nn.Module) -> Capturer | None:
     """The module's own protocol, else an adapter for its class, else None."""
     if is_spatial_attention(module):
-        return Capturer(module.attention_family, "protocol", module.capture_attention)  # type: ignore[attr-defined]
+        capture = module.capture_attention  # type: ignore[attr-defined]
+        return Capturer(module.attention_family, "protocol", on_forward(module, capture))  # type: ignore[attr-defined]
     from attnviz.attention.adapters import adapter_for
 
     adapter = adapter_for(module)
     if adapter is None:
         return None
     return Capturer(
-        adapter.family, "adapter", lambda inputs, output: adapter.capture(module, inputs, output)
+        adapter.family, "adapter", lambda sink: adapter.attach(module, sink), adapter.covers
     )
 
 
 def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """All spatial attention layers of ``model`` in forward (registration) order.
 
-    A module that its parent captures (CBAM's spatial gate, inside CBAM) sets
-    ``attention_listed = False`` and is left out, so a map is never listed twice.
+    A map is never listed twice: a module that its parent captures sets
+    ``attention_listed = False``, and an adapter names the submodules it reads (``covers``).
     """
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if name and getattr(m, "attention_listed", True) and capturer_for(m) is not None
-    ]
+    found: list[tuple[str, nn.Module]] = []
+    covered: set[str] = set()
+    for name, module in model.named_modules():
+        if not name or name in covered or not getattr(module, "attention_listed", True):
+            continue
+        capturer = capturer_for(module)
+        if capturer is not None:
+            found.append((name, module))
+            covered.update(f"{name}.{child}" for child in capturer.covers)
+    return found

@@ -172,15 +172,20 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def get_spec(name: str) -> ModelSpec:
-    """A built-in model by name, or a user's ``file.py:factory`` (which runs their code)."""
+    """A built-in model by name, a user's ``file.py:factory`` or ``package.module:factory``
+    (which runs their code), or ``timm:NAME``."""
+    from attnviz.models.timm_models import is_timm_model, timm_model_spec
     from attnviz.models.user import is_user_model, user_model_spec
 
+    if is_timm_model(name):
+        return timm_model_spec(name)
     if is_user_model(name):
         return user_model_spec(name)
     if name not in MODELS:
         close = difflib.get_close_matches(name, list(MODELS), n=2)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UsageError(
-            f"unknown model {name!r}{hint}; built-in: {', '.join(MODELS)}, or file.py:factory"
+            f"unknown model {name!r}{hint}; built-in: {', '.join(MODELS)}, or file.py:factory, "
+            "package.module:factory, timm:NAME"
         )
     return MODELS[name]

@@ -1,14 +1,19 @@
-"""A user's own model: ``--model path/to/file.py:factory``.
+"""A user's own model: ``--model path/to/file.py:factory`` or ``--model package.module:factory``.
 
-This runs the user's Python file, by design: it is their code, chosen by them, like
-``python file.py``. It is the one way attnviz executes code it did not ship; weight files
-never do (see weights.py).
+This runs the user's Python code, by design: it is their code, chosen by them, like
+``python file.py`` or ``python -c "import package.module"``. It is the one way attnviz
+executes code it did not ship; weight files never do (see weights.py). ``timm:NAME`` is
+not a module path: it names a timm model (timm_models.py).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import os
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
@@ -16,24 +21,33 @@ from torch import nn
 from attnviz.errors import AttnvizError, UsageError
 from attnviz.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, WeightsSource
 
+# package.module:factory (dotted Python names on both sides of the colon).
+MODULE_REF = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
 
 def is_user_model(name: str) -> bool:
-    return ".py:" in name
+    return ".py:" in name or (MODULE_REF.match(name) is not None and not name.startswith("timm:"))
 
 
 def user_model_spec(ref: str) -> ModelSpec:
-    """A ModelSpec whose builder calls ``factory()`` from ``file.py`` (ImageNet preprocessing)."""
-    file_part, _, factory_name = ref.rpartition(":")
-    path = Path(file_part)
-    if not path.is_file():
-        raise UsageError(f"--model {ref}: no such file {path}")
+    """A ModelSpec whose builder calls the user's factory (ImageNet preprocessing)."""
+    source, _, factory_name = ref.rpartition(":")
     if not factory_name.isidentifier():
         raise UsageError(f"--model {ref}: {factory_name!r} is not a Python name")
+    if Path(source).suffix == ".py" or not MODULE_REF.match(ref):
+        path = Path(source)
+        if not path.is_file():
+            raise UsageError(f"--model {ref}: no such file {path}")
+        where = str(path)
+        load: Callable[[], object] = lambda: _import_file(path)  # noqa: E731
+    else:
+        where = source
+        load = lambda: _import_module(ref, source)  # noqa: E731
 
     def build(random_init: bool) -> nn.Module:
-        factory = getattr(_import_file(path), factory_name, None)
+        factory = getattr(load(), factory_name, None)
         if not callable(factory):
-            raise UsageError(f"--model {ref}: {path} defines no function {factory_name}()")
+            raise UsageError(f"--model {ref}: {where} defines no function {factory_name}()")
         try:
             net = factory()
         except Exception as exc:  # noqa: BLE001 - the user's code: report it in one line
@@ -43,7 +57,7 @@ def user_model_spec(ref: str) -> ModelSpec:
         return net
 
     return ModelSpec(
-        ref, "user", 224, WeightsSource.USER, f"{factory_name}() from {path}", build,
+        ref, "user", 224, WeightsSource.USER, f"{factory_name}() from {where}", build,
         IMAGENET_MEAN, IMAGENET_STD,
     )  # fmt: skip
 
@@ -62,3 +76,24 @@ def _import_file(path: Path) -> object:
         raise AttnvizError(f"{path}: importing it raised {exc!r}") from exc
     sys.modules[name] = module
     return module
+
+
+def _import_module(ref: str, dotted: str) -> object:
+    """Import ``dotted`` as ``python -m`` would find it: the current folder first, then the
+    installed packages (the console script's own folder is not where users keep models)."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError as exc:
+        # Missing is the module itself (or its package) only when the name is a prefix of it;
+        # anything else is an import inside the user's code.
+        if exc.name is not None and (dotted == exc.name or dotted.startswith(exc.name + ".")):
+            raise UsageError(
+                f"--model {ref}: no module named {exc.name} (looked in the current folder and "
+                "the installed packages)"
+            ) from None
+        raise AttnvizError(f"{dotted}: importing it raised {exc!r}") from exc
+    except Exception as exc:  # noqa: BLE001 - the user's code: report it in one line
+        raise AttnvizError(f"{dotted}: importing it raised {exc!r}") from exc
