@@ -114,6 +114,17 @@ def _torchvision_vit(name: str, arch: str) -> Callable[[bool], nn.Module]:
     return _needs_weights(name, f"a state dict of torchvision's {arch}", build)
 
 
+def _lite0_host(name: str, family: str) -> Callable[[bool], nn.Module]:
+    """Lite0 hosting one block of ``family`` (attnviz/models/lite0_hosts.py)."""
+
+    def build() -> nn.Module:
+        from attnviz.models import lite0_hosts
+
+        return lite0_hosts.lite0_nonlocal() if family == "non-local" else lite0_hosts.lite0_deform()
+
+    return _needs_weights(name, "a state dict of the whole model: trunk.* and attention.*", build)
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -131,6 +142,23 @@ MODELS: dict[str, ModelSpec] = {
             (0.5, 0.5, 0.5),
             gradcam_layer="_act_head",
         ),
+        *[
+            ModelSpec(
+                name,
+                family,
+                224,
+                WeightsSource.USER,
+                f"EfficientNet-Lite0 + {what} after block 10 (stride 16)",
+                _lite0_host(name, family),
+                (0.5, 0.5, 0.5),
+                (0.5, 0.5, 0.5),
+                gradcam_layer="trunk._act_head",
+            )
+            for name, family, what in (
+                ("lite0-nonlocal", "non-local", "a non-local block (embedded Gaussian)"),
+                ("lite0-deform", "deformable", "a residual DCNv2 layer (modulated, 3x3)"),
+            )
+        ],
         *[
             ModelSpec(
                 f"{kind}-resnet{d}",
