@@ -39,9 +39,9 @@ def test_host_starts_as_the_trunk(build, layer: str, family: str) -> None:  # no
     assert all(not m._forward_hooks for m in host.modules())
 
 
-def test_cli_refuses_random_hosts_lists_and_runs_them(tmp_path: Path) -> None:
+def test_cli_refuses_the_untrained_host_lists_and_runs_them(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg", (96, 80))
-    code, output = attnviz("run", photo, "--model", "lite0-nonlocal", "--out", tmp_path / "o")
+    code, output = attnviz("run", photo, "--model", "lite0-deform", "--out", tmp_path / "o")
     assert code == 2 and "--weights" in output and "--random-init" in output
 
     code, output = attnviz("layers", "--model", "lite0-nonlocal")
@@ -61,3 +61,22 @@ def test_cli_refuses_random_hosts_lists_and_runs_them(tmp_path: Path) -> None:
     record = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
     assert record["layers"] == ["attention.block10.dcn"]
     assert (out / "p.png").is_file()
+
+
+def test_shipped_nonlocal_block_loads_offline_and_is_not_the_identity() -> None:
+    from attnviz.models import load_model
+
+    model = load_model("lite0-nonlocal", device="cpu")
+    block = model.net.block
+    assert block.bn.weight.abs().max() > 0  # fine-tuned: no longer the identity it starts as
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), capture_maps(model.net, "all") as captured:
+        logits = model(x)
+        with model.net.gates_disabled():
+            trunk_logits = model(x)
+    capture = captured["attention.block10"]  # the trunk alone never runs the block
+    assert not torch.allclose(logits, trunk_logits)
+    assert capture.weights.amax(dim=(2, 3)).eq(1).all() and capture.weights.std() > 0
+    assert capture.marker is not None and capture.marker.shape == (2, 2)
+    received = capture.parts["mean received"][0]
+    assert received.shape == (2, 1, 14, 14) and received.std() > 0

@@ -118,15 +118,16 @@ def test_identity_block_queries_the_centre() -> None:
     assert torch.count_nonzero(capture.weighted) == 0  # the attention added nothing
 
 
-def _reference(block: NonLocalBlock, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(z, f, g) straight from the paper's equations, with F.conv2d and einsum."""
+def _reference(block: NonLocalBlock, x: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(z, f, g) straight from the paper's equations, with F.conv2d and einsum; the logits
+    multiplied by ``scale``."""
     theta = F.conv2d(x, block.theta.weight, block.theta.bias)
     phi = F.conv2d(x, block.phi.weight, block.phi.bias)
     g = F.conv2d(x, block.g.weight, block.g.bias)
     if block.subsample:
         phi = F.max_pool2d(phi, 2, ceil_mode=True)
         g = F.max_pool2d(g, 2, ceil_mode=True)
-    f = torch.einsum("ncij,nckl->nijkl", theta, phi)
+    f = torch.einsum("ncij,nckl->nijkl", theta, phi) * scale
     n, h, w = f.shape[:3]
     f = f.reshape(n, h, w, -1).softmax(-1).reshape(f.shape)
     y = torch.einsum("nijkl,nckl->ncij", f, g)
@@ -137,17 +138,17 @@ def _reference(block: NonLocalBlock, x: Tensor) -> tuple[Tensor, Tensor, Tensor]
     return z + bn.bias[None, :, None, None] + x, f, g
 
 
-@pytest.mark.parametrize("subsample", [False, True])
-def test_matches_the_definition(subsample: bool) -> None:
+@pytest.mark.parametrize(("subsample", "scale"), [(False, False), (True, False), (False, True)])
+def test_matches_the_definition(subsample: bool, scale: bool) -> None:
     torch.manual_seed(0)
-    block = NonLocalBlock(6, subsample=subsample).eval()
+    block = NonLocalBlock(6, subsample=subsample, scale=scale).eval()
     with torch.no_grad():  # a trained-looking BatchNorm, so the residual is not zero
         block.bn.weight.uniform_(0.5, 1.5)
         block.bn.bias.uniform_(-0.2, 0.2)
         block.bn.running_mean.uniform_(-0.1, 0.1)
         block.bn.running_var.uniform_(0.5, 2.0)
     x = torch.randn(2, 6, 5, 7)
-    z, f, g = _reference(block, x)
+    z, f, g = _reference(block, x, 3**-0.5 if scale else 1.0)  # 3 inter channels
     output = block(x)
     assert torch.allclose(output, z, atol=1e-5)
 

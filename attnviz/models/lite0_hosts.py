@@ -72,7 +72,7 @@ class Lite0WithBlock(nn.Module):
 
 
 def lite0_nonlocal(after: int = HOST_BLOCK) -> Lite0WithBlock:
-    return Lite0WithBlock(NonLocalBlock(block_channels(after)), after)
+    return Lite0WithBlock(NonLocalBlock(block_channels(after), scale=True), after)
 
 
 def lite0_deform(after: int = HOST_BLOCK) -> Lite0WithBlock:

@@ -29,10 +29,20 @@ class NonLocalBlock(nn.Module):
 
     attention_family = "non-local"
 
-    def __init__(self, channels: int, inter: int | None = None, subsample: bool = False) -> None:
+    def __init__(
+        self,
+        channels: int,
+        inter: int | None = None,
+        subsample: bool = False,
+        scale: bool = False,
+    ) -> None:
         super().__init__()
         inter = inter or max(channels // 2, 1)
         self.subsample = subsample
+        # scale: logits divided by sqrt(inter), as in scaled dot-product attention. The paper
+        # has no such factor; without it, the logits of deep features are so large that the
+        # softmax is almost one-hot and its gradient vanishes (measured on Lite0's block 10).
+        self.logit_scale = inter**-0.5 if scale else 1.0
         self.theta = nn.Conv2d(channels, inter, 1)
         self.phi = nn.Conv2d(channels, inter, 1)
         self.g = nn.Conv2d(channels, inter, 1)
@@ -54,7 +64,7 @@ class NonLocalBlock(nn.Module):
         the values g (N, inter, H', W'); H'W' = HW unless ``subsample``."""
         theta = self.theta(x).flatten(2)  # (N, inter, HW)
         phi, g = self.keys_and_values(x)
-        logits = torch.einsum("nci,ncj->nij", theta, phi.flatten(2))
+        logits = torch.einsum("nci,ncj->nij", theta, phi.flatten(2)) * self.logit_scale
         return logits.softmax(dim=-1), g
 
     def residual(self, x: Tensor) -> Tensor:

@@ -137,15 +137,15 @@ def _torchvision_vit(name: str, arch: str) -> Callable[[bool], nn.Module]:
     return _needs_weights(name, f"a state dict of torchvision's {arch}", build)
 
 
-def _lite0_host(name: str, family: str) -> Callable[[bool], nn.Module]:
-    """Lite0 hosting one block of ``family`` (attnviz/models/lite0_hosts.py)."""
+def _build_lite0_deform() -> nn.Module:
+    from attnviz.models.lite0_hosts import lite0_deform
 
-    def build() -> nn.Module:
-        from attnviz.models import lite0_hosts
+    return lite0_deform()
 
-        return lite0_hosts.lite0_nonlocal() if family == "non-local" else lite0_hosts.lite0_deform()
 
-    return _needs_weights(name, "a state dict of the whole model: trunk.* and attention.*", build)
+_lite0_deform = _needs_weights(
+    "lite0-deform", "a state dict of the whole model: trunk.* and attention.*", _build_lite0_deform
+)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -165,23 +165,30 @@ MODELS: dict[str, ModelSpec] = {
             (0.5, 0.5, 0.5),
             gradcam_layer="_act_head",
         ),
-        *[
-            ModelSpec(
-                name,
-                family,
-                224,
-                WeightsSource.USER,
-                f"EfficientNet-Lite0 + {what} after block 10 (stride 16)",
-                _lite0_host(name, family),
-                (0.5, 0.5, 0.5),
-                (0.5, 0.5, 0.5),
-                gradcam_layer="trunk._act_head",
-            )
-            for name, family, what in (
-                ("lite0-nonlocal", "non-local", "a non-local block (embedded Gaussian)"),
-                ("lite0-deform", "deformable", "a residual DCNv2 layer (modulated, 3x3)"),
-            )
-        ],
+        ModelSpec(
+            "lite0-nonlocal",
+            "non-local",
+            224,
+            WeightsSource.SHIPPED,
+            "EfficientNet-Lite0 (ImageNet) + a non-local block (embedded Gaussian) after block "
+            "10 (stride 16), fine-tuned on Imagenette's labels",
+            build_lite0_nonlocal,
+            (0.5, 0.5, 0.5),
+            (0.5, 0.5, 0.5),
+            gradcam_layer="trunk._act_head",
+        ),
+        ModelSpec(
+            "lite0-deform",
+            "deformable",
+            224,
+            WeightsSource.USER,
+            "EfficientNet-Lite0 + a residual DCNv2 layer (modulated, 3x3) after block 10 "
+            "(stride 16)",
+            _lite0_deform,
+            (0.5, 0.5, 0.5),
+            (0.5, 0.5, 0.5),
+            gradcam_layer="trunk._act_head",
+        ),
         *[
             ModelSpec(
                 f"{kind}-resnet{d}",
