@@ -9,6 +9,8 @@ cannot disturb a pretrained trunk it is inserted into.
 ``subsample`` max-pools ``phi`` and ``g`` by 2 (the paper's cheaper variant); it is off by
 default so that the attention map covers exactly the HW positions of the input. The pool
 uses ``ceil_mode`` so an odd grid keeps its last row and column.
+``scale`` divides the logits by sqrt(inter), as scaled dot-product attention does (not in
+the paper; ``lite0-nonlocal`` uses it, see pretrained/README.md for why).
 
 What attnviz shows (family ``non-local``): attention is HW x HW, so the map is one row of
 it, the attention one query position pays to every position (see ``capture_attention``).
