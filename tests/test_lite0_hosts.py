@@ -76,6 +76,9 @@ def test_shipped_nonlocal_block_loads_offline_and_is_not_the_identity() -> None:
             trunk_logits = model(x)
     capture = captured["attention.block10"]  # the trunk alone never runs the block
     assert not torch.allclose(logits, trunk_logits)
+    # gates_disabled() is the bare trunk (what eval's teacher agreement compares with).
+    with torch.inference_mode():
+        assert torch.allclose(trunk_logits, model.net.trunk(x), atol=1e-5)
     assert capture.weights.amax(dim=(2, 3)).eq(1).all() and capture.weights.std() > 0
     assert capture.marker is not None and capture.marker.shape == (2, 2)
     received = capture.parts["mean received"][0]
