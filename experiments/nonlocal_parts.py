@@ -1,0 +1,57 @@
+"""Localisation scores of every map a non-local block's capture gives, not just the main one.
+
+``attnviz eval`` scores each layer's main map (for a non-local block: the attention row of
+the default query). This scores, with the same scorer, the query row, the mean received
+attention (``--parts``) and the weighted map (mean |z - x|), so the model card can say
+which view of the block lands on objects.
+
+    uv run python experiments/nonlocal_parts.py ../shared/data/boxes-dev/images \
+        ../shared/data/boxes-dev/boxes.csv
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from attnviz.attention import capture_maps
+from attnviz.evaluate import read_boxes
+from attnviz.io import load_rgb
+from attnviz.localization import LocalizationScores, to_unit_map
+from attnviz.models import load_model
+
+LAYER = "attention.block10"
+
+
+def main(images: Path, boxes_csv: Path, model_name: str = "lite0-nonlocal") -> None:
+    photos = read_boxes(boxes_csv, images)
+    model = load_model(model_name, device="cpu")
+    scores: dict[str, LocalizationScores] = defaultdict(LocalizationScores)
+    for start in range(0, len(photos), 50):
+        batch = photos[start : start + 50]
+        pictures = [load_rgb(p.path) for p in batch]
+        with torch.inference_mode(), capture_maps(model.net, LAYER) as captured:
+            model(model.preprocess(pictures))
+        c = captured[LAYER]
+        maps = {
+            "query row (main map)": c.weights,
+            "mean received": c.parts["mean received"][0],
+            "weighted: mean |z - x|": c.weighted,
+        }
+        for i, (photo, picture) in enumerate(zip(batch, pictures, strict=True)):
+            h, w = picture.shape[:2]
+            for name, m in maps.items():
+                scores[name].add(to_unit_map(m[i, 0].float().numpy(), h, w), photo.boxes)
+    print("| map | pointing | energy | MaxBoxAccV2 |")
+    print("| --- | --- | --- | --- |")
+    for name, s in scores.items():
+        summary = s.summary()
+        print(f"| {name} | {summary['pointing']:.1f} | {summary['energy']:.1f} | "
+              f"{summary['maxboxacc_v2']:.1f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:])
