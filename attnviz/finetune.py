@@ -1,7 +1,8 @@
-"""Fine-tuning the non-local block of ``lite0-nonlocal`` with Imagenette's labels.
+"""Fine-tuning the block of ``lite0-nonlocal`` or ``lite0-deform`` with Imagenette's labels.
 
-Distilling the trunk gives a non-local block nothing to learn: it starts as the identity,
-which already predicts exactly what the trunk predicts. So the block learns from labels
+Distilling the trunk gives these blocks nothing to learn: each starts as the identity
+(a zero-initialised BatchNorm on its residual branch), which already predicts exactly
+what the trunk predicts. So the block learns from labels
 instead: the photos of ``imagenette-train/<wnid>/`` are classified among the 10 Imagenette
 classes (cross-entropy over those 10 of the 1,000 ImageNet logits). Only the block is
 trained; the trunk, its BatchNorm statistics and its classifier stay frozen, so the model
@@ -11,7 +12,7 @@ Everything before the block is computed once per photo and cached; each step run
 block and the rest of the trunk. An interrupted run resumes where it stopped when given
 the same settings again (state saved every ``RESUME_EVERY`` steps next to the output).
 
-Run: ``uv run python -m attnviz.finetune ../shared/data/imagenette-train``.
+Run: ``uv run python -m attnviz.finetune ../shared/data/imagenette-train --block deform``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from attnviz.errors import AttnvizError
 from attnviz.io import atomic_write_bytes, load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.lite0_hosts import Lite0WithBlock
-from attnviz.models.registry import build_lite0_nonlocal, get_spec
+from attnviz.models.registry import LITE0_BLOCKS, build_lite0_block, get_spec
 from attnviz.train import RESUME_EVERY, TrainingState, find_images, resume_path
 
 # Imagenette's wnids and their ImageNet-1k class indices (../shared/data/README.md).
@@ -53,7 +54,8 @@ CLASS_INDICES = torch.tensor(list(IMAGENETTE.values()))
 @dataclass
 class FinetuneConfig:
     data: Path
-    out: Path = Path("pretrained/lite0-nonlocal.safetensors")
+    block: str = "nonlocal"  # one of LITE0_BLOCKS
+    out: Path | None = None  # default: pretrained/lite0-{block}.safetensors
     steps: int = 400
     batch_size: int = 32
     lr: float = 1e-3
@@ -97,6 +99,7 @@ def cache_features(
 ) -> tuple[Tensor, Tensor]:
     """The features entering the block and the bare trunk's logits, per photo."""
     # Decode and preprocess exactly as `attnviz run` does.
+    # Both hosts preprocess alike, and the features before the block do not depend on it.
     loaded = LoadedModel(model, get_spec("lite0-nonlocal"), torch.device("cpu"), size)
     features, logits = [], []
     for start in range(0, len(files), 50):
@@ -109,13 +112,16 @@ def cache_features(
     return torch.cat(features), torch.cat(logits)
 
 
-def finetune_nonlocal(
+def finetune_block(
     cfg: FinetuneConfig,
     on_cache: Callable[[int, int], None] = lambda done, total: None,
     on_step: Callable[[int, int, float], None] = lambda step, total, loss: None,
 ) -> FinetuneReport:
     from safetensors.torch import save
 
+    if cfg.block not in LITE0_BLOCKS:
+        raise AttnvizError(f"no block {cfg.block!r} to fine-tune; choose {', '.join(LITE0_BLOCKS)}")
+    out = cfg.out or Path(f"pretrained/lite0-{cfg.block}.safetensors")
     torch.manual_seed(cfg.seed)
     files, labels = labelled_photos(cfg.data)
     order = list(range(len(files)))
@@ -124,7 +130,7 @@ def finetune_nonlocal(
     if not trained:
         raise AttnvizError(f"need more than {cfg.holdout} training photos, found {len(files)}")
 
-    model = build_lite0_nonlocal(with_block=False)
+    model = build_lite0_block(cfg.block, with_block=False)
     assert isinstance(model, Lite0WithBlock)
     model.eval()
     for p in model.parameters():
@@ -157,7 +163,7 @@ def finetune_nonlocal(
     generator = torch.Generator().manual_seed(cfg.seed)
     # BatchNorm's running statistics are state too: a resumed run must get them back.
     progress = TrainingState(params + list(block.buffers()), optimizer, schedule, generator)
-    resume_file = resume_path(cfg.out)
+    resume_file = resume_path(out)
     stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     run_key = repr({**asdict(cfg), "cache": None, "data": key, "stats": stats,
                     "attnviz": attnviz.__version__})  # fmt: skip
@@ -181,8 +187,8 @@ def finetune_nonlocal(
                             labels[held_index])  # fmt: skip
     state = {f"attention.block{model.after}.{k}": v.detach().contiguous()
              for k, v in block.state_dict().items()}  # fmt: skip
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(cfg.out, save(state, metadata={"recipe": repr(asdict(cfg))}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, save(state, metadata={"recipe": repr(asdict(cfg))}))
     resume_file.unlink(missing_ok=True)
     return FinetuneReport(
         train_images=len(trained),
@@ -221,7 +227,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m attnviz.finetune", description=__doc__)
     parser.add_argument("data", type=Path, help="imagenette-train: one folder per wnid")
     defaults = FinetuneConfig(Path())
-    for name in ("out", "steps", "batch_size", "lr", "weight_decay", "holdout", "seed"):
+    parser.add_argument("--block", choices=LITE0_BLOCKS, default=defaults.block)
+    parser.add_argument("--out", type=Path, default=None, help="default: pretrained/lite0-BLOCK")
+    for name in ("steps", "batch_size", "lr", "weight_decay", "holdout", "seed"):
         value = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--cache", type=Path, default=None, help="file to keep the features in")
@@ -238,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             console.print(f"step {step}/{total}  loss {loss:.4f}")
 
     try:
-        report = finetune_nonlocal(cfg, on_cache, on_step)
+        report = finetune_block(cfg, on_cache, on_step)
     except AttnvizError as exc:
         console.print(f"[bold red]error[/]: {exc}")
         raise SystemExit(1) from None

@@ -20,7 +20,7 @@ import torch
 from attnviz.io import load_rgb
 from attnviz.models import load_model
 from attnviz.models.nonlocal_block import NonLocalBlock
-from attnviz.models.registry import build_lite0_nonlocal
+from attnviz.models.registry import build_lite0_block
 
 
 def largest_weight(block: NonLocalBlock, features: torch.Tensor) -> torch.return_types.max:
@@ -33,7 +33,7 @@ def main(photos: list[Path]) -> None:
     model = load_model("lite0-nonlocal", device="cpu")
     block = model.net.block
     torch.manual_seed(0)  # the fine-tuning's seed: the same random block it started from
-    start = build_lite0_nonlocal(with_block=False).block
+    start = build_lite0_block("nonlocal", with_block=False).block
     assert isinstance(block, NonLocalBlock) and isinstance(start, NonLocalBlock)
     print(f"block parameters: {sum(p.numel() for p in block.parameters())}")
     for name in ("theta", "phi", "g", "W_z"):

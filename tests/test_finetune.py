@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnviz.errors import AttnvizError
-from attnviz.finetune import IMAGENETTE, FinetuneConfig, finetune_nonlocal, labelled_photos
+from attnviz.finetune import IMAGENETTE, FinetuneConfig, finetune_block, labelled_photos
 from attnviz.models.lite0_hosts import lite0_nonlocal
 from attnviz.models.weights import read_state_dict
 from attnviz.train import RESUME_EVERY
@@ -39,7 +39,7 @@ def test_finetune_writes_the_block_and_resumes_exactly(tmp_path: Path) -> None:
     steps = RESUME_EVERY + 3
     common = dict(data=data, steps=steps, batch_size=4, holdout=4, lr=1e-2,
                   cache=tmp_path / "cache.pt")  # fmt: skip
-    whole = finetune_nonlocal(FinetuneConfig(out=tmp_path / "whole.safetensors", **common))
+    whole = finetune_block(FinetuneConfig(out=tmp_path / "whole.safetensors", **common))
     assert whole.train_images == 8 and whole.holdout_images == 4 and whole.resumed_from == 0
     assert 0 <= whole.holdout_agreement <= 100
 
@@ -58,9 +58,9 @@ def test_finetune_writes_the_block_and_resumes_exactly(tmp_path: Path) -> None:
 
     out = tmp_path / "resumed.safetensors"
     with pytest.raises(Stop):
-        finetune_nonlocal(FinetuneConfig(out=out, **common), on_step=stop_after_save)
+        finetune_block(FinetuneConfig(out=out, **common), on_step=stop_after_save)
     assert not out.exists()  # nothing half-written
-    resumed = finetune_nonlocal(FinetuneConfig(out=out, **common))
+    resumed = finetune_block(FinetuneConfig(out=out, **common))
     assert resumed.resumed_from == RESUME_EVERY
     again = read_state_dict(out)
     assert all(torch.equal(again[k], block[k]) for k in block)

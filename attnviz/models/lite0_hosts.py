@@ -77,3 +77,11 @@ def lite0_nonlocal(after: int = HOST_BLOCK) -> Lite0WithBlock:
 
 def lite0_deform(after: int = HOST_BLOCK) -> Lite0WithBlock:
     return Lite0WithBlock(ResidualDeformable(block_channels(after)), after)
+
+
+def lite0_host(kind: str, after: int = HOST_BLOCK) -> Lite0WithBlock:
+    """The host of family ``kind`` ("nonlocal" or "deform"), with a fresh block."""
+    hosts = {"nonlocal": lite0_nonlocal, "deform": lite0_deform}
+    if kind not in hosts:
+        raise ValueError(f"no Lite0 host for {kind!r}; choose one of {', '.join(hosts)}")
+    return hosts[kind](after)

