@@ -39,11 +39,8 @@ def test_host_starts_as_the_trunk(build, layer: str, family: str) -> None:  # no
     assert all(not m._forward_hooks for m in host.modules())
 
 
-def test_cli_refuses_the_untrained_host_lists_and_runs_them(tmp_path: Path) -> None:
+def test_cli_lists_the_hosts_and_runs_a_whole_host_state_dict(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg", (96, 80))
-    code, output = attnviz("run", photo, "--model", "lite0-deform", "--out", tmp_path / "o")
-    assert code == 2 and "--weights" in output and "--random-init" in output
-
     code, output = attnviz("layers", "--model", "lite0-nonlocal")
     assert code == 0 and "non-local" in output and "protocol" in output
 
@@ -63,10 +60,19 @@ def test_cli_refuses_the_untrained_host_lists_and_runs_them(tmp_path: Path) -> N
     assert (out / "p.png").is_file()
 
 
-def test_shipped_nonlocal_block_loads_offline_and_is_not_the_identity() -> None:
+@pytest.mark.parametrize(
+    ("name", "layer", "part"),
+    [
+        ("lite0-nonlocal", "attention.block10", "mean received"),
+        ("lite0-deform", "attention.block10.dcn", "mean modulation"),
+    ],
+)
+def test_shipped_block_loads_offline_and_is_not_the_identity(
+    name: str, layer: str, part: str
+) -> None:
     from attnviz.models import load_model
 
-    model = load_model("lite0-nonlocal", device="cpu")
+    model = load_model(name, device="cpu")
     block = model.net.block
     assert block.bn.weight.abs().max() > 0  # fine-tuned: no longer the identity it starts as
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -74,12 +80,13 @@ def test_shipped_nonlocal_block_loads_offline_and_is_not_the_identity() -> None:
         logits = model(x)
         with model.net.gates_disabled():
             trunk_logits = model(x)
-    capture = captured["attention.block10"]  # the trunk alone never runs the block
+    capture = captured[layer]  # the trunk alone never runs the block
     assert not torch.allclose(logits, trunk_logits)
     # gates_disabled() is the bare trunk (what eval's teacher agreement compares with).
     with torch.inference_mode():
         assert torch.allclose(trunk_logits, model.net.trunk(x), atol=1e-5)
     assert capture.weights.amax(dim=(2, 3)).eq(1).all() and capture.weights.std() > 0
-    assert capture.marker is not None and capture.marker.shape == (2, 2)
-    received = capture.parts["mean received"][0]
-    assert received.shape == (2, 1, 14, 14) and received.std() > 0
+    extra = capture.parts[part][0]
+    assert extra.shape == (2, 1, 14, 14) and extra.std() > 0
+    if name == "lite0-nonlocal":
+        assert capture.marker is not None and capture.marker.shape == (2, 2)
