@@ -1,12 +1,12 @@
-"""Localisation scores of every map a non-local block's capture gives, not just the main one.
+"""Localisation scores of every map a layer's capture gives, not just the main one.
 
 ``attnviz eval`` scores each layer's main map (for a non-local block: the attention row of
-the default query). This scores, with the same scorer, the query row, the mean received
-attention (``--parts``) and the weighted map (mean |z - x|), so the model card can say
-which view of the block lands on objects.
+the default query; for a deformable layer: the modulated sampling density). This scores,
+with the same scorer, the main map, each of its parts (``--parts``) and the weighted map,
+so the model card can say which view of a block lands on objects.
 
-    uv run python experiments/nonlocal_parts.py ../shared/data/boxes-dev/images \
-        ../shared/data/boxes-dev/boxes.csv
+    uv run python experiments/part_scores.py ../shared/data/boxes-dev/images \
+        ../shared/data/boxes-dev/boxes.csv [MODEL [LAYER]]
 """
 
 from __future__ import annotations
@@ -23,23 +23,24 @@ from attnviz.io import load_rgb
 from attnviz.localization import LocalizationScores, to_unit_map
 from attnviz.models import load_model
 
-LAYER = "attention.block10"
 
-
-def main(images: Path, boxes_csv: Path, model_name: str = "lite0-nonlocal") -> None:
+def main(
+    images: Path, boxes_csv: Path, model_name: str = "lite0-nonlocal", layer: str | None = None
+) -> None:
     photos = read_boxes(boxes_csv, images)
     model = load_model(model_name, device="cpu")
+    layer = layer or model.spec.default_layer
     scores: dict[str, LocalizationScores] = defaultdict(LocalizationScores)
     for start in range(0, len(photos), 50):
         batch = photos[start : start + 50]
         pictures = [load_rgb(p.path) for p in batch]
-        with torch.inference_mode(), capture_maps(model.net, LAYER) as captured:
+        with torch.inference_mode(), capture_maps(model.net, layer) as captured:
             model(model.preprocess(pictures))
-        c = captured[LAYER]
+        (c,) = captured.values()
         maps = {
-            "query row (main map)": c.weights,
-            "mean received": c.parts["mean received"][0],
-            "weighted: mean |z - x|": c.weighted,
+            "main map": c.weights,
+            **{f"part: {name}": weights for name, (weights, _) in c.parts.items()},
+            "weighted map": c.weighted,
         }
         for i, (photo, picture) in enumerate(zip(batch, pictures, strict=True)):
             h, w = picture.shape[:2]
