@@ -683,15 +683,24 @@ def eval_command(
 @app.command()
 def train(
     data: Annotated[list[Path], typer.Argument(help="Folders of training photos (no labels).")],
-    out: Annotated[Path, typer.Option(help="Where to write the gate weights.")] = Path(
-        "pretrained/lite0-cbam.safetensors"
-    ),
+    family: Annotated[
+        str,
+        typer.Option(help="Gate family: cbam, psa, multiscale, lightweight, dynamic or bam."),
+    ] = "cbam",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the gate weights [default: pretrained/lite0-FAMILY]."),
+    ] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Photos per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.02,
     target_open: Annotated[
-        str, typer.Option(help="Share of positions each gate keeps open (block4,10,15,head).")
-    ] = "0.995,0.99,0.98,0.5",
+        str | None,
+        typer.Option(
+            help="Share of positions each gate keeps open (block4,10,15,head) "
+            "[default: 0.995,0.99,0.98,0.5; BAM, residual: 0.005,0.01,0.02,0.5]."
+        ),
+    ] = None,
     sparsity: Annotated[float, typer.Option(help="Weight of the opening-budget penalty.")] = 10.0,
     evidence: Annotated[
         float, typer.Option(help="Weight of the agreement with the trunk's class evidence.")
@@ -702,25 +711,32 @@ def train(
     holdout: Annotated[int, typer.Option(help="Photos kept aside to measure agreement.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Train lite0-cbam's spatial gates by distilling the frozen trunk.
+    """Train lite0-FAMILY's spatial gates (lite0-cbam's by default) by distilling the
+    frozen trunk.
 
     Interrupted runs resume: the same command continues from the last saved step.
+    --cache keeps the trunk's features (they do not depend on the family) for reruns.
 
     Example: attnviz train ../shared/data/imagenette-train ../shared/data/imagenet-sample
+    --family psa
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from attnviz.train import TrainConfig, train_gates
 
     try:
-        targets = tuple(float(v) for v in target_open.split(","))
+        targets = None if target_open is None else tuple(float(v) for v in target_open.split(","))
     except ValueError:
         msg = f"--target-open needs numbers like 0.9,0.5, got {target_open!r}"
         raise _fail(UsageError(msg)) from None
-    cfg = TrainConfig(
-        data=data, out=out, steps=steps, batch_size=batch_size, lr=lr, sparsity=sparsity,
-        target_open=targets, evidence=evidence, holdout=holdout, seed=seed, cache=cache,
-    )  # fmt: skip
+    try:
+        cfg = TrainConfig(
+            data=data, family=family, out=out, steps=steps, batch_size=batch_size, lr=lr,
+            sparsity=sparsity, target_open=targets, evidence=evidence, holdout=holdout,
+            seed=seed, cache=cache,
+        )  # fmt: skip
+    except AttnvizError as exc:
+        raise _fail(exc) from None
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
@@ -747,7 +763,7 @@ def train(
     if report.resumed_from:
         out_console.print(f"resumed an interrupted run at step {report.resumed_from}")
     out_console.print(
-        f"wrote {out}: hold-out agreement {report.holdout_agreement:.1%} on "
+        f"wrote {cfg.out}: hold-out agreement {report.holdout_agreement:.1%} on "
         f"{report.holdout_images} photos; mean gate opening "
         + ", ".join(f"{o:.2f}" for o in report.holdout_opening)
     )

@@ -1,4 +1,5 @@
-"""Training attnviz's CBAM spatial gates by self-distillation on a frozen trunk.
+"""Training attnviz's Lite0 spatial gates (any family of ``gates.GATE_FAMILIES``; CBAM's
+by default) by self-distillation on a frozen trunk.
 
 The gates start from the channel-mean map (block gates almost open, the head gate half
 open with its scale given back; see ``seed_gates``) and learn to keep the evidence the
@@ -35,7 +36,8 @@ from attnviz.errors import AttnvizError
 from attnviz.io import IMAGE_SUFFIXES, atomic_write_bytes, load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.efficientnet_lite import EfficientNetLite
-from attnviz.models.registry import LITE0_GATE_BLOCKS, LITE0_GATES, build_lite0_cbam, get_spec
+from attnviz.models.gates import GATE_FAMILIES, RESIDUAL_FAMILIES, Lite0Gate
+from attnviz.models.registry import LITE0_GATE_BLOCKS, LITE0_GATES, build_lite0, get_spec
 
 # Gates start from the feature's standardised channel mean, gently (slope 1/2): that is
 # where the evidence usually is. Starting from flat maps instead (all conv weights zero)
@@ -46,18 +48,34 @@ SEED_SLOPE = 0.5
 # what they were trained on. The head gate starts half open, sigmoid(0), and the pooled
 # features are doubled: the classifier sees what the trunk gives it, up to the map's shape.
 BLOCK_BIAS, HEAD_BIAS = 4.0, 0.0
+# Each gate's share of positions left open is pulled towards its target: a budget that
+# makes the gate choose where the evidence is, without collapsing shut or staying open.
+BLOCK_TARGETS, HEAD_TARGET = (0.995, 0.99, 0.98), 0.5
+
+
+def default_targets(family: str) -> tuple[float, ...]:
+    """The opening targets of block4, block10, block15 and head for a gate family.
+
+    A residual gate (BAM's F * (1 + ...)) changes the trunk where its map is open, so its
+    block maps get the mirror image of the multiplicative gates' budgets.
+    """
+    blocks = tuple(1.0 - t for t in BLOCK_TARGETS) if family in RESIDUAL_FAMILIES else BLOCK_TARGETS
+    return (*blocks, HEAD_TARGET)
+
+
+def default_out(family: str) -> Path:
+    return Path(f"pretrained/lite0-{family}.safetensors")
 
 
 @dataclass
 class TrainConfig:
     data: Sequence[Path]
-    out: Path = Path("pretrained/lite0-cbam.safetensors")
+    family: str = "cbam"  # the kind of gate (gates.GATE_FAMILIES)
+    out: Path | None = None  # None: pretrained/lite0-FAMILY.safetensors
     steps: int = 600
     batch_size: int = 32
     lr: float = 0.02
-    # Each gate's share of positions left open is pulled towards its target: a budget that
-    # makes the gate choose where the evidence is, without collapsing shut or staying open.
-    target_open: tuple[float, ...] = (0.995, 0.99, 0.98, 0.5)
+    target_open: tuple[float, ...] | None = None  # None: default_targets(family)
     sparsity: float = 10.0  # weight of the squared distance to the targets
     shape_lr: float = 0.1  # learning rate of the gates' conv weights, relative to lr
     evidence: float = 0.1  # weight of (1 - correlation with the trunk's class evidence)
@@ -65,7 +83,16 @@ class TrainConfig:
     holdout: int = 500  # training photos kept aside to measure agreement
     fill_until: float = 0.5  # mean fill decays from 1 to 0 over this share of the steps
     seed: int = 0
-    cache: Path | None = None  # reuse the trunk's features across runs (a sweep)
+    cache: Path | None = None  # reuse the trunk's features across runs and families
+
+    def __post_init__(self) -> None:
+        if self.family not in GATE_FAMILIES:
+            known = ", ".join(GATE_FAMILIES)
+            raise AttnvizError(f"unknown gate family {self.family!r}; known: {known}")
+        if self.out is None:
+            self.out = default_out(self.family)
+        if self.target_open is None:
+            self.target_open = default_targets(self.family)
 
 
 @dataclass
@@ -90,16 +117,36 @@ def find_images(folders: Sequence[Path]) -> list[Path]:
     return files
 
 
+def gates_of(model: EfficientNetLite) -> dict[str, Lite0Gate]:
+    return dict(model.attention.items())  # type: ignore[arg-type]
+
+
 def seed_gates(model: EfficientNetLite) -> None:
-    for name, gate in model.attention.items():
-        conv = gate.spatial.conv
-        k = conv.kernel_size[0] // 2
-        torch.nn.init.zeros_(conv.weight)
-        with torch.no_grad():
-            mean_input = 0 if gate.pool_order == "avg-max" else 1
-            conv.weight[0, mean_input, k, k] = SEED_SLOPE
-        torch.nn.init.constant_(conv.bias, HEAD_BIAS if name == "head" else BLOCK_BIAS)
-    torch.nn.init.constant_(model.pool_gain, 1.0 / torch.sigmoid(torch.tensor(HEAD_BIAS)).item())
+    for name, gate in gates_of(model).items():
+        gate.seed(SEED_SLOPE, HEAD_BIAS if name == "head" else BLOCK_BIAS)
+    if "head" in model.attention:
+        torch.nn.init.constant_(model.pool_gain, 1.0 / flat_gain(gates_of(model)["head"]))
+
+
+@torch.no_grad()
+def flat_gain(gate: Lite0Gate, channels: int = 1280) -> float:
+    """How much a seeded gate scales a flat feature map (1/2 for CBAM's half-open head).
+
+    ``pool_gain`` starts at its inverse, so the gated head starts as the trunk's head up
+    to the map's shape, whatever the family does to a flat map.
+    """
+    flat = torch.ones(1, channels, 7, 7)
+    module = gate if isinstance(gate, torch.nn.Module) else None
+    # Probed as in inference: a gate with BatchNorm (BAM) in training mode would take one
+    # photo's statistics for its own, and fail on them.
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
+    try:
+        return gate.gated(flat, gate.attention_map(flat)).mean().item()
+    finally:
+        if module is not None:
+            module.train(was_training)
 
 
 @dataclass
@@ -132,8 +179,10 @@ def cache_trunk(
     for start in range(0, len(files), cfg.batch_size):
         batch = files[start : start + cfg.batch_size]
         x = loaded.preprocess([load_rgb(p) for p in batch])
-        f = model.run_blocks(model.stem(x), 0, first + 1)  # the gate after `first` is not applied
         with model.gates_disabled():
+            # The bare trunk's features: the cache must not depend on any gate (families
+            # share it), and the gate after `first` is applied by gated_forward.
+            f = model.run_blocks(model.stem(x), 0, first + 1)
             last = model.run_blocks(f, first + 1)
             out = model.head(last)
             head = model.head_features(last)
@@ -174,7 +223,7 @@ def evidence_mismatch(maps: Sequence[Tensor], evidence: Tensor) -> Tensor:
 
 
 def set_fill(model: EfficientNetLite, value: float) -> None:
-    for gate in model.attention.values():
+    for gate in gates_of(model).values():
         gate.fill = value
 
 
@@ -244,12 +293,13 @@ def train_gates(
     files = find_images(cfg.data)
     random.Random(cfg.seed).shuffle(files)
     holdout, train = files[: cfg.holdout], files[cfg.holdout :]
+    assert cfg.out is not None and cfg.target_open is not None  # set by __post_init__
     if len(cfg.target_open) != len(LITE0_GATES):
         raise AttnvizError(f"give one target opening per gate ({', '.join(LITE0_GATES)})")
     if not train:
         raise AttnvizError(f"need more than {cfg.holdout} training images, found {len(files)}")
 
-    model = build_lite0_cbam(with_gates=False)
+    model = build_lite0(cfg.family, with_gates=False)
     assert isinstance(model, EfficientNetLite)
     model.eval().to(memory_format=torch.channels_last)  # BatchNorm stays frozen
     for p in model.parameters():
@@ -267,7 +317,8 @@ def train_gates(
         done += n
         on_cache(done, len(files))
 
-    key = {"files": [str(p) for p in files], "size": cfg.size, "holdout": cfg.holdout, "v": 2}
+    # v3: features of the bare trunk (v2 had the seeded block-4 gate applied to them).
+    key = {"files": [str(p) for p in files], "size": cfg.size, "holdout": cfg.holdout, "v": 3}
     cached = torch.load(cfg.cache, weights_only=True) if cfg.cache and cfg.cache.is_file() else {}
     if cached.get("key") == key:
         train_set, hold_set = TrunkCache(*cached["train"]), TrunkCache(*cached["holdout"])
@@ -280,7 +331,7 @@ def train_gates(
 
     # The maps' shape (conv weights) is learnt more slowly than their level (biases, gain):
     # a fast slope turns the maps into 0/1 cut-outs that cost the trunk its context.
-    weights = [gate.spatial.conv.weight for gate in model.attention.values()]
+    weights = [p for gate in gates_of(model).values() for p in gate.shape_parameters()]
     levels = [p for p in gate_params if all(p is not w for w in weights)]
     optimizer = torch.optim.Adam(
         [{"params": weights, "lr": cfg.lr * cfg.shape_lr}, {"params": levels, "lr": cfg.lr}]

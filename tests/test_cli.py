@@ -157,7 +157,7 @@ def test_bad_inputs_are_reported_and_the_rest_is_processed(tmp_path: Path) -> No
 def test_usage_errors_exit_2_and_list_the_choices(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg")
     code, output = attnviz("run", photo, "--model", "lite0-cbm", "--out", tmp_path / "o")
-    assert code == 2 and "did you mean lite0-cbam" in output
+    assert code == 2 and "did you mean lite0-cbam" in output  # lite0-bam is close too
     code, output = attnviz("run", photo, "--layer", "attention.haed", "--out", tmp_path / "o")
     assert code == 2 and "did you mean attention.head" in output
     assert attnviz("run", photo, "--format", "gif", "--out", tmp_path / "o")[0] == 2

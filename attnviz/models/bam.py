@@ -92,3 +92,45 @@ class BAM(nn.Module):
         # model handed on something else (it never does in the authors' layout).
         weighted = output if isinstance(output, Tensor) else self.forward(features)
         return AttentionCapture.from_weighted(torch.sigmoid(spatial), weighted)
+
+
+class BAMGate(BAM):
+    """BAM in a Lite0 gate slot (``lite0-bam``): the authors' residual form, unchanged.
+
+    ``attention_map`` is the map attnviz shows, sigmoid(s); ``gated`` applies what BAM
+    applies, ``(1 + sigmoid(c * s)) * F``, recovering s from the map (exact wherever the
+    map is not saturated in float32, |s| < 16). BAM only amplifies, so ``fill`` (which
+    refills what a multiplicative gate suppresses) has nothing to do here.
+
+    A residual gate leaves the features as they are where its map is *closed*: training
+    seeds it mirrored (``seed`` negates the bias a multiplicative gate would get, so the
+    block gates start at sigmoid(-4) = 0.018, adding 2 % to F) and pulls the block maps'
+    mean towards 1 minus the multiplicative gates' targets (``gates.RESIDUAL_FAMILIES``).
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        # The authors' r = 16 leaves block 4's 40 channels 2 hidden units; fewer than one
+        # would leave none, so the reduction never goes below one unit.
+        super().__init__(channels, min(reduction, channels))
+        self.fill = 0.0
+
+    def attention_map(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.spatial_att(x))
+
+    def gated(self, x: Tensor, weights: Tensor) -> Tensor:
+        spatial = torch.logit(weights, eps=1e-7)
+        return (1.0 + torch.sigmoid(self.channel_att(x) * spatial)) * x
+
+    def seed(self, slope: float, bias: float) -> None:
+        # BAM's spatial branch sees the raw channels through a learnt 1x1 reduction, not
+        # their mean: it starts flat (final conv zero) and learns its shape; the channel
+        # branch starts at c = 1 for every channel, so the output starts as (1 + map) * F.
+        spatial_final = self.spatial_att.gate_s.gate_s_conv_final
+        nn.init.zeros_(spatial_final.weight)
+        nn.init.constant_(spatial_final.bias, -bias)
+        channel_final = self.channel_att.gate_c.gate_c_fc_final
+        nn.init.zeros_(channel_final.weight)
+        nn.init.ones_(channel_final.bias)
+
+    def shape_parameters(self) -> list[nn.Parameter]:
+        return [m.weight for m in self.spatial_att.modules() if isinstance(m, nn.Conv2d)]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from attnviz.attention.protocol import AttentionCapture
+from attnviz.models.gates import mean_filled, seed_centre_tap
 
 PoolOrder = Literal["avg-max", "max-avg"]
 
@@ -85,9 +86,17 @@ class SpatialGate(nn.Module):
         return torch.sigmoid(self.spatial(pooled))
 
     def gated(self, x: Tensor, weights: Tensor) -> Tensor:
-        if self.fill == 0.0:
-            return x * weights
-        return x * weights + (1.0 - weights) * self.fill * x.mean(dim=(2, 3), keepdim=True)
+        return mean_filled(x, weights, self.fill)
+
+    def seed(self, slope: float, bias: float) -> None:
+        seed_centre_tap(self.spatial.conv, 0 if self.pool_order == "avg-max" else 1, slope)
+        # The authors' layout has no conv bias: BatchNorm's shift plays its part.
+        shift = self.spatial.conv.bias if self.spatial.bn is None else self.spatial.bn.bias
+        assert shift is not None
+        nn.init.constant_(shift, bias)
+
+    def shape_parameters(self) -> list[nn.Parameter]:
+        return [self.spatial.conv.weight]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.gated(x, self.attention_map(x))

