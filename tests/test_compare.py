@@ -235,7 +235,7 @@ def test_usage_errors_come_before_any_work(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg")
     out = tmp_path / "out"
     code, output = attnviz("compare", photo, "--models", "lite0-cbm,gradcam", "--out", out)
-    assert code == 2 and "did you mean lite0-cbam?" in output
+    assert code == 2 and "did you mean lite0-cbam" in output
     assert not out.exists()  # nothing written, not even the folder
     code, output = attnviz("compare", photo, "--models", "cbam-resnet50", "--out", out)
     assert code == 2 and "cbam-resnet50@FILE" in output
