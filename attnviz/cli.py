@@ -590,10 +590,13 @@ def layers(
     table = Table(title=f"attention layers of {model}", title_justify="left")
     for column in ("#", "name", "family", "feature shape", "map shape", "found by"):
         table.add_column(column)
-    for i, row in enumerate(rows):
+    # Indices count attention layers only: --layer -1 never means a user-selected module.
+    indexed = [r for r in rows if r.found_by != "user selection"]
+    for row in rows:
         mark = " (default)" if row.name == default else ""
+        index = str(indexed.index(row) - len(indexed)) if row in indexed else ""
         table.add_row(
-            str(i - len(rows)), row.name + mark, row.family, _shape(row.feature), _shape(row.map),
+            index, row.name + mark, row.family, _shape(row.feature), _shape(row.map),
             row.found_by,
         )  # fmt: skip
     out_console.print(table)

@@ -57,7 +57,7 @@ from attnviz.models.imagenet import imagenet_categories
 from attnviz.models.user import is_user_model
 from attnviz.render import LayerMaps, render_triptych, resolve_colormap
 from attnviz.render.panels import colorbar
-from attnviz.render.triptych import PANELS, Range, draw_panels
+from attnviz.render.triptych import PANELS, Range, draw_panels, range_for
 from attnviz.stopping import GracefulStop
 
 
@@ -1044,7 +1044,7 @@ def _write_outputs(
         "maps": {m.name: map_stats(m.weights, original_hw) for m in result.layers},
         # The colour range each heat map was drawn with: its own, or the run's (--norm).
         "heat_ranges": {
-            name: list(ranges.get(name) or (float(values.min()), float(values.max())))
+            name: list(range_for(ranges, name) or (float(values.min()), float(values.max())))
             for name, values in _heat_maps(result).items()
         },
     }

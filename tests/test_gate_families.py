@@ -38,7 +38,7 @@ from tests.conftest import write_photo
 from tests.toy_models import hook_count
 
 NEW_FAMILIES = ("psa", "multiscale", "lightweight", "dynamic", "bam")
-SHIPPED_FAMILIES = ("psa", "bam", "multiscale", "lightweight")  # dynamic: not trained yet
+SHIPPED_FAMILIES = ("psa", "bam", "multiscale", "lightweight", "dynamic")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

@@ -122,3 +122,16 @@ def test_cli_query_must_be_two_pixel_coordinates(tmp_path: Path) -> None:
         assert code == 2, (bad, output)
         assert "--query" in output and "Traceback" not in output
         assert not (tmp_path / "o").exists()
+
+
+def test_cli_norm_fixed_reaches_the_parts_rows(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.png")
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--model", "lite0-psa", "--parts", "--norm",
+                           "fixed:0,0.5", "--out", out)  # fmt: skip
+    assert code == 0, output
+    record = json.loads((out / "manifest.jsonl").read_text())
+    parts = [n for n in record["layers"] if n.startswith("attention.head[")]
+    assert parts == ["attention.head[scale 1]", "attention.head[scale 1/2]",
+                     "attention.head[scale 1/4]"]  # fmt: skip
+    assert all(record["heat_ranges"][n] == [0.0, 0.5] for n in ["attention.head", *parts])

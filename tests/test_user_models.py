@@ -237,6 +237,7 @@ def test_cli_lists_and_runs_a_user_selection(
     assert code == 0, output
     row = next(line for line in output.splitlines() if "saliency" in line and "│" in line)
     assert "user selection" in row and "1×16×16" in row and "8×16×16" in row
+    assert row.split("│")[1].strip() == ""  # no index: --layer -1 counts attention layers only
 
     photo = write_photo(tmp_path / "p.jpg")
     out = tmp_path / "out"

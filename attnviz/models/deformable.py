@@ -98,7 +98,8 @@ class ModulatedDeformConv2d(nn.Module):
             offset, mask = self.offsets_and_masks(x)
             out = output if isinstance(output, Tensor) else self.forward(x)
         size = (x.shape[2], x.shape[3])
-        weighted = out.abs().mean(dim=1, keepdim=True)
+        # Detached like every capture: a capture must not keep the layer's graph alive.
+        weighted = out.detach().abs().mean(dim=1, keepdim=True)
         density = self.sampling_density(offset, mask, size)
         unweighted = self.sampling_density(offset, None, size)
         modulation = mask.mean(dim=1, keepdim=True)

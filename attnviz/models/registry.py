@@ -96,14 +96,14 @@ def _lite0_builder(family: str) -> Callable[[bool], nn.Module]:
     return build
 
 
-# The other gate families on the same frozen trunk, trained by the same recipe and shipped.
-# "dynamic" trains (attnviz train --family) but has no
-# shipped weights yet; add them here with their file in pretrained/ and a model-card line.
+# The other gate families on the same frozen trunk, trained by the same recipe and shipped
+# (a new family goes here with its file in pretrained/ and a model-card line).
 LITE0_FAMILIES: dict[str, tuple[str, str]] = {
     "psa": ("pyramid-spatial", "pyramid spatial attention (channel pools at 1, 1/2, 1/4, fused)"),
     "bam": ("bam", "BAM (residual, F(1 + sigmoid(c s)); the map is sigmoid(s))"),
     "multiscale": ("multiscale-spatial", "multi-scale gates (3x3 convs at dilations 1, 2, 3)"),
     "lightweight": ("lightweight-spatial", "lightweight depthwise-separable gates"),
+    "dynamic": ("dynamic-spatial", "dynamic-kernel gates (a per-photo mix of 4 kernels)"),
 }
 
 
