@@ -46,6 +46,7 @@ from attnviz.pipeline import (
     forward_threads,
     is_video_input,
     make_runner,
+    norm_ranges,
     parse_norm,
 )
 from attnviz.pipeline import _torch_threads as torch_threads
@@ -240,8 +241,7 @@ def figure_rows(rows: Sequence[Row], results: Sequence[ImageResult]) -> list[Lay
 
 def figure_ranges(layers: Sequence[LayerMaps], norm: str) -> dict[str, Range]:
     """Panel 3's colour range per row: none (each row's own min-max) or the fixed one."""
-    _, bounds = parse_norm(norm)
-    return {layer.name: bounds for layer in layers} if bounds is not None else {}
+    return norm_ranges(norm, (layer.name for layer in layers))
 
 
 def render_compare(

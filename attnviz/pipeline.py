@@ -15,7 +15,7 @@ import re
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +57,7 @@ from attnviz.models.imagenet import imagenet_categories
 from attnviz.models.user import is_user_model
 from attnviz.render import LayerMaps, render_triptych, resolve_colormap
 from attnviz.render.panels import colorbar
-from attnviz.render.triptych import PANELS, Range, draw_panels, range_for
+from attnviz.render.triptych import PANELS, Range, draw_panels
 from attnviz.stopping import GracefulStop
 
 
@@ -276,7 +276,7 @@ def run(
             items = [i for i in items if shard.holds(i.relative.as_posix())]
             rejected = [r for r in rejected if shard.holds(str(r.path))]
         settings = output_settings(opts)
-        ranges = fixed_ranges(opts, runner)
+        ranges: dict[str, Range] = {}  # --norm fixed is applied per figure (norm_ranges)
         if parse_norm(opts.norm)[0] == "global" and not stop.requested:
             # One range per map over every input, so the same value gets the same colour in
             # every figure; it is part of the settings, so new inputs redo the others.
@@ -856,10 +856,13 @@ def forward_batch(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 16
 
 
-def fixed_ranges(opts: RunOptions, runner: BatchRunner) -> dict[str, Range]:
-    """The heat maps' ranges under ``--norm fixed:LO,HI`` (none otherwise: per image)."""
-    _, bounds = parse_norm(opts.norm)
-    return dict.fromkeys(runner.map_names, bounds) if bounds is not None else {}
+def norm_ranges(
+    norm: str, names: Iterable[str], run: Mapping[str, Range] | None = None
+) -> dict[str, Range]:
+    """The colour range of each heat map named under ``--norm``: the fixed bounds for every
+    one (parts' rows included), else the run's (``global``), else none (each map its own)."""
+    _, bounds = parse_norm(norm)
+    return dict.fromkeys(names, bounds) if bounds is not None else dict(run or {})
 
 
 def global_ranges(
@@ -937,12 +940,11 @@ def render_figure(
 ) -> np.ndarray:
     """The one figure of ``image`` as ``opts`` lay it out (layouts row and grid).
 
-    ``ranges`` fix the heat maps' colour ranges by map name (``--norm``); by default each
-    image's own. ``original_hw``: the photo's own size when it was decoded smaller.
+    ``ranges`` are the run's colour ranges by map name (``--norm global``); ``--norm fixed``
+    and the default (each image's own) need none. ``original_hw``: the photo's own size
+    when it was decoded smaller.
     """
-    if ranges is None:
-        _, bounds = parse_norm(opts.norm)
-        ranges = dict.fromkeys(_heat_maps(result), bounds) if bounds is not None else {}
+    ranges = norm_ranges(opts.norm, _heat_maps(result), ranges)
     columns = math.ceil(math.sqrt(len(opts.panels))) if opts.layout == "grid" else None
     layers = result.layers
     if opts.layer == "all":  # rows coarse to fine: the fewest map cells first
@@ -1015,7 +1017,7 @@ def _write_outputs(
     opts: RunOptions,
     ranges: Mapping[str, Range] | None = None,
 ) -> dict[str, object]:
-    ranges = ranges or {}
+    ranges = norm_ranges(opts.norm, _heat_maps(result), ranges)
     image, original_hw = decoded.rgb, decoded.original_hw
     suffixes = output_suffixes(opts, [m.name for m in result.layers])
     if opts.layout == "separate":
@@ -1044,7 +1046,7 @@ def _write_outputs(
         "maps": {m.name: map_stats(m.weights, original_hw) for m in result.layers},
         # The colour range each heat map was drawn with: its own, or the run's (--norm).
         "heat_ranges": {
-            name: list(range_for(ranges, name) or (float(values.min()), float(values.max())))
+            name: list(ranges.get(name) or (float(values.min()), float(values.max())))
             for name, values in _heat_maps(result).items()
         },
     }

@@ -89,7 +89,6 @@ from attnviz.pipeline import (
     _torch_threads,
     _write_outputs,
     check_options,
-    fixed_ranges,
     forward_threads,
     is_video_input,
     make_runner,
@@ -161,7 +160,6 @@ class AttnvizBatchMapper:
             model, options.method, options.layer, "gradcam" in options.panels,
             parts=options.parts, query=options.query,
         )  # fmt: skip
-        self.ranges = fixed_ranges(options, self.runner)
         self.settings = settings or settings_key(output_settings(options))
         # Neither the network nor the figure needs more pixels (see decode_image).
         self.min_side = max(options.panel_height, model.size)
@@ -205,7 +203,7 @@ class AttnvizBatchMapper:
     ) -> Record:
         """Render and atomically write one input's outputs; its manifest record."""
         try:
-            record = _write_outputs(item, decoded, result, self.options, self.ranges)
+            record = _write_outputs(item, decoded, result, self.options)
         except OutputError as exc:
             if not self.report_output_errors:
                 raise

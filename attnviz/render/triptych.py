@@ -223,15 +223,6 @@ class Panel:
     key: tuple[str, float, float] | None = None  # (title, lo, hi) of its colour scale
 
 
-def range_for(ranges: Mapping[str, Range], name: str) -> Range | None:
-    """The colour range of map ``name``: its own, else (a part's row, ``layer[part]``) its
-    layer's, so ``--norm fixed`` reaches the parts too."""
-    own = ranges.get(name)
-    if own is None and name.endswith("]") and "[" in name:
-        return ranges.get(name[: name.index("[")])
-    return own
-
-
 def _outline(base: np.ndarray, weights_px: np.ndarray, level: float) -> np.ndarray:
     """``base`` with the outline of the region where the map is at least ``level``."""
     mask = (weights_px >= level).astype(np.uint8)
@@ -346,9 +337,7 @@ def draw_panels(
             out.append(Panel(kind, rgb, text, (layer.weights_key, 0.0, 1.0)))
         elif kind == "weighted":
             # Relative scale: features have no natural unit, so stretch them (or use the run's).
-            unit, lo, hi = scale_to_range(
-                _check_map(layer, "weighted"), range_for(ranges, layer.name)
-            )
+            unit, lo, hi = scale_to_range(_check_map(layer, "weighted"), ranges.get(layer.name))
             rgb = blend(base, apply_colormap(upsample(unit, size), cmap), alpha)
             text = f"{layer.name}\n{layer.weighted_label} [{lo:.3g}, {hi:.3g}]"
             out.append(Panel(kind, _mark(rgb, layer.marker), text, (layer.weighted_key, lo, hi)))
