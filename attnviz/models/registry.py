@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -89,13 +90,6 @@ def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> n
     return build_lite0("cbam", random_init, with_gates=with_gates)
 
 
-def _lite0_builder(family: str) -> Callable[[bool], nn.Module]:
-    def build(random_init: bool) -> nn.Module:
-        return build_lite0(family, random_init)
-
-    return build
-
-
 # The other gate families on the same frozen trunk, trained by the same recipe and shipped
 # (a new family goes here with its file in pretrained/ and a model-card line).
 LITE0_FAMILIES: dict[str, tuple[str, str]] = {
@@ -107,7 +101,11 @@ LITE0_FAMILIES: dict[str, tuple[str, str]] = {
 }
 
 
-LITE0_BLOCKS = ("nonlocal", "deform")  # families hosted after block 10, trained on labels
+# Families hosted after block 10 (lite0_hosts), fine-tuned on labels: kind -> (family, what).
+LITE0_BLOCKS: dict[str, tuple[str, str]] = {
+    "nonlocal": ("non-local", "a non-local block (embedded Gaussian)"),
+    "deform": ("deformable", "a residual DCNv2 layer (modulated, 3x3)"),
+}
 
 
 def build_lite0_block(
@@ -131,14 +129,6 @@ def build_lite0_block(
     block = read_state_dict(pretrained_file(f"lite0-{kind}.safetensors")) if with_block else {}
     load_into(model, {**trunk, **block}, f"lite0-{kind}", strict=with_block)
     return model
-
-
-def build_lite0_nonlocal(random_init: bool = False) -> nn.Module:
-    return build_lite0_block("nonlocal", random_init)
-
-
-def build_lite0_deform(random_init: bool = False) -> nn.Module:
-    return build_lite0_block("deform", random_init)
 
 
 def _needs_weights(
@@ -193,30 +183,21 @@ MODELS: dict[str, ModelSpec] = {
             (0.5, 0.5, 0.5),
             gradcam_layer="_act_head",
         ),
-        ModelSpec(
-            "lite0-nonlocal",
-            "non-local",
-            224,
-            WeightsSource.SHIPPED,
-            "EfficientNet-Lite0 (ImageNet) + a non-local block (embedded Gaussian) after block "
-            "10 (stride 16), fine-tuned on Imagenette's labels",
-            build_lite0_nonlocal,
-            (0.5, 0.5, 0.5),
-            (0.5, 0.5, 0.5),
-            gradcam_layer="trunk._act_head",
-        ),
-        ModelSpec(
-            "lite0-deform",
-            "deformable",
-            224,
-            WeightsSource.SHIPPED,
-            "EfficientNet-Lite0 (ImageNet) + a residual DCNv2 layer (modulated, 3x3) after block "
-            "10 (stride 16), fine-tuned on Imagenette's labels",
-            build_lite0_deform,
-            (0.5, 0.5, 0.5),
-            (0.5, 0.5, 0.5),
-            gradcam_layer="trunk._act_head",
-        ),
+        *[
+            ModelSpec(
+                f"lite0-{kind}",
+                family,
+                224,
+                WeightsSource.SHIPPED,
+                f"EfficientNet-Lite0 (ImageNet) + {what} after block 10 (stride 16), "
+                "fine-tuned on Imagenette's labels",
+                partial(build_lite0_block, kind),
+                (0.5, 0.5, 0.5),
+                (0.5, 0.5, 0.5),
+                gradcam_layer="trunk._act_head",
+            )
+            for kind, (family, what) in LITE0_BLOCKS.items()
+        ],
         *[
             ModelSpec(
                 f"lite0-{family}",
@@ -224,7 +205,7 @@ MODELS: dict[str, ModelSpec] = {
                 224,
                 WeightsSource.SHIPPED,
                 f"EfficientNet-Lite0 (ImageNet) + {what} at strides 8/16/32 and the head",
-                _lite0_builder(family),
+                partial(build_lite0, family),
                 (0.5, 0.5, 0.5),
                 (0.5, 0.5, 0.5),
                 gradcam_layer="_act_head",
