@@ -45,6 +45,22 @@ class AttentionCapture:
         # Reduce over channels at once: a capture keeps two small maps, never a feature map.
         return cls(weights.detach(), weighted_features.detach().abs().mean(dim=1, keepdim=True))
 
+    @classmethod
+    def of_gate(
+        cls, weights: Tensor, features: Tensor, parts: Mapping[str, Tensor] | None = None
+    ) -> AttentionCapture:
+        """A multiplicative gate's capture: its map M and |M * F|, and each part's map M_p
+        (N, 1, h, w) with its own |M_p * F|."""
+
+        def weighted(m: Tensor) -> Tensor:
+            return (m * features).detach().abs().mean(dim=1, keepdim=True)
+
+        return cls(
+            weights.detach(),
+            weighted(weights),
+            parts={name: (m.detach(), weighted(m)) for name, m in (parts or {}).items()},
+        )
+
 
 @runtime_checkable
 class SpatialAttention(Protocol):

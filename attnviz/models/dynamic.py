@@ -18,14 +18,14 @@ from torch import Tensor, nn
 
 from attnviz.attention.protocol import AttentionCapture
 from attnviz.models.cbam import channel_pool, standardize_per_image
-from attnviz.models.gates import mean_filled
+from attnviz.models.gates import MultiplicativeGate
 
 # Spread of the kernels around the seed: identical kernels would get identical gradients
 # and the router none at all, so the mixture could never learn to choose.
 SEED_JITTER = 0.01
 
 
-class DynamicKernelGate(nn.Module):
+class DynamicKernelGate(MultiplicativeGate):
     """Spatial gate whose k x k kernel is a per-photo softmax mixture of K kernels."""
 
     attention_family = "dynamic-spatial"
@@ -47,7 +47,6 @@ class DynamicKernelGate(nn.Module):
         self.router = nn.Sequential(
             nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, kernels)
         )
-        self.fill = 0.0
 
     def mixture(self, x: Tensor) -> Tensor:
         """Each photo's kernel weights a(F), (N, K), rows summing to 1."""
@@ -70,12 +69,6 @@ class DynamicKernelGate(nn.Module):
         weight = torch.einsum("nk,kchw->nchw", a, self.weight)
         return torch.sigmoid(self.logits_with(self.pooled(x), weight, a @ self.bias))
 
-    def gated(self, x: Tensor, weights: Tensor) -> Tensor:
-        return mean_filled(x, weights, self.fill)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.gated(x, self.attention_map(x))
-
     def seed(self, slope: float, bias: float) -> None:
         # Every kernel starts near the channel mean's centre tap and the router's last layer
         # at zero, so the mixture is uniform and the gate starts as a seeded CBAM gate.
@@ -97,14 +90,12 @@ class DynamicKernelGate(nn.Module):
         weights = self.attention_map(features)
         pooled = self.pooled(features)
         n = len(features)
-        parts = {}
-        for k in range(len(self.weight)):
-            own = torch.sigmoid(
+        parts = {
+            f"kernel {k + 1}": torch.sigmoid(
                 self.logits_with(
                     pooled, self.weight[k].expand(n, -1, -1, -1), self.bias[k].expand(n)
                 )
             )
-            part = AttentionCapture.from_weighted(own, own * features)
-            parts[f"kernel {k + 1}"] = (part.weights, part.weighted)
-        main = AttentionCapture.from_weighted(weights, weights * features)
-        return AttentionCapture(main.weights, main.weighted, parts=parts)
+            for k in range(len(self.weight))
+        }
+        return AttentionCapture.of_gate(weights, features, parts)

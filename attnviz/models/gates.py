@@ -50,6 +50,25 @@ def mean_filled(x: Tensor, weights: Tensor, fill: float) -> Tensor:
     return x * weights + (1.0 - weights) * fill * x.mean(dim=(2, 3), keepdim=True)
 
 
+class MultiplicativeGate(nn.Module):
+    """What the multiplicative Lite0 gates share: F_out = M * F, mean-filled in training.
+
+    Subclasses define ``attention_map`` (and the rest of ``Lite0Gate``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fill = 0.0
+
+    def attention_map(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def gated(self, x: Tensor, weights: Tensor) -> Tensor:
+        return mean_filled(x, weights, self.fill)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gated(x, self.attention_map(x))
+
+
 def seed_centre_tap(conv: nn.Conv2d, input_channel: int, slope: float) -> None:
     """Zero a conv's kernels except its centre tap on one input channel (set to ``slope``)."""
     kh, kw = conv.kernel_size

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from attnviz.attention.protocol import AttentionCapture
 from attnviz.models.cbam import standardize_per_image
-from attnviz.models.gates import mean_filled
+from attnviz.models.gates import MultiplicativeGate
 
 
-class DepthwiseSeparableGate(nn.Module):
+class DepthwiseSeparableGate(MultiplicativeGate):
     """Spatial gate: depthwise k x k over the channels, pointwise to one map, sigmoid."""
 
     attention_family = "lightweight-spatial"
@@ -34,16 +34,9 @@ class DepthwiseSeparableGate(nn.Module):
         )
         self.pointwise = nn.Conv2d(channels, 1, 1, bias=False)
         self.affine = nn.Conv2d(1, 1, 1)
-        self.fill = 0.0
 
     def attention_map(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.affine(standardize_per_image(self.pointwise(self.depthwise(x)))))
-
-    def gated(self, x: Tensor, weights: Tensor) -> Tensor:
-        return mean_filled(x, weights, self.fill)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.gated(x, self.attention_map(x))
 
     def seed(self, slope: float, bias: float) -> None:
         # Depthwise identity and a uniform pointwise: the gate starts on the channel mean,

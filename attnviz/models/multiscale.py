@@ -17,10 +17,10 @@ from torch import Tensor, nn
 
 from attnviz.attention.protocol import AttentionCapture
 from attnviz.models.cbam import channel_pool, standardize_per_image
-from attnviz.models.gates import mean_filled, seed_centre_tap
+from attnviz.models.gates import MultiplicativeGate, seed_centre_tap
 
 
-class DilatedSpatialAttention(nn.Module):
+class DilatedSpatialAttention(MultiplicativeGate):
     """Spatial attention from the sum of parallel dilated 3x3 convs over [mean; max]."""
 
     attention_family = "multiscale-spatial"
@@ -35,7 +35,6 @@ class DilatedSpatialAttention(nn.Module):
         )
         # One bias for the sum: per-branch biases would only add up to it.
         self.bias = nn.Parameter(torch.zeros(()))
-        self.fill = 0.0
 
     def branch_logits(self, x: Tensor) -> list[Tensor]:
         pooled = standardize_per_image(channel_pool(x, "avg-max"))
@@ -43,12 +42,6 @@ class DilatedSpatialAttention(nn.Module):
 
     def attention_map(self, x: Tensor) -> Tensor:
         return torch.sigmoid(torch.stack(self.branch_logits(x)).sum(0) + self.bias)
-
-    def gated(self, x: Tensor, weights: Tensor) -> Tensor:
-        return mean_filled(x, weights, self.fill)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.gated(x, self.attention_map(x))
 
     def seed(self, slope: float, bias: float) -> None:
         # The centre taps of all branches read the same position: sharing the slope among
@@ -64,11 +57,8 @@ class DilatedSpatialAttention(nn.Module):
         features = inputs[0]
         logits = self.branch_logits(features)
         weights = torch.sigmoid(torch.stack(logits).sum(0) + self.bias)
-        parts = {}
-        for d, logit in zip(self.dilations, logits, strict=True):
-            part = AttentionCapture.from_weighted(
-                torch.sigmoid(logit + self.bias), torch.sigmoid(logit + self.bias) * features
-            )
-            parts[f"dilation {d}"] = (part.weights, part.weighted)
-        main = AttentionCapture.from_weighted(weights, weights * features)
-        return AttentionCapture(main.weights, main.weighted, parts=parts)
+        parts = {
+            f"dilation {d}": torch.sigmoid(logit + self.bias)
+            for d, logit in zip(self.dilations, logits, strict=True)
+        }
+        return AttentionCapture.of_gate(weights, features, parts)

@@ -21,14 +21,14 @@ from torch import Tensor, nn
 
 from attnviz.attention.protocol import AttentionCapture
 from attnviz.models.cbam import channel_pool, standardize_per_image
-from attnviz.models.gates import mean_filled, seed_centre_tap
+from attnviz.models.gates import MultiplicativeGate, seed_centre_tap
 
 
 def scale_name(divisor: int) -> str:
     return "scale 1" if divisor == 1 else f"scale 1/{divisor}"
 
 
-class PyramidSpatialAttention(nn.Module):
+class PyramidSpatialAttention(MultiplicativeGate):
     """Spatial attention fused from channel pools average-pooled to several scales."""
 
     attention_family = "pyramid-spatial"
@@ -42,7 +42,6 @@ class PyramidSpatialAttention(nn.Module):
             nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2) for _ in self.divisors
         )
         self.fuse = nn.Conv2d(len(self.divisors), 1, 1)
-        self.fill = 0.0
 
     def scale_logits(self, x: Tensor) -> list[Tensor]:
         """Each scale's logit map L_s, upsampled to x's size: (N, 1, H, W) each."""
@@ -68,12 +67,6 @@ class PyramidSpatialAttention(nn.Module):
     def attention_map(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.fuse(torch.cat(self.scale_logits(x), dim=1)))
 
-    def gated(self, x: Tensor, weights: Tensor) -> Tensor:
-        return mean_filled(x, weights, self.fill)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.gated(x, self.attention_map(x))
-
     def seed(self, slope: float, bias: float) -> None:
         # Every scale starts as the (pooled) channel mean and the fusion averages them, so
         # the fused map starts as a smoothed sigmoid(slope * mean + bias).
@@ -89,9 +82,5 @@ class PyramidSpatialAttention(nn.Module):
     def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
         features = inputs[0]
         fused, per_scale = self.maps(features)
-        parts = {}
-        for divisor, weights in zip(self.divisors, per_scale, strict=True):
-            part = AttentionCapture.from_weighted(weights, weights * features)
-            parts[scale_name(divisor)] = (part.weights, part.weighted)
-        main = AttentionCapture.from_weighted(fused, fused * features)
-        return AttentionCapture(main.weights, main.weighted, parts=parts)
+        parts = dict(zip(map(scale_name, self.divisors), per_scale, strict=True))
+        return AttentionCapture.of_gate(fused, features, parts)
