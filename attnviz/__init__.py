@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+# The model `attnviz run` (and every command and function with a --model) uses by default.
+DEFAULT_MODEL = "lite0-cbam"
 __all__ = ["capture", "load_model", "triptych"]
 
 if TYPE_CHECKING:

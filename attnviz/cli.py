@@ -18,10 +18,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from attnviz import __version__
+from attnviz import DEFAULT_MODEL, __version__
 from attnviz.errors import AttnvizError, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from attnviz.config import Schema
     from attnviz.doctor import Check
     from attnviz.pipeline import RunSummary
@@ -189,7 +192,7 @@ def run(
     out: Annotated[Path, typer.Option(help="Output folder; folder inputs are mirrored.")] = Path(
         "attnviz-out"
     ),
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "lite0-cbam",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
     weights: Annotated[
         Path | None, typer.Option(help="Checkpoint (safetensors or tensors-only torch file).")
     ] = None,
@@ -569,7 +572,7 @@ def compare(
 
 @app.command()
 def layers(
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "lite0-cbam",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
     size: Annotated[int | None, typer.Option(help="Input size (default: model's).")] = None,
     layer: Annotated[
         str | None,
@@ -630,7 +633,7 @@ def eval_command(
     boxes: Annotated[
         Path, typer.Option(help="CSV: file,imagenet_idx,width,height,x0,y0,x1,y1 per box.")
     ],
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "lite0-cbam",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
     layer: Annotated[str, typer.Option(help="Attention layers to score (as in run).")] = "all",
     batch_size: Annotated[int, typer.Option(help="Photos per forward pass.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
@@ -688,26 +691,43 @@ def train(
     data: Annotated[list[Path], typer.Argument(help="Folders of training photos (no labels).")],
     family: Annotated[
         str,
-        typer.Option(help="Gate family: cbam, psa, multiscale, lightweight, dynamic or bam."),
+        typer.Option(
+            help="Gate family: cbam, psa, multiscale, lightweight, dynamic or bam (lite0-FAMILY's "
+            "four gates), or attnpool (lite0-attnpool's attention-gated pooling)."
+        ),
     ] = "cbam",
     out: Annotated[
         Path | None,
         typer.Option(help="Where to write the gate weights [default: pretrained/lite0-FAMILY]."),
     ] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 600,
-    batch_size: Annotated[int, typer.Option(help="Photos per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.02,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Photos per step [default: 32; attnpool 64].")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Adam learning rate [default: 0.02; attnpool 0.003].")
+    ] = None,
     target_open: Annotated[
         str | None,
         typer.Option(
             help="Share of positions each gate keeps open (block4,10,15,head) "
-            "[default: 0.995,0.99,0.98,0.5; BAM, residual: 0.005,0.01,0.02,0.5]."
+            "[default: 0.995,0.99,0.98,0.5; BAM, residual: 0.005,0.01,0.02,0.5]; not attnpool."
         ),
     ] = None,
-    sparsity: Annotated[float, typer.Option(help="Weight of the opening-budget penalty.")] = 10.0,
+    sparsity: Annotated[
+        float | None,
+        typer.Option(
+            help="Weight of the opening penalty: squared distance to the targets [default: 10], "
+            "or attnpool's map mean [default: 0.3]."
+        ),
+    ] = None,
     evidence: Annotated[
-        float, typer.Option(help="Weight of the agreement with the trunk's class evidence.")
-    ] = 0.1,
+        float | None,
+        typer.Option(
+            help="Weight of the agreement with the trunk's class evidence [default: 0.1; "
+            "attnpool 1]."
+        ),
+    ] = None,
     cache: Annotated[
         Path | None, typer.Option(help="File to keep the frozen trunk's features for reruns.")
     ] = None,
@@ -718,25 +738,18 @@ def train(
     frozen trunk.
 
     Interrupted runs resume: the same command continues from the last saved step.
-    --cache keeps the trunk's features (they do not depend on the family) for reruns.
+    --cache keeps the trunk's features for reruns (the gate families share one file;
+    attnpool caches other features and needs its own).
 
     Example: attnviz train ../shared/data/imagenette-train ../shared/data/imagenet-sample
-    --family psa
+    --family attnpool
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from attnviz.train import TrainConfig, train_gates
-
     try:
-        targets = None if target_open is None else tuple(float(v) for v in target_open.split(","))
-    except ValueError:
-        msg = f"--target-open needs numbers like 0.9,0.5, got {target_open!r}"
-        raise _fail(UsageError(msg)) from None
-    try:
-        cfg = TrainConfig(
-            data=data, family=family, out=out, steps=steps, batch_size=batch_size, lr=lr,
-            sparsity=sparsity, target_open=targets, evidence=evidence, holdout=holdout,
-            seed=seed, cache=cache,
+        run, written = _training_run(
+            data, family, out, steps, batch_size, lr, target_open, sparsity, evidence,
+            cache, holdout, seed,
         )  # fmt: skip
     except AttnvizError as exc:
         raise _fail(exc) from None
@@ -753,8 +766,7 @@ def train(
 
     try:
         with progress:
-            report = train_gates(
-                cfg,
+            report = run(
                 lambda done, total: progress.update(cache_task, completed=done, total=total),
                 on_step,
             )
@@ -766,10 +778,46 @@ def train(
     if report.resumed_from:
         out_console.print(f"resumed an interrupted run at step {report.resumed_from}")
     out_console.print(
-        f"wrote {cfg.out}: hold-out agreement {report.holdout_agreement:.1%} on "
+        f"wrote {written}: hold-out agreement {report.holdout_agreement:.1%} on "
         f"{report.holdout_images} photos; mean gate opening "
         + ", ".join(f"{o:.2f}" for o in report.holdout_opening)
     )
+
+
+def _training_run(
+    data: list[Path], family: str, out: Path | None, steps: int, batch_size: int | None,
+    lr: float | None, target_open: str | None, sparsity: float | None, evidence: float | None,
+    cache: Path | None, holdout: int, seed: int,
+) -> tuple[Callable[..., Any], Path]:  # fmt: skip
+    """The training function of ``family`` with its settings bound, and the file it writes."""
+    from functools import partial
+
+    common = {"data": data, "steps": steps, "holdout": holdout, "seed": seed, "cache": cache}
+    common |= {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
+    if family == "attnpool":
+        from attnviz.train_pool import PoolTrainConfig, train_attention_pool
+
+        if target_open is not None:
+            raise UsageError("--target-open sets the gate families' budgets, not attnpool's")
+        losses = {"area": sparsity, "evidence": evidence}
+        pool = PoolTrainConfig(**common, **{k: v for k, v in losses.items() if v is not None})
+        if out is not None:
+            pool.out = out
+        return partial(train_attention_pool, pool), pool.out
+
+    from attnviz.train import TrainConfig, train_gates
+
+    try:
+        targets = None if target_open is None else tuple(float(v) for v in target_open.split(","))
+    except ValueError:
+        raise UsageError(f"--target-open needs numbers like 0.9,0.5, got {target_open!r}") from None
+    losses = {"sparsity": sparsity, "evidence": evidence}
+    cfg = TrainConfig(
+        **common, family=family, out=out, target_open=targets,
+        **{k: v for k, v in losses.items() if v is not None},
+    )  # fmt: skip
+    assert cfg.out is not None  # set by __post_init__
+    return partial(train_gates, cfg), cfg.out
 
 
 @app.command()

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from attnviz import DEFAULT_MODEL
 from attnviz.errors import AttnvizError
 
-DEFAULT_MODEL = "lite0-cbam"
 SMOKE_SIZE = 64  # pixels: a forward pass this small proves the weights work in well under 1 s
 MIN_PYTHON = (3, 10)
 
@@ -143,9 +143,9 @@ def _trunk_weights() -> tuple[Status, str]:
 
 
 def _gate_weights() -> tuple[Status, str]:
-    from attnviz.models.registry import LITE0_GATES_FILE, pretrained_file
+    from attnviz.models.registry import pretrained_file
 
-    return _weights_file(pretrained_file(LITE0_GATES_FILE))
+    return _weights_file(pretrained_file(f"{DEFAULT_MODEL}.safetensors"))
 
 
 def _weights_file(path: Path) -> tuple[Status, str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnviz import DEFAULT_MODEL
 from attnviz.api import capture_arrays
 from attnviz.attention import capture_maps, select_layers
 from attnviz.errors import AttnvizError
@@ -101,7 +102,7 @@ class EvalResult:
 def evaluate(
     images: Path,
     boxes_csv: Path,
-    model: str | LoadedModel = "lite0-cbam",
+    model: str | LoadedModel = DEFAULT_MODEL,
     layers: str | Sequence[str] = "all",
     batch_size: int = 50,
     progress: Callable[[int, int], None] = lambda done, total: None,

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 import attnviz
+from attnviz import DEFAULT_MODEL
 from attnviz.api import layer_maps
 from attnviz.attention import capture_maps, select_layers
 from attnviz.attention.capture import user_selected
@@ -65,7 +66,7 @@ from attnviz.stopping import GracefulStop
 class RunOptions:
     inputs: Sequence[Path]
     out: Path = Path("attnviz-out")
-    model: str = "lite0-cbam"
+    model: str = DEFAULT_MODEL
     weights: Path | None = None
     random_init: bool = False
     layer: str | None = None  # None: the model's default layer

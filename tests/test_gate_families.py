@@ -432,7 +432,8 @@ def test_a_short_run_trains_and_resumes_each_family(
 def test_every_shipped_family_is_registered_and_the_others_are_not() -> None:
     from attnviz.models.registry import LITE0_BLOCKS, MODELS
 
-    hosts = {f"lite0-{kind}" for kind in LITE0_BLOCKS}  # other families, not gates
+    # Other families, not gate slots: the hosted blocks and the attention-gated pooling.
+    hosts = {f"lite0-{kind}" for kind in LITE0_BLOCKS} | {"lite0-attnpool"}
     lite0 = {name for name in MODELS if name.startswith("lite0-")} - hosts
     assert lite0 == {"lite0-cbam"} | {f"lite0-{f}" for f in SHIPPED_FAMILIES}
 

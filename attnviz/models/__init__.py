@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from attnviz import DEFAULT_MODEL
 from attnviz.errors import UsageError
 from attnviz.models.registry import MODELS, ModelSpec, WeightsSource, get_spec
 
@@ -75,7 +76,7 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_model(
-    name: str = "lite0-cbam",
+    name: str = DEFAULT_MODEL,
     weights: str | Path | None = None,
     device: str | torch.device = "auto",
     *,

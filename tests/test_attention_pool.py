@@ -1,0 +1,180 @@
+"""lite0-attnpool: attention-gated pooling, its capture, its training and its shipped weights."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import attnviz
+from attnviz.cli import app
+from attnviz.io import load_rgb
+from attnviz.models.attention_pool import AttentionGatedPooling, Lite0AttentionPool
+from attnviz.models.efficientnet_lite import EfficientNetLite
+from attnviz.models.registry import build_lite0_attnpool
+from attnviz.train import resume_path
+from attnviz.train_pool import PoolTrainConfig, train_attention_pool
+from tests.conftest import write_photo
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def randomised(gate: AttentionGatedPooling) -> AttentionGatedPooling:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in gate.parameters():
+            p.normal_(0.0, 0.3)
+        for bn in (gate.local[1], gate.gating[1]):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+    return gate.eval()
+
+
+def test_the_gate_computes_the_published_additive_attention_and_weights_the_pooling() -> None:
+    gate = randomised(AttentionGatedPooling(local_channels=6, global_channels=10, hidden=4,
+                                            floor=0.25))  # fmt: skip
+    local, head = torch.randn(2, 6, 8, 8), torch.relu(torch.randn(2, 10, 4, 4))
+
+    def bn(module: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        conv, norm = module[0], module[1]
+        y = F.conv2d(x, conv.weight, conv.bias)
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        return (y - norm.running_mean[:, None, None]) * scale[:, None, None] + norm.bias[
+            :, None, None
+        ]
+
+    gating = F.interpolate(bn(gate.gating, head), (8, 8), mode="bilinear", align_corners=False)
+    expected_map = torch.sigmoid(
+        F.conv2d(F.relu(bn(gate.local, local) + gating), gate.psi.weight, gate.psi.bias, padding=1)
+    )
+    up = F.interpolate(head, (8, 8), mode="bilinear", align_corners=False)
+    expected_pooled = ((0.25 + 0.75 * expected_map) * up).mean(dim=(2, 3))
+
+    with torch.no_grad():
+        torch.testing.assert_close(gate.attention_map(local, head), expected_map)
+        torch.testing.assert_close(gate(local, head), expected_pooled)
+    # The floor is saved with the weights, so a file says how much plain average it keeps.
+    assert float(gate.state_dict()["floor"]) == 0.25
+
+
+def test_with_the_gate_disabled_the_model_is_the_bare_trunk() -> None:
+    model = build_lite0_attnpool(with_gate=False).eval()
+    trunk = EfficientNetLite().eval()
+    trunk.load_state_dict(
+        {
+            k.removeprefix("trunk."): v
+            for k, v in model.state_dict().items()
+            if k.startswith("trunk.")
+        }
+    )
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad(), model.gates_disabled():
+        torch.testing.assert_close(model(x), trunk(x), rtol=1e-4, atol=1e-4)
+
+
+def test_the_capture_is_the_stride_16_map_the_classifier_pools_with() -> None:
+    model = attnviz.load_model("lite0-attnpool", device="cpu")
+    assert model.spec.default_layer is not None
+    photos = [load_rgb(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    x = model.preprocess(photos)
+    with torch.inference_mode(), attnviz.capture(model) as maps:
+        model(x)
+    assert list(maps) == ["attention.pool"]
+    capture = maps["attention.pool"]
+    net = model.net
+    assert isinstance(net, Lite0AttentionPool)
+    with torch.inference_mode():
+        local, head = net.features(x)
+        expected = net.gate.attention_map(local, head)
+    assert capture.weights.shape == (len(photos), 1, 14, 14)
+    torch.testing.assert_close(capture.weights, expected)
+    # A trained gate: every photo's map spans most of (0, 1), and photos get their own maps.
+    weights = capture.weights[:, 0]
+    assert ((weights.amax(dim=(1, 2)) - weights.amin(dim=(1, 2))) > 0.3).all()
+    assert (weights[0] - weights[1]).abs().mean() > 0.02
+
+
+def photos_folder(tmp_path: Path) -> Path:
+    photos = tmp_path / "photos"
+    for i in range(12):
+        write_photo(photos / f"p{i}.png", size=(80, 64), seed=i)
+    return photos
+
+
+def test_a_short_training_run_writes_loadable_weights(tmp_path: Path) -> None:
+    out = tmp_path / "pool.safetensors"
+    cfg = PoolTrainConfig(data=[photos_folder(tmp_path)], out=out, steps=3, batch_size=4,
+                          holdout=4, size=96)  # fmt: skip
+    steps: list[dict[str, float]] = []
+    report = train_attention_pool(cfg, on_step=lambda step, total, stats: steps.append(stats))
+
+    assert len(steps) == 3
+    assert all(s["kl"] >= 0 and 0 < s["open"] < 1 and 0 <= s["mismatch"] <= 2 for s in steps)
+    assert report.train_images == 8 and report.holdout_images == 4
+    assert 0.0 <= report.holdout_agreement <= 1.0
+    shipped = load_file(str(out))
+    model = build_lite0_attnpool(with_gate=False)
+    model.load_state_dict(shipped, strict=False)
+    assert set(shipped) == {"pool_gain"} | {f"attention.pool.{k}" for k in model.gate.state_dict()}
+
+
+def test_an_interrupted_run_resumes_and_ends_as_if_never_stopped(tmp_path: Path) -> None:
+    photos, cache = photos_folder(tmp_path), tmp_path / "trunk.pt"
+
+    def config(out: Path) -> PoolTrainConfig:
+        return PoolTrainConfig(data=[photos], out=out, steps=6, batch_size=4, holdout=4,
+                               size=96, cache=cache)  # fmt: skip
+
+    straight = config(tmp_path / "straight.safetensors")
+    train_attention_pool(straight)
+    resumed = config(tmp_path / "resumed.safetensors")
+
+    def stop_after_step_4(step: int, total: int, stats: dict[str, float]) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with resume_every(2), pytest.raises(KeyboardInterrupt):
+        train_attention_pool(resumed, on_step=stop_after_step_4)
+    assert resume_path(resumed.out).is_file() and not resumed.out.exists()
+    with resume_every(2):
+        report = train_attention_pool(resumed)
+
+    assert report.resumed_from == 4 and not resume_path(resumed.out).exists()
+    a, b = load_file(str(straight.out)), load_file(str(resumed.out))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+@contextlib.contextmanager
+def resume_every(steps: int):
+    import attnviz.train_pool
+
+    saved, attnviz.train_pool.RESUME_EVERY = attnviz.train_pool.RESUME_EVERY, steps
+    try:
+        yield
+    finally:
+        attnviz.train_pool.RESUME_EVERY = saved
+
+
+def test_attnviz_train_family_attnpool_runs_and_refuses_the_gate_families_budgets(
+    tmp_path: Path,
+) -> None:
+    photos, out = photos_folder(tmp_path), tmp_path / "pool.safetensors"
+    runner = CliRunner()
+    refused = runner.invoke(
+        app, ["train", str(photos), "--family", "attnpool", "--target-open", "0.5"]
+    )
+    assert refused.exit_code == 2 and "not attnpool's" in refused.output
+    result = runner.invoke(
+        app,
+        ["train", str(photos), "--family", "attnpool", "--out", str(out), "--steps", "2",
+         "--batch-size", "4", "--holdout", "4"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output.replace("\n", "") and out.is_file()
