@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 # The model `attnviz run` (and every command and function with a --model) uses by default.
-DEFAULT_MODEL = "lite0-cbam"
+DEFAULT_MODEL = "lite0-attnpool"
 __all__ = ["capture", "load_model", "triptych"]
 
 if TYPE_CHECKING:

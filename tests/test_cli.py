@@ -63,10 +63,20 @@ def test_several_inputs_at_once(tmp_path: Path) -> None:
 
 def test_layer_all_stacks_one_row_per_layer(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg", (100, 100))
-    code, _ = attnviz("run", photo, "--out", tmp_path / "one", "--panel-height", "100")
+    code, _ = attnviz("run", photo, "--model", "lite0-cbam", "--out", tmp_path / "one",
+                      "--panel-height", "100")  # fmt: skip
     assert code == 0
     code, output = attnviz(
-        "run", photo, "--out", tmp_path / "all", "--layer", "all", "--panel-height", "100"
+        "run",
+        photo,
+        "--model",
+        "lite0-cbam",
+        "--out",
+        tmp_path / "all",
+        "--layer",
+        "all",
+        "--panel-height",
+        "100",
     )
     assert code == 0, output
     one = Image.open(tmp_path / "one" / "p.png")
@@ -97,7 +107,8 @@ def test_colormap_changes_the_colours_and_a_bad_name_lists_valid_ones(tmp_path: 
 def test_save_raw_contract(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg", (160, 120))
     out = tmp_path / "out"
-    code, output = attnviz("run", photo, "--out", out, "--layer", "all", "--save-raw")
+    code, output = attnviz("run", photo, "--model", "lite0-cbam", "--out", out, "--layer", "all",
+                           "--save-raw")  # fmt: skip
     assert code == 0, output
     raw = np.load(out / "p.npz")
     assert sorted(raw.files) == [
@@ -158,7 +169,8 @@ def test_usage_errors_exit_2_and_list_the_choices(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg")
     code, output = attnviz("run", photo, "--model", "lite0-cbm", "--out", tmp_path / "o")
     assert code == 2 and "did you mean lite0-cbam" in output  # lite0-bam is close too
-    code, output = attnviz("run", photo, "--layer", "attention.haed", "--out", tmp_path / "o")
+    code, output = attnviz("run", photo, "--model", "lite0-cbam", "--layer", "attention.haed",
+                           "--out", tmp_path / "o")  # fmt: skip
     assert code == 2 and "did you mean attention.head" in output
     assert attnviz("run", photo, "--format", "gif", "--out", tmp_path / "o")[0] == 2
     assert attnviz("run", photo, "--no-such-flag")[0] == 2
@@ -221,7 +233,7 @@ def test_layers_and_models_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     from attnviz import cli
 
     monkeypatch.setattr(cli.out_console, "width", 200)  # a wide terminal: no wrapped cells
-    code, output = attnviz("layers")
+    code, output = attnviz("layers", "--model", "lite0-cbam")
     assert code == 0
     for text in ("attention.block4", "attention.head (default)", "1×28×28", "1280×7×7"):
         assert text in output
@@ -253,7 +265,15 @@ def test_python_dash_m_runs_the_cli() -> None:
 def test_method_gradcam_puts_the_trunks_gradcam_in_place_of_the_weight_map(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg", (120, 80))
     code, output = attnviz(
-        "run", photo, "--method", "gradcam", "--save-raw", "--out", tmp_path / "g"
+        "run",
+        photo,
+        "--model",
+        "lite0-cbam",
+        "--method",
+        "gradcam",
+        "--save-raw",
+        "--out",
+        tmp_path / "g",
     )
     assert code == 0, output
     record = manifest(tmp_path / "g")[0]
@@ -319,8 +339,8 @@ def test_manifest_follows_input_order_whatever_fails_to_decode(tmp_path: Path) -
 
 def test_gradcam_on_a_layer_without_a_spatial_map_is_a_usage_error(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg")
-    code, output = attnviz("run", photo, "--method", "gradcam", "--layer", "_fc",
-                           "--out", tmp_path / "o")  # fmt: skip
+    code, output = attnviz("run", photo, "--model", "lite0-cbam", "--method", "gradcam",
+                           "--layer", "_fc", "--out", tmp_path / "o")  # fmt: skip
     assert code == 2 and "(N, C, H, W)" in output
 
 

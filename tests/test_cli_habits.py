@@ -14,7 +14,7 @@ import pytest
 import torch
 import typer.main
 
-from attnviz import __version__
+from attnviz import DEFAULT_MODEL, __version__
 from attnviz.cli import app
 from tests.conftest import attnviz, write_photo
 
@@ -95,7 +95,7 @@ def test_config_precedence_flag_over_attnviz_toml_over_pyproject_over_default(
     assert config["layer"] == ("all", "pyproject.toml")
     assert config["format"] == ("jpg", "pyproject.toml")
     assert config["panel-size"] == (120, "flag")  # the flag beats pyproject.toml
-    assert config["model"] == ("lite0-cbam", "default")
+    assert config["model"] == (DEFAULT_MODEL, "default")
     assert config["weights"] == (None, "default")  # unset: commented out, still listed
 
 
@@ -103,13 +103,14 @@ def test_a_run_uses_the_config_and_flags_override_it(project: Path) -> None:
     (project / "pyproject.toml").write_text(PYPROJECT)
     (project / "attnviz.toml").write_text(ATTNVIZ_TOML)
     photo = write_photo(project / "photo.png", (90, 60))
-    code, output = attnviz("run", photo)
+    code, output = attnviz("run", photo, "--model", "lite0-cbam")
     assert code == 0, output
     # out from attnviz.toml, format and layer=all from pyproject.toml
     assert sorted(p.name for p in (project / "figs").iterdir()) == ["manifest.jsonl", "photo.jpg"]
     assert len(records(project / "figs")[0]["layers"]) == 4
 
-    code, output = attnviz("run", photo, "--out", "mine", "--format", "png", "--layer", "-1")
+    code, output = attnviz("run", photo, "--model", "lite0-cbam", "--out", "mine",
+                           "--format", "png", "--layer", "-1")  # fmt: skip
     assert code == 0, output
     assert (project / "mine" / "photo.png").is_file()
     assert records(project / "mine")[0]["layers"] == ["attention.head"]
@@ -205,7 +206,7 @@ def test_verbose_adds_the_setup_and_throughput(project: Path) -> None:
     photo = write_photo(project / "photo.jpg")
     code, output = attnviz("run", photo, "--verbose", "--device", "cpu")
     assert code == 0, output
-    assert "model lite0-cbam on cpu" in output
+    assert f"model {DEFAULT_MODEL} on cpu" in output
     assert "throughput" in output and "processed" in output
 
 
@@ -288,14 +289,16 @@ def test_doctor_passes_here_and_lists_versions(project: Path) -> None:
 def test_doctor_fails_when_the_shipped_weights_are_missing(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from attnviz import cli
     from attnviz.models import registry
 
     monkeypatch.setattr(registry, "PRETRAINED_DIRS", (project / "nowhere",))
+    monkeypatch.setattr(cli.out_console, "width", 200)  # a wide terminal: no wrapped cells
     code, output = attnviz("doctor")
     assert code == 1, output
     assert re.search(r"gate weights\s*│\s*fail", output), output
-    assert "lite0-cbam.safetensors not found" in output
-    assert "broken: gate weights, lite0-cbam load" in output
+    assert f"{DEFAULT_MODEL}.safetensors not found" in output
+    assert f"broken: gate weights, {DEFAULT_MODEL} load" in output
 
 
 def test_doctor_reports_a_broken_config_file(project: Path) -> None:

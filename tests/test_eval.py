@@ -64,7 +64,9 @@ def _boxed_set(folder: Path, count: int = 4) -> Path:
 def test_eval_end_to_end_reports_every_layer_and_both_baselines(tmp_path: Path) -> None:
     boxes = _boxed_set(tmp_path)
 
-    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--boxes", str(boxes), "--json"])
+    result = CliRunner().invoke(
+        app, ["eval", str(tmp_path), "--boxes", str(boxes), "--model", "lite0-cbam", "--json"]
+    )
 
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

@@ -89,7 +89,8 @@ def test_grid_layout_wraps_panels_and_separate_writes_one_file_per_panel(photos:
 def test_separate_layout_names_layers_when_there_are_several(photos: Path) -> None:
     out = photos.parent / "out"
     code, output = attnviz(
-        "run", photos / "b.jpg", "--out", out, "--layout", "separate", "--layer", "all",
+        "run", photos / "b.jpg", "--model", "lite0-cbam", "--out", out, "--layout", "separate",
+        "--layer", "all",
         "--panels", "map",
     )  # fmt: skip
     assert code == 0, output
@@ -97,7 +98,8 @@ def test_separate_layout_names_layers_when_there_are_several(photos: Path) -> No
     assert names == {f"b.attention.{n}.map.png" for n in ("block4", "block10", "block15", "head")}
     # A rerun finds every one of those files and skips the photo.
     code, output = attnviz(
-        "run", photos / "b.jpg", "--out", out, "--layout", "separate", "--layer", "all",
+        "run", photos / "b.jpg", "--model", "lite0-cbam", "--out", out, "--layout", "separate",
+        "--layer", "all",
         "--panels", "map",
     )  # fmt: skip
     assert code == 0 and summary_count(output, "processed") == 0
@@ -158,9 +160,9 @@ def test_norm_global_draws_every_image_with_the_run_range(photos: Path) -> None:
     assert attnviz("run", photos, "--out", own)[0] == 0
     code, output = attnviz("run", photos, "--out", shared, "--norm", "global")
     assert code == 0, output
-    per_image = [r["heat_ranges"]["attention.head"] for r in records(own).values()]
+    per_image = [r["heat_ranges"]["attention.pool"] for r in records(own).values()]
     run_range = [min(lo for lo, _ in per_image), max(hi for _, hi in per_image)]
-    assert {tuple(r["heat_ranges"]["attention.head"]) for r in records(shared).values()} == {
+    assert {tuple(r["heat_ranges"]["attention.pool"]) for r in records(shared).values()} == {
         tuple(run_range)
     }
     # The run's range, given as a fixed range, draws exactly the same figures.
@@ -178,7 +180,7 @@ def test_norm_global_range_covers_new_inputs_on_a_rerun(photos: Path) -> None:
     # Each photo's own range, to pick one that alone holds an end of the run's range.
     own = photos.parent / "own"
     assert attnviz("run", photos, "--out", own)[0] == 0
-    ranges = {name: r["heat_ranges"]["attention.head"] for name, r in records(own).items()}
+    ranges = {name: r["heat_ranges"]["attention.pool"] for name, r in records(own).items()}
     lows, highs = sorted(lo for lo, _ in ranges.values()), sorted(hi for _, hi in ranges.values())
     widening = next(
         name for name, (lo, hi) in ranges.items()
@@ -216,7 +218,9 @@ def test_map_statistics_read_like_their_definitions() -> None:
 
 def test_stats_csv_has_one_row_per_image_and_layer(photos: Path) -> None:
     out, table = photos.parent / "out", photos.parent / "stats" / "maps.csv"
-    code, output = attnviz("run", photos, "--out", out, "--layer", "all", "--stats", table)
+    code, output = attnviz(
+        "run", photos, "--model", "lite0-cbam", "--out", out, "--layer", "all", "--stats", table
+    )
     assert code == 0, output
     rows = list(csv.DictReader(table.open()))
     assert len(rows) == 3 * 4
@@ -231,7 +235,12 @@ def test_stats_csv_has_one_row_per_image_and_layer(photos: Path) -> None:
         assert 0.0 <= float(row["entropy"]) <= 1.0
     # Up-to-date photos are in the table of a rerun too: it describes the run's inputs.
     table.unlink()
-    assert attnviz("run", photos, "--out", out, "--layer", "all", "--stats", table)[0] == 0
+    assert (
+        attnviz(
+            "run", photos, "--model", "lite0-cbam", "--out", out, "--layer", "all", "--stats", table
+        )[0]
+        == 0
+    )
     assert len(list(csv.DictReader(table.open()))) == 12
 
 

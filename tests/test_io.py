@@ -724,7 +724,7 @@ def test_a_reduced_photo_is_recorded_at_its_real_size(tmp_path: Path) -> None:
     assert code == 0, output
     record = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
     assert record["image_size"] == [4000, 3000]
-    assert 0 < record["maps"]["attention.head"]["peak_xy"][0] < 4000
+    assert 0 < record["maps"]["attention.pool"]["peak_xy"][0] < 4000
     with Image.open(out / "big.png") as figure:
         assert figure.height < 450  # one row of 320-pixel panels, not a 3000-pixel one
 

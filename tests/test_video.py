@@ -579,7 +579,7 @@ def test_cli_reads_mov_and_webm_and_writes_stats_rows(
     assert len(_read_back(out / "clip.mp4")[0]) == N
     # One row per layer for the whole video: its majority class and the maps' range.
     rows = list(csv.DictReader(stats.open()))
-    assert [r["layer"] for r in rows] == ["attention.head"]
+    assert [r["layer"] for r in rows] == ["attention.pool"]
     assert rows[0]["top1"] and 0.0 <= float(rows[0]["min"]) <= float(rows[0]["max"]) <= 1.0
 
 

@@ -227,5 +227,5 @@ def test_cli_wrong_weights_is_one_line_naming_the_closest(
     code, output = attnviz("run", photo, "--weights", resnet18_file, "--out", out)
     assert code == 1, output
     [line] = _error_lines(output)
-    assert "weights do not fit lite0-cbam" in line and "missing (e.g. " in line
+    assert "weights do not fit lite0-attnpool" in line and "missing (e.g. " in line
     assert line.endswith("closest built-in model: cbam-resnet18 (100% of keys match)")
