@@ -27,13 +27,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import attnviz
 from attnviz.errors import AttnvizError
-from attnviz.io import atomic_write_bytes, load_rgb
+from attnviz.io import load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.lite0_hosts import Lite0WithBlock
 from attnviz.models.registry import LITE0_BLOCKS, build_lite0_block, get_spec
-from attnviz.train import RESUME_EVERY, TrainingState, find_images, resume_path
+from attnviz.train import (
+    TrainingState,
+    cached_tensors,
+    counter,
+    find_images,
+    resume_path,
+    run_key,
+    write_weights,
+)
 
 # Imagenette's wnids and their ImageNet-1k class indices (../shared/data/README.md).
 IMAGENETTE: dict[str, int] = {
@@ -117,7 +124,6 @@ def finetune_block(
     on_cache: Callable[[int, int], None] = lambda done, total: None,
     on_step: Callable[[int, int, float], None] = lambda step, total, loss: None,
 ) -> FinetuneReport:
-    from safetensors.torch import save
 
     if cfg.block not in LITE0_BLOCKS:
         raise AttnvizError(f"no block {cfg.block!r} to fine-tune; choose {', '.join(LITE0_BLOCKS)}")
@@ -137,22 +143,13 @@ def finetune_block(
         p.requires_grad_(False)
     block = model.block
 
-    done = 0
+    def compute() -> dict[str, Tensor]:
+        features, logits = cache_features(model, files, cfg.size, counter(len(files), on_cache))
+        return {"features": features, "logits": logits}
 
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        on_cache(done, len(files))
-
-    names = [str(p) for p in files]
-    key = {"files": names, "size": cfg.size, "v": 1}
-    cached = torch.load(cfg.cache, weights_only=True) if cfg.cache and cfg.cache.is_file() else {}
-    if cached.get("key") == key:
-        features, trunk_logits = cached["features"], cached["logits"]
-    else:
-        features, trunk_logits = cache_features(model, files, cfg.size, tick)
-        if cfg.cache is not None:
-            torch.save({"key": key, "features": features, "logits": trunk_logits}, cfg.cache)
+    key = {"files": [str(p) for p in files], "size": cfg.size, "v": 1}
+    cached = cached_tensors(cfg.cache, key, compute)
+    features, trunk_logits = cached["features"], cached["logits"]
     train_index, held_index = torch.tensor(trained), torch.tensor(held)
 
     params = list(block.parameters())
@@ -164,22 +161,15 @@ def finetune_block(
     # BatchNorm's running statistics are state too: a resumed run must get them back.
     progress = TrainingState(params + list(block.buffers()), optimizer, schedule, generator)
     resume_file = resume_path(out)
-    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    run_key = repr({**asdict(cfg), "cache": None, "data": key, "stats": stats,
-                    "attnviz": attnviz.__version__})  # fmt: skip
-    first_step = progress.restore(resume_file, run_key)
+    this_run = run_key(cfg, key, files)
+    first_step = progress.restore(resume_file, this_run)
     loss = torch.tensor(0.0)
     block.train()  # batch statistics in the block's BatchNorm; the trunk's stay frozen
     for step in range(first_step, cfg.steps):
         pick = train_index[torch.randint(len(train_index), (cfg.batch_size,), generator=generator)]
         logits = model.forward_from(features[pick])
         loss = F.cross_entropy(logits[:, CLASS_INDICES], labels[pick])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if (step + 1) % RESUME_EVERY == 0 and step + 1 < cfg.steps:
-            progress.save(resume_file, run_key, step + 1)
+        progress.step(loss, step + 1, cfg.steps, resume_file, this_run)
         on_step(step + 1, cfg.steps, loss.item())
     block.eval()
 
@@ -187,9 +177,7 @@ def finetune_block(
                             labels[held_index])  # fmt: skip
     state = {f"attention.block{model.after}.{k}": v.detach().contiguous()
              for k, v in block.state_dict().items()}  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, save(state, metadata={"recipe": repr(asdict(cfg))}))
-    resume_file.unlink(missing_ok=True)
+    write_weights(out, state, cfg)
     return FinetuneReport(
         train_images=len(trained),
         holdout_images=len(held),

@@ -26,6 +26,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -227,6 +228,50 @@ def set_fill(model: EfficientNetLite, value: float) -> None:
         gate.fill = value
 
 
+def write_weights(out: Path, state: dict[str, Tensor], cfg: Any) -> None:
+    """Trained weights as safetensors with their recipe (``cfg``, a dataclass), written
+    atomically; the finished run's resume state is then removed."""
+    from safetensors.torch import save
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, save(state, metadata={"recipe": repr(asdict(cfg))}))
+    resume_path(out).unlink(missing_ok=True)
+
+
+def counter(total: int, on_cache: Callable[[int, int], None]) -> Callable[[int], None]:
+    """A ``tick(n)`` that reports the photos cached so far, out of ``total``."""
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        on_cache(done, total)
+
+    return tick
+
+
+def cached_tensors(
+    path: Path | None, key: dict[str, Any], compute: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """``compute()``'s tensors, or those a run with the same ``key`` saved at ``path``
+    (the frozen trunk's features are the slow part of every training run)."""
+    cached = torch.load(path, weights_only=True) if path and path.is_file() else {}
+    if cached.get("key") == key:
+        return cached
+    tensors = compute()
+    if path is not None:
+        torch.save({"key": key, **tensors}, path)
+    return tensors
+
+
+def run_key(cfg: Any, data_key: dict[str, Any], files: Sequence[Path]) -> str:
+    """Everything a run's result depends on: its settings (a dataclass), the photos (names,
+    sizes, times) and the code. A saved state resumes only a run with the same key."""
+    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return repr({**asdict(cfg), "cache": None, "data": data_key, "stats": stats,
+                 "attnviz": attnviz.__version__})  # fmt: skip
+
+
 # Training state is saved this often; an interrupted run loses at most this many steps.
 RESUME_EVERY = 25
 
@@ -258,6 +303,16 @@ class TrainingState:
         torch.save(state, buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
+    def step(self, loss: Tensor, done: int, total: int, path: Path, run_key: str) -> None:
+        """One optimiser and schedule step (``done`` steps of ``total`` after it); every
+        ``RESUME_EVERY`` steps the state goes to ``path`` so an interrupted run can resume."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        if done % RESUME_EVERY == 0 and done < total:
+            self.save(path, run_key, done)
+
     def restore(self, path: Path, run_key: str) -> int:
         """The step to start from: 0, or where a run with the same settings stopped."""
         if not path.is_file():
@@ -287,7 +342,6 @@ def train_gates(
     on_cache: Callable[[int, int], None] = lambda done, total: None,
     on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
 ) -> TrainReport:
-    from safetensors.torch import save
 
     torch.manual_seed(cfg.seed)
     files = find_images(cfg.data)
@@ -310,24 +364,17 @@ def train_gates(
     for p in gate_params:
         p.requires_grad_(True)
 
-    done = 0
+    tick = counter(len(files), on_cache)
 
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        on_cache(done, len(files))
+    def compute() -> dict[str, Any]:
+        parts = {"train": cache_trunk(model, train, cfg, tick),
+                 "holdout": cache_trunk(model, holdout, cfg, tick)}  # fmt: skip
+        return {name: part.tensors() for name, part in parts.items()}
 
     # v3: features of the bare trunk (v2 had the seeded block-4 gate applied to them).
     key = {"files": [str(p) for p in files], "size": cfg.size, "holdout": cfg.holdout, "v": 3}
-    cached = torch.load(cfg.cache, weights_only=True) if cfg.cache and cfg.cache.is_file() else {}
-    if cached.get("key") == key:
-        train_set, hold_set = TrunkCache(*cached["train"]), TrunkCache(*cached["holdout"])
-    else:
-        train_set = cache_trunk(model, train, cfg, tick)
-        hold_set = cache_trunk(model, holdout, cfg, tick)
-        if cfg.cache is not None:
-            tensors = {"train": train_set.tensors(), "holdout": hold_set.tensors()}
-            torch.save({"key": key, **tensors}, cfg.cache)
+    cached = cached_tensors(cfg.cache, key, compute)
+    train_set, hold_set = TrunkCache(*cached["train"]), TrunkCache(*cached["holdout"])
 
     # The maps' shape (conv weights) is learnt more slowly than their level (biases, gain):
     # a fast slope turns the maps into 0/1 cut-outs that cost the trunk its context.
@@ -340,11 +387,8 @@ def train_gates(
     generator = torch.Generator().manual_seed(cfg.seed)
     progress = TrainingState(gate_params, optimizer, schedule, generator)
     resume_file = resume_path(cfg.out)
-    # Everything the result depends on: settings, the photos (names, sizes, times), the code.
-    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    run_key = repr({**asdict(cfg), "cache": None, "data": key, "stats": stats,
-                    "attnviz": attnviz.__version__})  # fmt: skip
-    first_step = progress.restore(resume_file, run_key)
+    this_run = run_key(cfg, key, files)
+    first_step = progress.restore(resume_file, this_run)
     kl = torch.tensor(0.0)
     for step in range(first_step, cfg.steps):
         fill_steps = max(cfg.fill_until * cfg.steps, 1)
@@ -358,14 +402,9 @@ def train_gates(
         opening = torch.stack([m.mean() for m in maps])
         targets = torch.tensor(cfg.target_open)
         loss = kl + cfg.sparsity * (opening - targets).pow(2).sum() + cfg.evidence * mismatch
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        progress.step(loss, step + 1, cfg.steps, resume_file, this_run)
         stats = {"kl": kl.item(), "mismatch": mismatch.item()}
         stats |= {f"open{i}": o.item() for i, o in enumerate(opening)}
-        if (step + 1) % RESUME_EVERY == 0 and step + 1 < cfg.steps:
-            progress.save(resume_file, run_key, step + 1)
         on_step(step + 1, cfg.steps, stats)
 
     set_fill(model, 0.0)
@@ -373,9 +412,7 @@ def train_gates(
     state = model.attention.state_dict()
     gates = {f"attention.{k}": v.detach().contiguous() for k, v in state.items()}
     gates["pool_gain"] = model.pool_gain.detach().clone()
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(cfg.out, save(gates, metadata={"recipe": repr(asdict(cfg))}))
-    resume_file.unlink(missing_ok=True)
+    write_weights(cfg.out, gates, cfg)
     return TrainReport(
         resumed_from=first_step,
         config={k: str(v) for k, v in asdict(cfg).items()},

@@ -24,20 +24,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-import attnviz
 from attnviz.errors import AttnvizError
-from attnviz.io import atomic_write_bytes, load_rgb
+from attnviz.io import load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.attention_pool import Lite0AttentionPool
 from attnviz.models.registry import ATTNPOOL_FILE, build_lite0_attnpool, get_spec
 from attnviz.train import (
-    RESUME_EVERY,
     TrainingState,
     TrainReport,
+    cached_tensors,
+    counter,
     distillation_kl,
     evidence_mismatch,
     find_images,
     resume_path,
+    run_key,
+    write_weights,
 )
 
 
@@ -99,7 +101,6 @@ def train_attention_pool(
     on_cache: Callable[[int, int], None] = lambda done, total: None,
     on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
 ) -> TrainReport:
-    from safetensors.torch import save
 
     torch.manual_seed(cfg.seed)
     files = find_images(cfg.data)
@@ -118,24 +119,16 @@ def train_attention_pool(
     for p in params:
         p.requires_grad_(True)
 
-    done = 0
+    tick = counter(len(files), on_cache)
 
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        on_cache(done, len(files))
+    def compute() -> dict[str, tuple[Tensor, ...]]:
+        parts = {"train": cache_trunk(model, train, cfg, tick),
+                 "holdout": cache_trunk(model, holdout, cfg, tick)}  # fmt: skip
+        return {name: (p.local, p.head, p.logits) for name, p in parts.items()}
 
     key = {"files": [str(p) for p in files], "size": cfg.size, "holdout": cfg.holdout, "v": 1}
-    cached = torch.load(cfg.cache, weights_only=True) if cfg.cache and cfg.cache.is_file() else {}
-    if cached.get("key") == key:
-        train_set, hold_set = PoolCache(*cached["train"]), PoolCache(*cached["holdout"])
-    else:
-        train_set = cache_trunk(model, train, cfg, tick)
-        hold_set = cache_trunk(model, holdout, cfg, tick)
-        if cfg.cache is not None:
-            tensors = {name: (part.local, part.head, part.logits)
-                       for name, part in (("train", train_set), ("holdout", hold_set))}  # fmt: skip
-            torch.save({"key": key, **tensors}, cfg.cache)
+    cached = cached_tensors(cfg.cache, key, compute)
+    train_set, hold_set = PoolCache(*cached["train"]), PoolCache(*cached["holdout"])
 
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
@@ -143,10 +136,8 @@ def train_attention_pool(
     # BatchNorm's running statistics are state too: a resumed run must get them back.
     progress = TrainingState(params + list(gate.buffers()), optimizer, schedule, generator)
     resume_file = resume_path(cfg.out)
-    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    run_key = repr({**asdict(cfg), "cache": None, "data": key, "stats": stats,
-                    "attnviz": attnviz.__version__})  # fmt: skip
-    first_step = progress.restore(resume_file, run_key)
+    this_run = run_key(cfg, key, files)
+    first_step = progress.restore(resume_file, this_run)
     gate.train()  # batch statistics in the gate's own BatchNorm
     kl = torch.tensor(0.0)
     for step in range(first_step, cfg.steps):
@@ -158,12 +149,7 @@ def train_attention_pool(
         opening = weights.mean()
         mismatch = evidence_mismatch([weights], model.trunk.class_evidence(head, teacher.argmax(1)))
         loss = kl + cfg.area * opening + cfg.evidence * mismatch
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if (step + 1) % RESUME_EVERY == 0 and step + 1 < cfg.steps:
-            progress.save(resume_file, run_key, step + 1)
+        progress.step(loss, step + 1, cfg.steps, resume_file, this_run)
         on_step(
             step + 1,
             cfg.steps,
@@ -174,9 +160,7 @@ def train_attention_pool(
     agreement, opening_held = holdout_scores(model, hold_set)
     state = {f"attention.pool.{k}": v.detach().contiguous() for k, v in gate.state_dict().items()}
     state["pool_gain"] = model.pool_gain.detach().clone()
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(cfg.out, save(state, metadata={"recipe": repr(asdict(cfg))}))
-    resume_file.unlink(missing_ok=True)
+    write_weights(cfg.out, state, cfg)
     return TrainReport(
         resumed_from=first_step,
         config={k: str(v) for k, v in asdict(cfg).items()},

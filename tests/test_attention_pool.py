@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from attnviz.models.registry import build_lite0_attnpool
 from attnviz.train import resume_path
 from attnviz.train_pool import PoolTrainConfig, train_attention_pool
 from tests.conftest import write_photo
+from tests.test_train import monkeypatch_resume_every
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -138,10 +138,10 @@ def test_an_interrupted_run_resumes_and_ends_as_if_never_stopped(tmp_path: Path)
         if step == 4:
             raise KeyboardInterrupt
 
-    with resume_every(2), pytest.raises(KeyboardInterrupt):
+    with monkeypatch_resume_every(2), pytest.raises(KeyboardInterrupt):
         train_attention_pool(resumed, on_step=stop_after_step_4)
     assert resume_path(resumed.out).is_file() and not resumed.out.exists()
-    with resume_every(2):
+    with monkeypatch_resume_every(2):
         report = train_attention_pool(resumed)
 
     assert report.resumed_from == 4 and not resume_path(resumed.out).exists()
@@ -149,17 +149,6 @@ def test_an_interrupted_run_resumes_and_ends_as_if_never_stopped(tmp_path: Path)
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key])
-
-
-@contextlib.contextmanager
-def resume_every(steps: int):
-    import attnviz.train_pool
-
-    saved, attnviz.train_pool.RESUME_EVERY = attnviz.train_pool.RESUME_EVERY, steps
-    try:
-        yield
-    finally:
-        attnviz.train_pool.RESUME_EVERY = saved
 
 
 def test_attnviz_train_family_attnpool_runs_and_refuses_the_gate_families_budgets(
