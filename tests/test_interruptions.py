@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,18 @@ def _wait_for_first_output(proc: subprocess.Popen, out: Path, timeout: float = 1
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no output appeared"
         time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def sigint_not_ignored() -> Iterator[None]:
+    """A shell starts background jobs with SIGINT ignored, and attnviz rightly leaves an
+    ignored signal alone (nohup). These tests are about Ctrl-C, so they run with Python's
+    own handler, which children inherit as the default action across exec."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="module")
