@@ -143,9 +143,9 @@ def _trunk_weights() -> tuple[Status, str]:
 
 
 def _gate_weights() -> tuple[Status, str]:
-    from attnviz.models.registry import pretrained_file
+    from attnviz.models.registry import pretrained_file, shipped_file
 
-    return _weights_file(pretrained_file(f"{DEFAULT_MODEL}.safetensors"))
+    return _weights_file(pretrained_file(shipped_file(DEFAULT_MODEL)))
 
 
 def _weights_file(path: Path) -> tuple[Status, str]:

@@ -31,7 +31,7 @@ from attnviz.errors import AttnvizError
 from attnviz.io import load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.lite0_hosts import Lite0WithBlock
-from attnviz.models.registry import LITE0_BLOCKS, build_lite0_block, get_spec
+from attnviz.models.registry import LITE0_BLOCKS, build_lite0_block, get_spec, shipped_file
 from attnviz.train import (
     TrainingState,
     cached_tensors,
@@ -127,7 +127,7 @@ def finetune_block(
 
     if cfg.block not in LITE0_BLOCKS:
         raise AttnvizError(f"no block {cfg.block!r} to fine-tune; choose {', '.join(LITE0_BLOCKS)}")
-    out = cfg.out or Path(f"pretrained/lite0-{cfg.block}.safetensors")
+    out = cfg.out or Path("pretrained") / shipped_file(f"lite0-{cfg.block}")
     torch.manual_seed(cfg.seed)
     files, labels = labelled_photos(cfg.data)
     order = list(range(len(files)))

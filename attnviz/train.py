@@ -38,7 +38,13 @@ from attnviz.io import IMAGE_SUFFIXES, atomic_write_bytes, load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.gates import GATE_FAMILIES, RESIDUAL_FAMILIES, Lite0Gate
-from attnviz.models.registry import LITE0_GATE_BLOCKS, LITE0_GATES, build_lite0, get_spec
+from attnviz.models.registry import (
+    LITE0_GATE_BLOCKS,
+    LITE0_GATES,
+    build_lite0,
+    get_spec,
+    lite0_gates_file,
+)
 
 # Gates start from the feature's standardised channel mean, gently (slope 1/2): that is
 # where the evidence usually is. Starting from flat maps instead (all conv weights zero)
@@ -65,7 +71,7 @@ def default_targets(family: str) -> tuple[float, ...]:
 
 
 def default_out(family: str) -> Path:
-    return Path(f"pretrained/lite0-{family}.safetensors")
+    return Path("pretrained") / lite0_gates_file(family)
 
 
 @dataclass

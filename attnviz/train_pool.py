@@ -28,7 +28,7 @@ from attnviz.errors import AttnvizError
 from attnviz.io import load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.attention_pool import Lite0AttentionPool
-from attnviz.models.registry import ATTNPOOL_FILE, build_lite0_attnpool, get_spec
+from attnviz.models.registry import build_lite0_attnpool, get_spec, shipped_file
 from attnviz.train import (
     TrainingState,
     TrainReport,
@@ -46,7 +46,7 @@ from attnviz.train import (
 @dataclass
 class PoolTrainConfig:
     data: Sequence[Path]
-    out: Path = Path("pretrained") / ATTNPOOL_FILE
+    out: Path = Path("pretrained") / shipped_file("lite0-attnpool")
     steps: int = 600
     batch_size: int = 64
     lr: float = 3e-3

