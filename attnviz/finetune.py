@@ -124,7 +124,6 @@ def finetune_block(
     on_cache: Callable[[int, int], None] = lambda done, total: None,
     on_step: Callable[[int, int, float], None] = lambda step, total, loss: None,
 ) -> FinetuneReport:
-
     if cfg.block not in LITE0_BLOCKS:
         raise AttnvizError(f"no block {cfg.block!r} to fine-tune; choose {', '.join(LITE0_BLOCKS)}")
     out = cfg.out or Path("pretrained") / shipped_file(f"lite0-{cfg.block}")

@@ -348,7 +348,6 @@ def train_gates(
     on_cache: Callable[[int, int], None] = lambda done, total: None,
     on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
 ) -> TrainReport:
-
     torch.manual_seed(cfg.seed)
     files = find_images(cfg.data)
     random.Random(cfg.seed).shuffle(files)

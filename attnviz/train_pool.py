@@ -87,7 +87,7 @@ def cache_trunk(
     for start in range(0, len(files), 50):
         batch = files[start : start + 50]
         x = loaded.preprocess([load_rgb(p) for p in batch])
-        features = model.features(x.contiguous())
+        features = model.features(x)
         with model.gates_disabled():
             logits.append(model.classify(*features))
         local.append(features[0].half().contiguous())
@@ -101,7 +101,6 @@ def train_attention_pool(
     on_cache: Callable[[int, int], None] = lambda done, total: None,
     on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
 ) -> TrainReport:
-
     torch.manual_seed(cfg.seed)
     files = find_images(cfg.data)
     random.Random(cfg.seed).shuffle(files)  # the split `attnviz train` uses for every family
@@ -145,7 +144,7 @@ def train_attention_pool(
         flip = bool(torch.rand((), generator=generator) < 0.5)
         local, head, teacher = train_set.batch(index, flip)
         weights = gate.attention_map(local, head)
-        kl = distillation_kl(model.trunk._fc(model.pool_gain * gate.pool(head, weights)), teacher)
+        kl = distillation_kl(model.logits(gate.pool(head, weights)), teacher)
         opening = weights.mean()
         mismatch = evidence_mismatch([weights], model.trunk.class_evidence(head, teacher.argmax(1)))
         loss = kl + cfg.area * opening + cfg.evidence * mismatch
@@ -179,7 +178,7 @@ def holdout_scores(model: Lite0AttentionPool, photos: PoolCache) -> tuple[float,
     for index in torch.arange(len(photos)).split(100):
         local, head, teacher = photos.batch(index)
         weights = model.gate.attention_map(local, head)
-        logits = model.trunk._fc(model.pool_gain * model.gate.pool(head, weights))
+        logits = model.logits(model.gate.pool(head, weights))
         agree += int((logits.argmax(1) == teacher.argmax(1)).sum())
         opening += float(weights.mean(dim=(1, 2, 3)).sum())
     n = max(len(photos), 1)

@@ -16,15 +16,13 @@ object (training pulls ``M`` towards a small opening; see ``train_pool``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnviz.attention.protocol import AttentionCapture
 from attnviz.models.efficientnet_lite import EfficientNetLite
+from attnviz.models.gates import Switchable
 
 LOCAL_BLOCK = 10  # the last block of the stride-16 stage: 112 channels, 14 x 14 at 224 px
 HEAD_CHANNELS = 1280
@@ -64,9 +62,13 @@ class AttentionGatedPooling(nn.Module):
         """What multiplies each position of the pooled features: floor + (1 - floor) M."""
         return self.floor + (1.0 - self.floor) * weights
 
+    def weighted(self, head: Tensor, weights: Tensor) -> Tensor:
+        """The head's features on the map's grid, times the applied weights."""
+        return self.applied(weights) * upsample(head, weights.shape[-2:])
+
     def pool(self, head: Tensor, weights: Tensor) -> Tensor:
-        """(N, C): the head's features on the map's grid, weighted and averaged."""
-        return (self.applied(weights) * upsample(head, weights.shape[-2:])).mean(dim=(2, 3))
+        """(N, C): what the classifier gets, the weighted features averaged."""
+        return self.weighted(head, weights).mean(dim=(2, 3))
 
     def forward(self, local: Tensor, head: Tensor) -> Tensor:
         return self.pool(head, self.attention_map(local, head))
@@ -75,11 +77,10 @@ class AttentionGatedPooling(nn.Module):
         local, head = inputs[0], inputs[1]
         weights = self.attention_map(local, head)
         # Panel 3 shows what the classifier averages: the applied weights times the features.
-        weighted = self.applied(weights) * upsample(head, weights.shape[-2:])
-        return AttentionCapture.from_weighted(weights, weighted)
+        return AttentionCapture.from_weighted(weights, self.weighted(head, weights))
 
 
-class Lite0AttentionPool(nn.Module):
+class Lite0AttentionPool(Switchable, nn.Module):
     """EfficientNet-Lite0 whose average pooling is gated by ``attention.pool``."""
 
     def __init__(self, num_classes: int = 1000, **gate: float) -> None:
@@ -88,16 +89,6 @@ class Lite0AttentionPool(nn.Module):
         self.attention = nn.ModuleDict({"pool": AttentionGatedPooling(**gate)})  # type: ignore[arg-type]
         # Pooling a sparse map lowers the pooled features' scale; one scalar gives it back.
         self.pool_gain = nn.Parameter(torch.ones(()))
-        self.gate_enabled = True
-
-    @contextmanager
-    def gates_disabled(self) -> Iterator[None]:
-        """Run the bare trunk (the teacher in training, the reference in evaluation)."""
-        previous, self.gate_enabled = self.gate_enabled, False
-        try:
-            yield
-        finally:
-            self.gate_enabled = previous
 
     @property
     def gate(self) -> AttentionGatedPooling:
@@ -108,10 +99,14 @@ class Lite0AttentionPool(nn.Module):
         local = self.trunk.run_blocks(self.trunk.stem(x), 0, LOCAL_BLOCK + 1)
         return local, self.trunk.head_features(self.trunk.run_blocks(local, LOCAL_BLOCK + 1))
 
+    def logits(self, pooled: Tensor) -> Tensor:
+        """The classifier on the gate's pooled features (their scale given back)."""
+        return self.trunk._fc(self.pool_gain * pooled)
+
     def classify(self, local: Tensor, head: Tensor) -> Tensor:
-        if not self.gate_enabled:
+        if not self.gates_enabled:
             return self.trunk._fc(head.mean(dim=(2, 3)))
-        return self.trunk._fc(self.pool_gain * self.gate(local, head))
+        return self.logits(self.gate(local, head))  # through __call__: hooks see the gate
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classify(*self.features(x))

@@ -11,15 +11,14 @@ any input size works.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnviz.models.gates import Lite0Gate, build_gate
+from attnviz.models.gates import Lite0Gate, Switchable, build_gate
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
@@ -97,7 +96,7 @@ class MBConv(nn.Module):
         return y + x if self.has_skip else y
 
 
-class EfficientNetLite(nn.Module):
+class EfficientNetLite(Switchable, nn.Module):
     """EfficientNet-Lite0 with optional spatial gates after chosen blocks.
 
     ``gate_family`` names the kind of gate (``gates.GATE_FAMILIES``; "cbam" by default):
@@ -148,16 +147,6 @@ class EfficientNetLite(nn.Module):
         # each position); one learned scalar gives the classifier back the scale it was
         # trained on. The bare trunk (gates disabled) does not use it.
         self.pool_gain = nn.Parameter(torch.ones(()))
-        self.gates_enabled = True
-
-    @contextmanager
-    def gates_disabled(self) -> Iterator[None]:
-        """Run the bare trunk (the teacher during training, the reference in evaluation)."""
-        previous, self.gates_enabled = self.gates_enabled, False
-        try:
-            yield
-        finally:
-            self.gates_enabled = previous
 
     def gate_for(self, key: str) -> Lite0Gate | None:
         return self.attention[key] if self.gates_enabled and key in self.attention else None  # type: ignore[return-value]

@@ -9,7 +9,8 @@ channel count of the features it gates (40, 112, 320 or 1280 on Lite0).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -41,6 +42,21 @@ class Lite0Gate(Protocol):
     def seed(self, slope: float, bias: float) -> None: ...
 
     def shape_parameters(self) -> list[nn.Parameter]: ...
+
+
+class Switchable:
+    """A network whose attention can be switched off: ``gates_disabled()`` runs the bare
+    trunk (the teacher during training, the reference for agreement and Grad-CAM)."""
+
+    gates_enabled: bool = True
+
+    @contextmanager
+    def gates_disabled(self) -> Iterator[None]:
+        previous, self.gates_enabled = self.gates_enabled, False
+        try:
+            yield
+        finally:
+            self.gates_enabled = previous
 
 
 def mean_filled(x: Tensor, weights: Tensor, fill: float) -> Tensor:

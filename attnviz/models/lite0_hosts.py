@@ -10,13 +10,11 @@ a host with untrained blocks predicts exactly what the trunk predicts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from torch import Tensor, nn
 
 from attnviz.models.deformable import ResidualDeformable
 from attnviz.models.efficientnet_lite import LITE0_STAGES, EfficientNetLite
+from attnviz.models.gates import Switchable
 from attnviz.models.nonlocal_block import NonLocalBlock
 
 HOST_BLOCK = 10  # the last block of the stride-16 stage
@@ -32,7 +30,7 @@ def block_channels(index: int) -> int:
     raise ValueError(f"Lite0 has no block {index} (0..{ends - 1})")
 
 
-class Lite0WithBlock(nn.Module):
+class Lite0WithBlock(Switchable, nn.Module):
     """``trunk`` blocks 0..N, then ``attention.block{N}``, then the rest of the trunk."""
 
     def __init__(self, block: nn.Module, after: int = HOST_BLOCK, num_classes: int = 1000):
@@ -40,17 +38,6 @@ class Lite0WithBlock(nn.Module):
         self.trunk = EfficientNetLite(num_classes=num_classes)
         self.after = after
         self.attention = nn.ModuleDict({f"block{after}": block})
-        self.block_enabled = True
-
-    @contextmanager
-    def gates_disabled(self) -> Iterator[None]:
-        """Run the bare trunk, without the inserted block (the reference in evaluation:
-        teacher agreement and the trunk's Grad-CAM use it, as for ``lite0-cbam``)."""
-        previous, self.block_enabled = self.block_enabled, False
-        try:
-            yield
-        finally:
-            self.block_enabled = previous
 
     @property
     def block(self) -> nn.Module:
@@ -62,7 +49,7 @@ class Lite0WithBlock(nn.Module):
 
     def forward_from(self, features: Tensor) -> Tensor:
         """Logits from the features entering the block (training caches those)."""
-        if self.block_enabled:
+        if self.gates_enabled:
             features = self.block(features)
         x = self.trunk.run_blocks(features, self.after + 1)
         return self.trunk.head(x)
