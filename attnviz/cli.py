@@ -793,16 +793,16 @@ def _training_run(
     from functools import partial
 
     common = {"data": data, "steps": steps, "holdout": holdout, "seed": seed, "cache": cache}
-    common |= {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
+    # Options left unset take the family's own default.
+    given = {"batch_size": batch_size, "lr": lr, "evidence": evidence}
+    common |= {k: v for k, v in given.items() if v is not None}
     if family == "attnpool":
         from attnviz.train_pool import PoolTrainConfig, train_attention_pool
 
         if target_open is not None:
             raise UsageError("--target-open sets the gate families' budgets, not attnpool's")
-        losses = {"area": sparsity, "evidence": evidence}
-        pool = PoolTrainConfig(**common, **{k: v for k, v in losses.items() if v is not None})
-        if out is not None:
-            pool.out = out
+        chosen = {k: v for k, v in (("out", out), ("area", sparsity)) if v is not None}
+        pool = PoolTrainConfig(**common, **chosen)
         return partial(train_attention_pool, pool), pool.out
 
     from attnviz.train import TrainConfig, train_gates
@@ -811,10 +811,9 @@ def _training_run(
         targets = None if target_open is None else tuple(float(v) for v in target_open.split(","))
     except ValueError:
         raise UsageError(f"--target-open needs numbers like 0.9,0.5, got {target_open!r}") from None
-    losses = {"sparsity": sparsity, "evidence": evidence}
     cfg = TrainConfig(
         **common, family=family, out=out, target_open=targets,
-        **{k: v for k, v in losses.items() if v is not None},
+        **({} if sparsity is None else {"sparsity": sparsity}),
     )  # fmt: skip
     assert cfg.out is not None  # set by __post_init__
     return partial(train_gates, cfg), cfg.out

@@ -66,18 +66,8 @@ def test_layer_all_stacks_one_row_per_layer(tmp_path: Path) -> None:
     code, _ = attnviz("run", photo, "--model", "lite0-cbam", "--out", tmp_path / "one",
                       "--panel-height", "100")  # fmt: skip
     assert code == 0
-    code, output = attnviz(
-        "run",
-        photo,
-        "--model",
-        "lite0-cbam",
-        "--out",
-        tmp_path / "all",
-        "--layer",
-        "all",
-        "--panel-height",
-        "100",
-    )
+    code, output = attnviz("run", photo, "--model", "lite0-cbam", "--out", tmp_path / "all",
+                           "--layer", "all", "--panel-height", "100")  # fmt: skip
     assert code == 0, output
     one = Image.open(tmp_path / "one" / "p.png")
     every = Image.open(tmp_path / "all" / "p.png")
@@ -264,17 +254,8 @@ def test_python_dash_m_runs_the_cli() -> None:
 
 def test_method_gradcam_puts_the_trunks_gradcam_in_place_of_the_weight_map(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg", (120, 80))
-    code, output = attnviz(
-        "run",
-        photo,
-        "--model",
-        "lite0-cbam",
-        "--method",
-        "gradcam",
-        "--save-raw",
-        "--out",
-        tmp_path / "g",
-    )
+    code, output = attnviz("run", photo, "--model", "lite0-cbam", "--method", "gradcam",
+                           "--save-raw", "--out", tmp_path / "g")  # fmt: skip
     assert code == 0, output
     record = manifest(tmp_path / "g")[0]
     assert record["layers"] == ["gradcam:_act_head"]

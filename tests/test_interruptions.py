@@ -30,8 +30,7 @@ from tests.conftest import write_photo
 from tests.toy_models import ToyGated
 
 ATTNVIZ = [sys.executable, "-m", "attnviz", "run"]
-# Enough photos that a run is still going when the test's signal arrives, on a loaded machine.
-PHOTOS = 60
+PHOTOS = 24  # enough that a run is still going when the test's signal arrives
 
 
 def _photos(folder: Path, count: int) -> Path:
@@ -272,8 +271,7 @@ def test_out_of_memory_with_one_image_is_a_clear_error() -> None:
 
 def test_the_first_signal_asks_to_stop_and_a_second_stops_at_once() -> None:
     with GracefulStop() as stop:
-        # raise_signal delivers to this thread; os.kill may pick another one, and the handler
-        # would then run only some bytecodes later, after the check.
+        # raise_signal delivers to this thread (os.kill may pick another of the process's).
         signal.raise_signal(signal.SIGTERM)
         assert stop.requested and stop.signum == signal.SIGTERM
         with pytest.raises(KeyboardInterrupt):
