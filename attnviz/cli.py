@@ -718,7 +718,7 @@ def train(
         float | None,
         typer.Option(
             help="Weight of the opening penalty: squared distance to the targets [default: 10], "
-            "or attnpool's map mean [default: 0.3]."
+            "or attnpool's map mean [default: 0.6]."
         ),
     ] = None,
     evidence: Annotated[

@@ -1,14 +1,17 @@
 """Training ``lite0-attnpool``'s attention-gated pooling by distilling the frozen trunk.
 
 The trunk is untouched by the gate (it only re-weights the classifier's average), so its
-two inputs, block 10's output and the head's features, are computed once per photo and
-cached (fp16); each step runs only the gate and the classifier. The loss uses no labels:
+three inputs, block 4's and block 10's outputs and the head's features, are computed once
+per photo and cached (fp16); each step runs only the gate and the classifier. The loss uses
+no labels:
 
 - KL(trunk || gated): the gated classifier must still predict what the trunk predicts;
 - ``area`` x the map's mean: the gate keeps as few positions as the prediction allows;
-- ``evidence`` x (1 - correlation of the map with the trunk's class evidence), as for the
-  gate families (``train.evidence_mismatch``): KL and area alone pick a sufficient sliver
-  of the object; this term asks the map to follow all of the evidence for the class.
+- ``evidence`` x (1 - correlation of the gate's coarse scores with the trunk's class
+  evidence), as for the gate families (``train.evidence_mismatch``): KL and area alone pick
+  a sufficient sliver of the object; this term asks the scores to follow all of the
+  evidence for the class. It binds the scores before the spread and the sigmoid, so it
+  shapes where the map opens, while the area term alone decides how sharply.
 
 Photos are flipped left-right at random (the cached features with them). An interrupted
 run resumes where it stopped when given the same settings (``train.TrainingState``).
@@ -50,7 +53,7 @@ class PoolTrainConfig:
     steps: int = 600
     batch_size: int = 64
     lr: float = 3e-3
-    area: float = 0.3  # weight of the map's mean opening
+    area: float = 0.6  # weight of the map's mean opening
     evidence: float = 1.0  # weight of (1 - correlation with the trunk's class evidence)
     size: int = 224
     holdout: int = 500  # training photos kept aside to measure agreement
@@ -60,17 +63,19 @@ class PoolTrainConfig:
 
 @dataclass
 class PoolCache:
-    """Per photo: block 10's output, the head's features (both fp16), the trunk's logits."""
+    """Per photo: the gate's three inputs (fp16) and the trunk's logits."""
 
+    fine: Tensor
     local: Tensor
     head: Tensor
     logits: Tensor
 
-    def batch(self, index: Tensor, flip: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        local, head = self.local[index].float(), self.head[index].float()
+    def batch(self, index: Tensor, flip: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(fine, local, head, teacher logits) of the photos at ``index``."""
+        inputs = [t[index].float() for t in (self.fine, self.local, self.head)]
         if flip:
-            local, head = local.flip(-1), head.flip(-1)
-        return local, head, self.logits[index]
+            inputs = [t.flip(-1) for t in inputs]
+        return *inputs, self.logits[index]
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -83,17 +88,18 @@ def cache_trunk(
 ) -> PoolCache:  # fmt: skip
     # Decode and preprocess exactly as `attnviz run` does, so the gate sees what users see.
     loaded = LoadedModel(model, get_spec("lite0-attnpool"), torch.device("cpu"), cfg.size)
-    local, head, logits = [], [], []
+    inputs: list[list[Tensor]] = [[], [], []]
+    logits = []
     for start in range(0, len(files), 50):
         batch = files[start : start + 50]
         x = loaded.preprocess([load_rgb(p) for p in batch])
         features = model.features(x)
         with model.gates_disabled():
             logits.append(model.classify(*features))
-        local.append(features[0].half().contiguous())
-        head.append(features[1].half().contiguous())
+        for kept, feature in zip(inputs, features, strict=True):
+            kept.append(feature.half().contiguous())
         tick(len(batch))
-    return PoolCache(torch.cat(local), torch.cat(head), torch.cat(logits))
+    return PoolCache(*(torch.cat(kept) for kept in inputs), torch.cat(logits))
 
 
 def train_attention_pool(
@@ -123,9 +129,9 @@ def train_attention_pool(
     def compute() -> dict[str, tuple[Tensor, ...]]:
         parts = {"train": cache_trunk(model, train, cfg, tick),
                  "holdout": cache_trunk(model, holdout, cfg, tick)}  # fmt: skip
-        return {name: (p.local, p.head, p.logits) for name, p in parts.items()}
+        return {name: (p.fine, p.local, p.head, p.logits) for name, p in parts.items()}
 
-    key = {"files": [str(p) for p in files], "size": cfg.size, "holdout": cfg.holdout, "v": 1}
+    key = {"files": [str(p) for p in files], "size": cfg.size, "holdout": cfg.holdout, "v": 2}
     cached = cached_tensors(cfg.cache, key, compute)
     train_set, hold_set = PoolCache(*cached["train"]), PoolCache(*cached["holdout"])
 
@@ -142,11 +148,12 @@ def train_attention_pool(
     for step in range(first_step, cfg.steps):
         index = torch.randint(len(train_set), (cfg.batch_size,), generator=generator)
         flip = bool(torch.rand((), generator=generator) < 0.5)
-        local, head, teacher = train_set.batch(index, flip)
-        weights = gate.attention_map(local, head)
+        fine, local, head, teacher = train_set.batch(index, flip)
+        scores = gate.scores(local, head)
+        weights = torch.sigmoid(gate.spread(scores, fine))
         kl = distillation_kl(model.logits(gate.pool(head, weights)), teacher)
         opening = weights.mean()
-        mismatch = evidence_mismatch([weights], model.trunk.class_evidence(head, teacher.argmax(1)))
+        mismatch = evidence_mismatch([scores], model.trunk.class_evidence(head, teacher.argmax(1)))
         loss = kl + cfg.area * opening + cfg.evidence * mismatch
         progress.step(loss, step + 1, cfg.steps, resume_file, this_run)
         on_step(
@@ -176,8 +183,8 @@ def holdout_scores(model: Lite0AttentionPool, photos: PoolCache) -> tuple[float,
     """Top-1 agreement with the trunk, and the map's mean opening, on held-out photos."""
     agree, opening = 0, 0.0
     for index in torch.arange(len(photos)).split(100):
-        local, head, teacher = photos.batch(index)
-        weights = model.gate.attention_map(local, head)
+        fine, local, head, teacher = photos.batch(index)
+        weights = model.gate.attention_map(fine, local, head)
         logits = model.logits(model.gate.pool(head, weights))
         agree += int((logits.argmax(1) == teacher.argmax(1)).sum())
         opening += float(weights.mean(dim=(1, 2, 3)).sum())

@@ -35,10 +35,13 @@ def randomised(gate: AttentionGatedPooling) -> AttentionGatedPooling:
     return gate.eval()
 
 
-def test_the_gate_computes_the_published_additive_attention_and_weights_the_pooling() -> None:
-    gate = randomised(AttentionGatedPooling(local_channels=6, global_channels=10, hidden=4,
-                                            floor=0.25))  # fmt: skip
-    local, head = torch.randn(2, 6, 8, 8), torch.relu(torch.randn(2, 10, 4, 4))
+def test_the_gate_computes_the_published_additive_attention_spread_by_affinity() -> None:
+    gate = AttentionGatedPooling(
+        local_channels=6, global_channels=10, hidden=4, floor=0.25, temperature=0.5, spread_steps=2
+    )
+    gate = randomised(gate)
+    fine = torch.randn(2, 5, 8, 8)
+    local, head = torch.randn(2, 6, 4, 4), torch.relu(torch.randn(2, 10, 2, 2))
 
     def bn(module: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         conv, norm = module[0], module[1]
@@ -48,18 +51,32 @@ def test_the_gate_computes_the_published_additive_attention_and_weights_the_pool
             :, None, None
         ]
 
-    gating = F.interpolate(bn(gate.gating, head), (8, 8), mode="bilinear", align_corners=False)
-    expected_map = torch.sigmoid(
-        F.conv2d(F.relu(bn(gate.local, local) + gating), gate.psi.weight, gate.psi.bias, padding=1)
-    )
-    up = F.interpolate(head, (8, 8), mode="bilinear", align_corners=False)
-    expected_pooled = ((0.25 + 0.75 * expected_map) * up).mean(dim=(2, 3))
+    def up(x: torch.Tensor, size: int) -> torch.Tensor:
+        return F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
+
+    scores = F.conv2d(F.relu(bn(gate.local, local) + up(bn(gate.gating, head), 4)),
+                      gate.psi.weight, gate.psi.bias, padding=1)  # fmt: skip
+    expected_maps = []
+    for n in range(2):  # photo by photo: the affinity matrix of its 64 fine positions
+        f = fine[n].reshape(5, 64)
+        cosine = (f.T @ f) / (f.norm(dim=0)[:, None] * f.norm(dim=0)[None, :])
+        affinity = torch.exp(cosine / 0.5) / torch.exp(cosine / 0.5).sum(dim=1, keepdim=True)
+        spread = torch.linalg.matrix_power(affinity, 2) @ up(scores, 8)[n].reshape(64)
+        expected_maps.append(torch.sigmoid(spread).reshape(1, 8, 8))
+    expected_map = torch.stack(expected_maps)
+    # The classifier averages the head's 2 x 2 cells, each weighted by the mean of the
+    # applied map over the 4 x 4 fine positions it covers.
+    applied = 0.25 + 0.75 * expected_map
+    cell_weights = applied.reshape(2, 1, 2, 4, 2, 4).mean(dim=(3, 5))
+    expected_pooled = (cell_weights * head).mean(dim=(2, 3))
 
     with torch.no_grad():
-        torch.testing.assert_close(gate.attention_map(local, head), expected_map)
-        torch.testing.assert_close(gate(local, head), expected_pooled)
-    # The floor is saved with the weights, so a file says how much plain average it keeps.
-    assert float(gate.state_dict()["floor"]) == 0.25
+        torch.testing.assert_close(gate.attention_map(fine, local, head), expected_map)
+        torch.testing.assert_close(gate(fine, local, head), expected_pooled)
+    # The recipe of the map is saved with the weights, so a file says how it was made.
+    saved = gate.state_dict()
+    recipe = float(saved["floor"]), float(saved["temperature"]), int(saved["spread_steps"])
+    assert recipe == (0.25, 0.5, 2)
 
 
 def test_with_the_gate_disabled_the_model_is_the_bare_trunk() -> None:
@@ -77,7 +94,7 @@ def test_with_the_gate_disabled_the_model_is_the_bare_trunk() -> None:
         torch.testing.assert_close(model(x), trunk(x), rtol=1e-4, atol=1e-4)
 
 
-def test_the_capture_is_the_stride_16_map_the_classifier_pools_with() -> None:
+def test_the_capture_is_the_stride_8_map_the_classifier_pools_with() -> None:
     model = attnviz.load_model("lite0-attnpool", device="cpu")
     assert model.spec.default_layer is not None
     photos = [load_rgb(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
@@ -89,13 +106,14 @@ def test_the_capture_is_the_stride_16_map_the_classifier_pools_with() -> None:
     net = model.net
     assert isinstance(net, Lite0AttentionPool)
     with torch.inference_mode():
-        local, head = net.features(x)
-        expected = net.gate.attention_map(local, head)
-    assert capture.weights.shape == (len(photos), 1, 14, 14)
+        expected = net.gate.attention_map(*net.features(x))
+    assert capture.weights.shape == (len(photos), 1, 28, 28)
     torch.testing.assert_close(capture.weights, expected)
-    # A trained gate: every photo's map spans most of (0, 1), and photos get their own maps.
+    # A trained gate: it closes over most of every photo and opens on part of it (on these
+    # four photos its peaks run from 0.13 to 0.57), and photos get their own maps.
     weights = capture.weights[:, 0]
-    assert ((weights.amax(dim=(1, 2)) - weights.amin(dim=(1, 2))) > 0.3).all()
+    assert (weights.amin(dim=(1, 2)) < 0.05).all() and (weights.amax(dim=(1, 2)) > 0.1).all()
+    assert weights.amax() > 0.5
     assert (weights[0] - weights[1]).abs().mean() > 0.02
 
 

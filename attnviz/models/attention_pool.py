@@ -2,16 +2,22 @@
 
 "Learn to Pay Attention" (Jetley et al., ICLR 2018) scores local features against the
 network's global descriptor and pools by those scores; Attention U-Net (Oktay et al., 2018)
-gates its skip features additively with a coarser gating signal:
+gates its skip features additively with a coarser gating signal. Here the gate's scores are
+then spread along the affinities of finer features, a non-local step (Wang et al., 2018)
+whose attention weights are fixed by feature similarity, as in affinity-based refinement of
+class maps (Ahn and Kwak, CVPR 2018):
 
-    M = sigmoid(psi(ReLU(W_x x + up(W_g g))))        x: block 10, 14 x 14; g: head, 7 x 7
-    pooled = mean((floor + (1 - floor) M) * up(g))    logits = fc(gain * pooled)
+    s = psi(ReLU(W_x x + up(W_g g)))          x: block 10, 14 x 14; g: head, 7 x 7
+    A = softmax_j(cos(f_i, f_j) / T)          f: block 4, 28 x 28 (stride 8)
+    M = sigmoid(A^k up(s))                    what attnviz shows
+    pooled = mean(avg(floor + (1 - floor) M) * g)    logits = fc(gain * pooled)
 
-``M`` is what attnviz shows: a stride-16 map computed from the local features with the
-head's features as the gating signal. The trunk itself is untouched; the gate only
-re-weights which positions the classifier averages. ``floor`` keeps part of the plain
-average, so the trunk's context still reaches the classifier while ``M`` picks the
-object (training pulls ``M`` towards a small opening; see ``train_pool``).
+where avg averages the map over each head cell. ``M`` is a stride-8 map: the coarse scores
+say where the class evidence is, the affinities carry it to the whole region that looks
+alike, so the map follows the object's extent rather than its most telling part. The trunk
+itself is untouched; the gate only re-weights which positions the classifier averages.
+``floor`` keeps part of the plain average, so the trunk's context still reaches the
+classifier while ``M`` picks the object (see ``train_pool``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from attnviz.attention.protocol import AttentionCapture
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.gates import Switchable
 
+FINE_BLOCK = 4  # the last block of the stride-8 stage: 40 channels, 28 x 28 at 224 px
 LOCAL_BLOCK = 10  # the last block of the stride-16 stage: 112 channels, 14 x 14 at 224 px
 HEAD_CHANNELS = 1280
 
@@ -32,9 +39,15 @@ def upsample(x: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
     return F.interpolate(x, size, mode="bilinear", align_corners=False)
 
 
+def affinities(fine: Tensor, temperature: float) -> Tensor:
+    """(N, HW, HW): row i is softmax_j(cos(f_i, f_j) / temperature) over the fine grid."""
+    unit = F.normalize(fine.flatten(2), dim=1)
+    return (unit.transpose(1, 2) @ unit / temperature).softmax(dim=-1)
+
+
 class AttentionGatedPooling(nn.Module):
-    """Additive attention gate over local features, steered by the head's features, that
-    weights the average pooling of the head's features."""
+    """Additive attention gate over local features, steered by the head's features and
+    spread along finer features' affinities, that weights the head's average pooling."""
 
     attention_family = "attention-pool"
 
@@ -45,37 +58,52 @@ class AttentionGatedPooling(nn.Module):
         hidden: int = 64,
         context: int = 3,
         floor: float = 0.5,
+        temperature: float = 0.1,
+        spread_steps: int = 3,
     ) -> None:
         super().__init__()
         self.local = nn.Sequential(nn.Conv2d(local_channels, hidden, 1), nn.BatchNorm2d(hidden))
         self.gating = nn.Sequential(nn.Conv2d(global_channels, hidden, 1), nn.BatchNorm2d(hidden))
         self.psi = nn.Conv2d(hidden, 1, context, padding=context // 2)
-        # Saved with the weights: the file says how much of the plain average is kept.
+        # Saved with the weights, so a file says how its map was made: how much of the plain
+        # average is kept, and how sharply and how far the scores spread.
         self.register_buffer("floor", torch.tensor(float(floor)))
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.register_buffer("spread_steps", torch.tensor(int(spread_steps)))
 
-    def attention_map(self, local: Tensor, head: Tensor) -> Tensor:
-        """M, (N, 1, h, w) on the local features' grid, in (0, 1)."""
+    def scores(self, local: Tensor, head: Tensor) -> Tensor:
+        """s, the coarse logits on the local features' grid, (N, 1, h, w)."""
         gating = upsample(self.gating(head), local.shape[-2:])
-        return torch.sigmoid(self.psi(F.relu(self.local(local) + gating)))
+        return self.psi(F.relu(self.local(local) + gating))
 
-    def applied(self, weights: Tensor) -> Tensor:
-        """What multiplies each position of the pooled features: floor + (1 - floor) M."""
-        return self.floor + (1.0 - self.floor) * weights
+    def spread(self, scores: Tensor, fine: Tensor) -> Tensor:
+        """A^k up(s) on the fine grid, (N, 1, H, W)."""
+        affinity = affinities(fine, float(self.temperature))
+        spread = upsample(scores, fine.shape[-2:]).flatten(2).transpose(1, 2)  # (N, HW, 1)
+        for _ in range(int(self.spread_steps)):
+            spread = affinity @ spread
+        return spread.transpose(1, 2).reshape(len(fine), 1, *fine.shape[-2:])
+
+    def attention_map(self, fine: Tensor, local: Tensor, head: Tensor) -> Tensor:
+        """M, (N, 1, H, W) on the fine features' grid, in (0, 1)."""
+        return torch.sigmoid(self.spread(self.scores(local, head), fine))
 
     def weighted(self, head: Tensor, weights: Tensor) -> Tensor:
-        """The head's features on the map's grid, times the applied weights."""
-        return self.applied(weights) * upsample(head, weights.shape[-2:])
+        """The head's features times the applied weights, floor + (1 - floor) M, averaged
+        over each head cell: what the classifier averages."""
+        applied = self.floor + (1.0 - self.floor) * weights
+        return F.adaptive_avg_pool2d(applied, head.shape[-2:]) * head
 
     def pool(self, head: Tensor, weights: Tensor) -> Tensor:
         """(N, C): what the classifier gets, the weighted features averaged."""
         return self.weighted(head, weights).mean(dim=(2, 3))
 
-    def forward(self, local: Tensor, head: Tensor) -> Tensor:
-        return self.pool(head, self.attention_map(local, head))
+    def forward(self, fine: Tensor, local: Tensor, head: Tensor) -> Tensor:
+        return self.pool(head, self.attention_map(fine, local, head))
 
     def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
-        local, head = inputs[0], inputs[1]
-        weights = self.attention_map(local, head)
+        fine, local, head = inputs[0], inputs[1], inputs[2]
+        weights = self.attention_map(fine, local, head)
         # Panel 3 shows what the classifier averages: the applied weights times the features.
         return AttentionCapture.from_weighted(weights, self.weighted(head, weights))
 
@@ -94,19 +122,20 @@ class Lite0AttentionPool(Switchable, nn.Module):
     def gate(self) -> AttentionGatedPooling:
         return self.attention["pool"]  # type: ignore[return-value]
 
-    def features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The gate's inputs: block 10's output and the head's features."""
-        local = self.trunk.run_blocks(self.trunk.stem(x), 0, LOCAL_BLOCK + 1)
-        return local, self.trunk.head_features(self.trunk.run_blocks(local, LOCAL_BLOCK + 1))
+    def features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The gate's inputs: block 4's and block 10's outputs and the head's features."""
+        fine = self.trunk.run_blocks(self.trunk.stem(x), 0, FINE_BLOCK + 1)
+        local = self.trunk.run_blocks(fine, FINE_BLOCK + 1, LOCAL_BLOCK + 1)
+        return fine, local, self.trunk.head_features(self.trunk.run_blocks(local, LOCAL_BLOCK + 1))
 
     def logits(self, pooled: Tensor) -> Tensor:
         """The classifier on the gate's pooled features (their scale given back)."""
         return self.trunk._fc(self.pool_gain * pooled)
 
-    def classify(self, local: Tensor, head: Tensor) -> Tensor:
+    def classify(self, fine: Tensor, local: Tensor, head: Tensor) -> Tensor:
         if not self.gates_enabled:
             return self.trunk._fc(head.mean(dim=(2, 3)))
-        return self.logits(self.gate(local, head))  # through __call__: hooks see the gate
+        return self.logits(self.gate(fine, local, head))  # through __call__: hooks see the gate
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classify(*self.features(x))

@@ -220,8 +220,9 @@ MODELS: dict[str, ModelSpec] = {
             "attention-pool",
             224,
             WeightsSource.SHIPPED,
-            "EfficientNet-Lite0 (ImageNet) whose average pooling is weighted by a stride-16 "
-            "attention gate (block 10's features, steered by the head's)",
+            "EfficientNet-Lite0 (ImageNet) whose average pooling is weighted by a stride-8 "
+            "attention gate (block 10's features steered by the head's, spread along block "
+            "4's affinities)",
             build_lite0_attnpool,
             (0.5, 0.5, 0.5),
             (0.5, 0.5, 0.5),
