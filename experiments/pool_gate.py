@@ -7,8 +7,14 @@ weights the pooling of the head's features (upsampled to that grid): logits =
 fc(gain * mean(M * up(h))). The trunk itself is untouched, so the gate changes only which
 positions the classifier averages.
 
+With ``--propagate K`` the gate's scores are spread K times along block 4's affinities
+before the sigmoid (the shipped gate, ``attnviz.models.attention_pool``), the map is on
+block 4's grid, the evidence term binds the scores instead of the map, and the classifier
+weights each head cell by the map's mean over it.
+
     uv run python experiments/pool_gate.py cache      # once: features of every photo
     uv run python experiments/pool_gate.py train --local 10 --area 1
+    uv run python experiments/pool_gate.py train --floor 0.5 --evidence 1 --propagate 3 --area 0.6
 
 `cache` stores, for the split of `attnviz train` (9,000 photos shuffled with seed 0, the
 first 500 held out) and for boxes-dev, block 4's and block 10's outputs, the head
@@ -32,6 +38,7 @@ from attnviz.evaluate import read_boxes
 from attnviz.io import load_rgb
 from attnviz.localization import LocalizationScores, to_unit_map
 from attnviz.models import LoadedModel
+from attnviz.models.attention_pool import affinities
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.registry import get_spec, lite0_trunk_file
 from attnviz.models.weights import read_state_dict
@@ -84,9 +91,25 @@ class PoolGate(nn.Module):
         self.wg = nn.Sequential(nn.Conv2d(1280, hidden, 1), nn.BatchNorm2d(hidden))
         self.psi = nn.Conv2d(hidden, 1, context, padding=context // 2)
 
-    def forward(self, x: Tensor, g: Tensor) -> Tensor:
+    def scores(self, x: Tensor, g: Tensor) -> Tensor:
         up = F.interpolate(self.wg(g), x.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.sigmoid(self.psi(F.relu(self.wx(x) + up)))
+        return self.psi(F.relu(self.wx(x) + up))
+
+    def forward(self, x: Tensor, g: Tensor) -> Tensor:
+        return torch.sigmoid(self.scores(x, g))
+
+
+def propagate(scores: Tensor, fine: Tensor, temperature: float, steps: int) -> Tensor:
+    """Spread per-position scores along the fine features' affinities: A^steps up(s)."""
+    s = F.interpolate(scores, fine.shape[-2:], mode="bilinear", align_corners=False)
+    out = []
+    for start in range(0, len(fine), 8):  # chunks small enough for malloc to reuse
+        affinity = affinities(fine[start : start + 8], temperature)
+        r = s[start : start + 8].flatten(2).transpose(1, 2)
+        for _ in range(steps):
+            r = affinity @ r
+        out.append(r)
+    return torch.cat(out).transpose(1, 2).reshape(s.shape)
 
 
 def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:
@@ -100,18 +123,28 @@ def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:
     generator = torch.Generator().manual_seed(0)
 
     def logits_of(m: Tensor, h: Tensor, keep: bool = True) -> Tensor:
-        up = F.interpolate(h, m.shape[-2:], mode="bilinear", align_corners=False)
         w = args.floor + (1 - args.floor) * (m if keep else 1 - m)
+        if args.propagate:  # the map averaged over each head cell weights the head's grid
+            return net._fc(gain * (F.adaptive_avg_pool2d(w, h.shape[-2:]) * h).mean((2, 3)))
+        up = F.interpolate(h, m.shape[-2:], mode="bilinear", align_corners=False)
         return net._fc(gain * (w * up).mean((2, 3)))
 
     started = time.time()
     for step in range(args.steps):
         index = torch.randint(len(data["h"]), (args.batch_size,), generator=generator)
         x, h, teacher = data[key][index].float(), data["h"][index].float(), data["l"][index]
-        if torch.rand((), generator=generator) < 0.5:
+        flipped = bool(torch.rand((), generator=generator) < 0.5)
+        if flipped:
             x, h = x.flip(-1), h.flip(-1)
         gate.train()
-        m = gate(x, h)
+        if args.propagate:
+            fine = data["b4"][index].float()
+            if flipped:
+                fine = fine.flip(-1)
+            coarse = gate.scores(x, h)
+            m = torch.sigmoid(propagate(coarse, fine, args.temperature, args.propagate))
+        else:
+            m = gate(x, h)
         logits = logits_of(m, h)
         kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher, 1), log_target=True,
                       reduction="batchmean")  # fmt: skip
@@ -121,8 +154,9 @@ def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:
             loss = loss + args.hard * F.cross_entropy(logits, teacher.argmax(1))
         if args.evidence:  # 1 - correlation with the trunk's class evidence (CAM), upsampled
             cam = torch.einsum("nchw,nc->nhw", h, net._fc.weight[teacher.argmax(1)])[:, None]
-            cam = F.interpolate(cam, m.shape[-2:], mode="bilinear", align_corners=False)
-            a = m.flatten(1) - m.flatten(1).mean(1, keepdim=True)
+            on = coarse if args.propagate else m  # propagated: the coarse scores follow the CAM
+            cam = F.interpolate(cam, on.shape[-2:], mode="bilinear", align_corners=False)
+            a = on.flatten(1) - on.flatten(1).mean(1, keepdim=True)
             b = cam.flatten(1) - cam.flatten(1).mean(1, keepdim=True)
             corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
             loss = loss + args.evidence * (1 - corr).mean()
@@ -149,7 +183,12 @@ def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:
         maps, top1 = [], []
         for start in range(0, len(split["h"]), 100):
             x, h = split[key][start : start + 100].float(), split["h"][start : start + 100].float()
-            m = gate(x, h)
+            if args.propagate:
+                fine = split["b4"][start : start + 100].float()
+                m = torch.sigmoid(propagate(gate.scores(x, h), fine, args.temperature,
+                                            args.propagate))  # fmt: skip
+            else:
+                m = gate(x, h)
             maps.append(m)
             top1.append(logits_of(m, h).argmax(1))
         return torch.cat(maps), torch.cat(top1)
@@ -195,6 +234,9 @@ def main() -> None:
     parser.add_argument("--hard", type=float, default=0.0, help="weight of CE on trunk top-1")
     parser.add_argument("--floor", type=float, default=0.0, help="pool (floor + (1-floor) M) h")
     parser.add_argument("--evidence", type=float, default=0.0, help="weight of 1 - corr(M, CAM)")
+    parser.add_argument("--propagate", type=int, default=0,
+                        help="steps of affinity propagation on block 4's features")  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=0.1, help="of the affinities")
     parser.add_argument("--save", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(2)

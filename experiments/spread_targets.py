@@ -1,0 +1,67 @@
+"""Experiment: how would the trunk's own class evidence score if it were spread along the
+affinities of finer features? No training: this asks which map shapes are worth learning.
+
+The class activation map (CAM) of the trunk's top-1 class marks the most telling part of
+the object at stride 32. Spreading it k times along A = softmax_j(cos(f_i, f_j) / T) of a
+finer feature map f (block 10, stride 16, or block 4, stride 8) carries it over the region
+that looks alike (as affinity-based refinement of class maps does). Scored on boxes-dev,
+so this is a look at the development set, not a choice made on a training split.
+
+    uv run python experiments/pool_gate.py cache        # once
+    uv run python experiments/spread_targets.py
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pool_gate import CACHE, DATA, trunk
+from torch import Tensor
+
+from attnviz.evaluate import read_boxes
+from attnviz.localization import LocalizationScores, to_unit_map
+from attnviz.models.attention_pool import affinities
+
+
+def spread(cam: Tensor, fine: Tensor, temperature: float, steps: int) -> Tensor:
+    size = fine.shape[-2:]
+    scores = F.interpolate(cam, size, mode="bilinear", align_corners=False).clamp(min=0)
+    out = []
+    for start in range(0, len(fine), 20):
+        affinity = affinities(fine[start : start + 20], temperature)
+        s = scores[start : start + 20].flatten(2).transpose(1, 2)
+        for _ in range(steps):
+            s = affinity @ s
+        out.append(s.transpose(1, 2).reshape(-1, 1, *size))
+    return torch.cat(out)
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    net = trunk()
+    dev = torch.load(CACHE / "dev.pt", weights_only=True)
+    photos = read_boxes(DATA / "boxes-dev" / "boxes.csv", DATA / "boxes-dev" / "images")
+    head = dev["h"].float()
+    cam = torch.einsum("nchw,nc->nhw", head, net._fc.weight[dev["l"].argmax(1)])[:, None]
+
+    def report(name: str, maps: Tensor) -> None:
+        scores = LocalizationScores()
+        for i, photo in enumerate(photos):
+            scores.add(to_unit_map(maps[i, 0].numpy(), 224, 224), photo.boxes)
+        s = scores.summary()
+        print(f"| {name} | {s['pointing']:.1f} | {s['energy']:.1f} | {s['maxboxacc_v2']:.1f} |")
+
+    print("| map | pointing | energy | MaxBoxAccV2 |\n| --- | --- | --- | --- |")
+    report("CAM (stride 32)", cam)
+    for block, key in ((10, "b10"), (4, "b4")):
+        fine = dev[key].float()
+        for temperature in (0.05, 0.1):
+            for steps in (1, 3):
+                maps = spread(cam, fine, temperature, steps)
+                report(f"CAM spread on block {block}, T {temperature}, {steps} steps", maps)
+                if (block, temperature, steps) == (4, 0.1, 3):
+                    report("the same, cubed (sharper; the box scores barely move)", maps**3)
+
+
+if __name__ == "__main__":
+    main()
