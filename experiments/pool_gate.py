@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnviz.evaluate import read_boxes
+from attnviz.evaluate import BoxedPhoto, read_boxes
 from attnviz.io import load_rgb
 from attnviz.localization import LocalizationScores, to_unit_map
 from attnviz.models import LoadedModel
@@ -74,12 +74,27 @@ def cache_features(net: EfficientNetLite, files: list[Path], path: Path) -> None
 
 def cache(net: EfficientNetLite) -> None:
     CACHE.mkdir(exist_ok=True)
-    files = find_images([DATA / "imagenette-train", DATA / "imagenet-sample"])
-    random.Random(0).shuffle(files)  # the split `attnviz train` uses
+    files = training_split()
     photos = read_boxes(DATA / "boxes-dev" / "boxes.csv", DATA / "boxes-dev" / "images")
     cache_features(net, [p.path for p in photos], CACHE / "dev.pt")
     cache_features(net, files[:500], CACHE / "holdout.pt")
     cache_features(net, files[500:], CACHE / "train.pt")
+
+
+def training_split() -> list[Path]:
+    """The photos of `attnviz train` in its order: the first 500 are held out."""
+    files = find_images([DATA / "imagenette-train", DATA / "imagenet-sample"])
+    random.Random(0).shuffle(files)
+    return files
+
+
+def box_scores(maps: Tensor, photos: list[BoxedPhoto]) -> dict[str, float]:
+    """Pointing, energy and MaxBoxAccV2 of 224-px photos' maps, rounded to 0.1."""
+    scores = LocalizationScores()
+    for m, photo in zip(maps, photos, strict=True):
+        native = cv2.resize(m[0].numpy(), (224, 224), interpolation=cv2.INTER_LINEAR)
+        scores.add(to_unit_map(native, 224, 224), photo.boxes)
+    return {k: round(v, 1) for k, v in scores.summary().items()}
 
 
 class PoolGate(nn.Module):
@@ -130,7 +145,11 @@ def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:
         return net._fc(gain * (w * up).mean((2, 3)))
 
     started = time.time()
-    for step in range(args.steps):
+    if args.load:  # a gate saved by an earlier run with the same flags: score it only
+        saved = torch.load(args.load, weights_only=True)
+        gate.load_state_dict(saved["gate"])
+        gain.data.copy_(saved["gain"])
+    for step in range(0 if args.load else args.steps):
         index = torch.randint(len(data["h"]), (args.batch_size,), generator=generator)
         x, h, teacher = data[key][index].float(), data["h"][index].float(), data["l"][index]
         flipped = bool(torch.rand((), generator=generator) < 0.5)
@@ -194,24 +213,24 @@ def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:
         return torch.cat(maps), torch.cat(top1)
 
     holdout = torch.load(CACHE / "holdout.pt", weights_only=True)
-    _, top1 = maps_and_top1(holdout)
+    maps, top1 = maps_and_top1(holdout)
     result: dict[str, object] = {
         "args": vars(args),
         "holdout_agreement": 100 * (top1 == holdout["l"].argmax(1)).float().mean().item(),
     }
+    if args.train_boxes:  # the held-out training photos that have boxes drawn by us
+        where = {path: i for i, path in enumerate(training_split()[:500])}
+        boxed = read_boxes(args.train_boxes, DATA / "imagenette-train")
+        result["train_boxes_scores"] = box_scores(maps[[where[p.path] for p in boxed]], boxed)
     dev = torch.load(CACHE / "dev.pt", weights_only=True)
     maps, top1 = maps_and_top1(dev)
     photos = read_boxes(DATA / "boxes-dev" / "boxes.csv", DATA / "boxes-dev" / "images")
-    scores = LocalizationScores()
-    for i, photo in enumerate(photos):
-        native = cv2.resize(maps[i, 0].numpy(), (224, 224), interpolation=cv2.INTER_LINEAR)
-        scores.add(to_unit_map(native, 224, 224), photo.boxes)
     labels = torch.tensor([p.label for p in photos])
     result |= {
         "dev_agreement": 100 * (top1 == dev["l"].argmax(1)).float().mean().item(),
         "dev_top1": 100 * (top1 == labels).float().mean().item(),
         "dev_map_range": [float(maps.amin((1, 2, 3)).mean()), float(maps.amax((1, 2, 3)).mean())],
-        "dev_scores": {k: round(v, 1) for k, v in scores.summary().items()},
+        "dev_scores": box_scores(maps, photos),
     }
     if args.save:
         torch.save({"gate": gate.state_dict(), "gain": gain.detach()}, args.save)
@@ -237,14 +256,17 @@ def main() -> None:
     parser.add_argument("--propagate", type=int, default=0,
                         help="steps of affinity propagation on block 4's features")  # fmt: skip
     parser.add_argument("--temperature", type=float, default=0.1, help="of the affinities")
+    parser.add_argument("--train-boxes", type=Path, default=None,
+                        help="boxes drawn on held-out training photos")  # fmt: skip
     parser.add_argument("--save", type=Path, default=None)
+    parser.add_argument("--load", type=Path, default=None, help="score a saved gate, no training")
     args = parser.parse_args()
     torch.set_num_threads(2)
     net = trunk()
     if args.command == "cache":
         cache(net)
     else:
-        print(json.dumps(train(net, args)))
+        print(json.dumps(train(net, args), default=str))
 
 
 if __name__ == "__main__":

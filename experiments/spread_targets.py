@@ -5,21 +5,23 @@ The class activation map (CAM) of the trunk's top-1 class marks the most telling
 the object at stride 32. Spreading it k times along A = softmax_j(cos(f_i, f_j) / T) of a
 finer feature map f (block 10, stride 16, or block 4, stride 8) carries it over the region
 that looks alike (as affinity-based refinement of class maps does). Scored on boxes-dev,
-so this is a look at the development set, not a choice made on a training split.
+or with ``--train-boxes`` on the held-out training photos that have boxes drawn by us.
 
     uv run python experiments/pool_gate.py cache        # once
-    uv run python experiments/spread_targets.py
+    uv run python experiments/spread_targets.py [--train-boxes experiments/boxes-train.csv]
 """
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
-from pool_gate import CACHE, DATA, trunk
+from pool_gate import CACHE, DATA, box_scores, training_split, trunk
 from torch import Tensor
 
 from attnviz.evaluate import read_boxes
-from attnviz.localization import LocalizationScores, to_unit_map
 from attnviz.models.attention_pool import affinities
 
 
@@ -37,24 +39,31 @@ def spread(cam: Tensor, fine: Tensor, temperature: float, steps: int) -> Tensor:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-boxes", type=Path, default=None)
+    args = parser.parse_args()
     torch.set_num_threads(2)
     net = trunk()
-    dev = torch.load(CACHE / "dev.pt", weights_only=True)
-    photos = read_boxes(DATA / "boxes-dev" / "boxes.csv", DATA / "boxes-dev" / "images")
-    head = dev["h"].float()
-    cam = torch.einsum("nchw,nc->nhw", head, net._fc.weight[dev["l"].argmax(1)])[:, None]
+    if args.train_boxes:
+        split = torch.load(CACHE / "holdout.pt", weights_only=True)
+        photos = read_boxes(args.train_boxes, DATA / "imagenette-train")
+        where = {path: i for i, path in enumerate(training_split()[:500])}
+        index = torch.tensor([where[p.path] for p in photos])
+        split = {k: v[index] for k, v in split.items()}
+    else:
+        split = torch.load(CACHE / "dev.pt", weights_only=True)
+        photos = read_boxes(DATA / "boxes-dev" / "boxes.csv", DATA / "boxes-dev" / "images")
+    head = split["h"].float()
+    cam = torch.einsum("nchw,nc->nhw", head, net._fc.weight[split["l"].argmax(1)])[:, None]
 
     def report(name: str, maps: Tensor) -> None:
-        scores = LocalizationScores()
-        for i, photo in enumerate(photos):
-            scores.add(to_unit_map(maps[i, 0].numpy(), 224, 224), photo.boxes)
-        s = scores.summary()
+        s = box_scores(maps, photos)
         print(f"| {name} | {s['pointing']:.1f} | {s['energy']:.1f} | {s['maxboxacc_v2']:.1f} |")
 
     print("| map | pointing | energy | MaxBoxAccV2 |\n| --- | --- | --- | --- |")
     report("CAM (stride 32)", cam)
     for block, key in ((10, "b10"), (4, "b4")):
-        fine = dev[key].float()
+        fine = split[key].float()
         for temperature in (0.05, 0.1):
             for steps in (1, 3):
                 maps = spread(cam, fine, temperature, steps)
