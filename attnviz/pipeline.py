@@ -29,7 +29,7 @@ from torch import Tensor
 import attnviz
 from attnviz import DEFAULT_MODEL
 from attnviz.api import layer_maps
-from attnviz.attention import capture_maps, select_layers
+from attnviz.attention import capture_maps, reads_query, select_layers
 from attnviz.attention.capture import user_selected
 from attnviz.attention.protocol import query_points
 from attnviz.errors import AttnvizError, OutputError, UsageError
@@ -824,6 +824,8 @@ def make_runner(
     result (for a gradcam panel beside the attention maps); ``parts`` and ``query`` as in
     RunOptions."""
     if method == "gradcam":
+        if query is not None:
+            raise UsageError("--query picks a non-local layer's query point; Grad-CAM has none")
         if layer is not None and layer not in dict(model.net.named_modules()):
             names = [n for n, _ in model.net.named_modules() if n]
             close = difflib.get_close_matches(layer, names, n=3)
@@ -831,6 +833,11 @@ def make_runner(
             raise UsageError(f"--method gradcam: the model has no module {layer!r}{hint}")
         return GradCamRunner(model, layer, forward_batch(model.device))
     layers = select_layers(model.net, layer or model.spec.default_layer)
+    if query is not None and not reads_query(model.net, layers):
+        raise UsageError(
+            f"--query picks a non-local layer's query point; {', '.join(layers)} "
+            f"{'reads' if len(layers) == 1 else 'read'} none (attnviz layers lists them)"
+        )
     _check_user_selections(model, layers)
     return BatchRunner(
         model, layers, with_gradcam, forward_batch(model.device), parts=parts, query=query

@@ -124,6 +124,18 @@ def test_cli_query_must_be_two_pixel_coordinates(tmp_path: Path) -> None:
         assert not (tmp_path / "o").exists()
 
 
+def test_cli_query_is_refused_where_no_chosen_layer_reads_a_query_point(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.png", (96, 64))
+    for flags, named in ((["--model", "lite0-cbam"], "attention.head reads none"),
+                         (["--model", "lite0-cbam", "--layer", "all"], "read none"),
+                         (["--method", "gradcam"], "Grad-CAM has none")):  # fmt: skip
+        out = tmp_path / "out"
+        code, output = attnviz("run", photo, *flags, "--query", "10,10", "--out", out)
+        assert code == 2, (flags, output)
+        assert "--query" in output and named in output and "Traceback" not in output
+        assert not (out / "p.png").exists()
+
+
 def test_cli_norm_fixed_reaches_the_parts_rows(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.png")
     out = tmp_path / "out"

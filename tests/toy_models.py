@@ -42,6 +42,7 @@ class ToyPointAttention(nn.Module):
     and 0 elsewhere; the query is ``--query`` (QUERY_POINTS) or, by default, the grid's centre."""
 
     attention_family = "toy-point"
+    reads_query_point = True
 
     def forward(self, x: Tensor) -> Tensor:
         return x

@@ -1,4 +1,4 @@
-from attnviz.attention.capture import capture_maps, select_layers
+from attnviz.attention.capture import capture_maps, reads_query, select_layers
 from attnviz.attention.protocol import (
     AttentionCapture,
     SpatialAttention,
@@ -12,5 +12,6 @@ __all__ = [
     "attention_layers",
     "capture_maps",
     "is_spatial_attention",
+    "reads_query",
     "select_layers",
 ]

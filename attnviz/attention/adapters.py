@@ -39,6 +39,7 @@ class Adapter:
     covers: tuple[str, ...] = ()
     # A class can hold spatial attention or not depending on how it was built.
     accepts: Callable[[nn.Module], bool] | None = None
+    reads_query: bool = False  # its map is the row of the --query point (QUERY_POINTS)
 
     def _function(self) -> Callable[..., object]:
         module_name, _, function = self.path.partition(":")
@@ -84,7 +85,7 @@ ADAPTERS: dict[str, Adapter] = {
         accepts=_has_spatial_attention,
     ),
     "timm.layers.non_local_attn.NonLocalAttn": Adapter(
-        "non-local", "attnviz.models.non_local_timm:capture_timm_non_local"
+        "non-local", "attnviz.models.non_local_timm:capture_timm_non_local", reads_query=True
     ),
 }
 

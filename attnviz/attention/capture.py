@@ -88,6 +88,15 @@ def user_selected(model: nn.Module, names: Sequence[str]) -> list[str]:
     return [name for name in names if capturer_for(modules[name]) is None]
 
 
+def reads_query(model: nn.Module, names: Sequence[str]) -> bool:
+    """Whether any of the layers ``names`` shows one query point's attention (--query)."""
+    modules = dict(model.named_modules())
+    return any(
+        (capturer := capturer_for(modules[name])) is not None and capturer.reads_query
+        for name in names
+    )
+
+
 def layer_capturer(name: str, module: nn.Module) -> Capturer:
     """How the layer ``name`` is read: its protocol or adapter, else as a user selection."""
     found = capturer_for(module)

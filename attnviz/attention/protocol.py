@@ -73,7 +73,9 @@ class SpatialAttention(Protocol):
 
 # Query points for attention that is read from a point (a non-local block's HW x HW map):
 # (N, 2) as (x, y) fractions of each photo's width and height, or None for the module's own
-# choice. The pipeline sets it around a forward pass (``--query``); captures read it.
+# choice. The pipeline sets it around a forward pass (``--query``); captures read it. A module
+# whose map reads it sets ``reads_query_point = True`` (adapters: ``reads_query``), so that
+# --query is refused for layers that would ignore it.
 QUERY_POINTS: ContextVar[Tensor | None] = ContextVar("attnviz_query_points", default=None)
 
 
@@ -121,20 +123,31 @@ class Capturer:
     found_by: FoundBy
     attach: Attach
     covers: tuple[str, ...] = ()
+    # The map is one query point's attention, and --query (QUERY_POINTS) picks the point.
+    reads_query: bool = False
 
 
 def capturer_for(module: nn.Module) -> Capturer | None:
     """The module's own protocol, else an adapter for its class, else None."""
     if is_spatial_attention(module):
         capture = module.capture_attention  # type: ignore[attr-defined]
-        return Capturer(module.attention_family, "protocol", on_forward(module, capture))  # type: ignore[attr-defined]
+        return Capturer(
+            module.attention_family,  # type: ignore[attr-defined]
+            "protocol",
+            on_forward(module, capture),
+            reads_query=getattr(module, "reads_query_point", False),
+        )
     from attnviz.attention.adapters import adapter_for
 
     adapter = adapter_for(module)
     if adapter is None:
         return None
     return Capturer(
-        adapter.family, "adapter", lambda sink: adapter.attach(module, sink), adapter.covers
+        adapter.family,
+        "adapter",
+        lambda sink: adapter.attach(module, sink),
+        adapter.covers,
+        adapter.reads_query,
     )
 
 

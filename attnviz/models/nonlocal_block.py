@@ -30,6 +30,7 @@ class NonLocalBlock(nn.Module):
     """Embedded-Gaussian non-local block with a zero-initialised residual branch."""
 
     attention_family = "non-local"
+    reads_query_point = True  # --query picks the position whose attention row is shown
 
     def __init__(
         self,
