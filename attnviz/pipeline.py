@@ -836,7 +836,8 @@ def make_runner(
     if query is not None and not reads_query(model.net, layers):
         raise UsageError(
             f"--query picks a non-local layer's query point; {', '.join(layers)} "
-            f"{'reads' if len(layers) == 1 else 'read'} none (attnviz layers lists them)"
+            f"{'reads' if len(layers) == 1 else 'read'} none (a layer that does sets "
+            "reads_query_point = True)"
         )
     _check_user_selections(model, layers)
     return BatchRunner(

@@ -11,7 +11,7 @@ no labels:
   evidence), as for the gate families (``train.evidence_mismatch``): KL and area alone pick
   a sufficient sliver of the object; this term asks the scores to follow all of the
   evidence for the class. It binds the scores before the spread and the sigmoid, so it
-  shapes where the map opens, while the area term alone decides how sharply.
+  shapes where the map opens, while the area and KL terms decide how sharply.
 
 Photos are flipped left-right at random (the cached features with them). An interrupted
 run resumes where it stopped when given the same settings (``train.TrainingState``).

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from attnviz.attention import attention_layers, capture_maps
@@ -134,6 +135,22 @@ def test_cli_query_is_refused_where_no_chosen_layer_reads_a_query_point(tmp_path
         assert code == 2, (flags, output)
         assert "--query" in output and named in output and "Traceback" not in output
         assert not (out / "p.png").exists()
+    code, output = attnviz("run", photo, "--model", "lite0-nonlocal", "--query", "10,10",
+                           "--out", tmp_path / "nonlocal")  # fmt: skip
+    assert code == 0, output
+
+
+def test_the_non_local_families_and_no_others_read_the_query_point() -> None:
+    import attnviz as api
+    from attnviz.attention import reads_query
+
+    nonlocal_net = api.load_model("lite0-nonlocal", device="cpu").net
+    cbam_net = api.load_model("lite0-cbam", device="cpu").net
+    assert reads_query(nonlocal_net, [name for name, _ in attention_layers(nonlocal_net)])
+    assert not reads_query(cbam_net, [name for name, _ in attention_layers(cbam_net)])
+    non_local_attn = pytest.importorskip("timm.layers.non_local_attn").NonLocalAttn
+    timm_net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), non_local_attn(8))
+    assert reads_query(timm_net, ["1"]) and not reads_query(timm_net, ["0"])
 
 
 def test_cli_norm_fixed_reaches_the_parts_rows(tmp_path: Path) -> None:

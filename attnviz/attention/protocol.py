@@ -24,7 +24,9 @@ class AttentionCapture:
     """What one attention layer computed for one batch, already reduced to 2-D maps.
 
     weights:  the spatial weights M_s, (N, 1, h, w), values in [0, 1].
-    weighted: the weighted features reduced over channels, mean |M_s * F|, (N, 1, h, w).
+    weighted: the weighted features reduced over channels, mean |M_s * F|, (N, 1, h', w'):
+              usually the map's grid; where the module weights features on another grid
+              (the attention pool weights the head's 7 x 7), that grid.
     parts:    named sub-maps a figure shows on request (``--parts``): a ViT's heads, a
               pyramid's scales, a non-local block's mean received attention. Each is a
               (weights, weighted) pair shaped like the two above (its own h, w allowed).

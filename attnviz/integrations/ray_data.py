@@ -329,7 +329,10 @@ def _map_names(options: RunOptions) -> list[str]:
     model = load_model(
         options.model, options.weights, "cpu", size=options.size, random_init=options.random_init
     )
-    return make_runner(model, options.method, options.layer, "gradcam" in options.panels).map_names
+    runner = make_runner(
+        model, options.method, options.layer, "gradcam" in options.panels, query=options.query
+    )
+    return runner.map_names
 
 
 def _mapped(
