@@ -29,7 +29,6 @@ import random
 import time
 from pathlib import Path
 
-import cv2
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,7 +37,7 @@ from attnviz.evaluate import BoxedPhoto, read_boxes
 from attnviz.io import load_rgb
 from attnviz.localization import LocalizationScores, to_unit_map
 from attnviz.models import LoadedModel
-from attnviz.models.attention_pool import affinities
+from attnviz.models.attention_pool import spread_along
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.registry import get_spec, lite0_trunk_file
 from attnviz.models.weights import read_state_dict
@@ -92,8 +91,7 @@ def box_scores(maps: Tensor, photos: list[BoxedPhoto]) -> dict[str, float]:
     """Pointing, energy and MaxBoxAccV2 of 224-px photos' maps, rounded to 0.1."""
     scores = LocalizationScores()
     for m, photo in zip(maps, photos, strict=True):
-        native = cv2.resize(m[0].numpy(), (224, 224), interpolation=cv2.INTER_LINEAR)
-        scores.add(to_unit_map(native, 224, 224), photo.boxes)
+        scores.add(to_unit_map(m[0].numpy(), 224, 224), photo.boxes)
     return {k: round(v, 1) for k, v in scores.summary().items()}
 
 
@@ -115,16 +113,9 @@ class PoolGate(nn.Module):
 
 
 def propagate(scores: Tensor, fine: Tensor, temperature: float, steps: int) -> Tensor:
-    """Spread per-position scores along the fine features' affinities: A^steps up(s)."""
-    s = F.interpolate(scores, fine.shape[-2:], mode="bilinear", align_corners=False)
-    out = []
-    for start in range(0, len(fine), 8):  # chunks small enough for malloc to reuse
-        affinity = affinities(fine[start : start + 8], temperature)
-        r = s[start : start + 8].flatten(2).transpose(1, 2)
-        for _ in range(steps):
-            r = affinity @ r
-        out.append(r)
-    return torch.cat(out).transpose(1, 2).reshape(s.shape)
+    """The shipped gate's spread, A^steps up(s), in chunks small enough for malloc to reuse."""
+    chunks = zip(scores.split(8), fine.split(8), strict=True)
+    return torch.cat([spread_along(s, f, temperature, steps) for s, f in chunks])
 
 
 def train(net: EfficientNetLite, args: argparse.Namespace) -> dict[str, object]:

@@ -18,24 +18,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pool_gate import CACHE, DATA, box_scores, training_split, trunk
+from pool_gate import CACHE, DATA, box_scores, propagate, training_split, trunk
 from torch import Tensor
 
 from attnviz.evaluate import read_boxes
-from attnviz.models.attention_pool import affinities
 
 
 def spread(cam: Tensor, fine: Tensor, temperature: float, steps: int) -> Tensor:
-    size = fine.shape[-2:]
-    scores = F.interpolate(cam, size, mode="bilinear", align_corners=False).clamp(min=0)
-    out = []
-    for start in range(0, len(fine), 20):
-        affinity = affinities(fine[start : start + 20], temperature)
-        s = scores[start : start + 20].flatten(2).transpose(1, 2)
-        for _ in range(steps):
-            s = affinity @ s
-        out.append(s.transpose(1, 2).reshape(-1, 1, *size))
-    return torch.cat(out)
+    """The CAM on the fine grid, its negative part cut, spread as the shipped gate does."""
+    evidence = F.interpolate(cam, fine.shape[-2:], mode="bilinear", align_corners=False)
+    return propagate(evidence.clamp(min=0), fine, temperature, steps)
 
 
 def main() -> None:

@@ -45,6 +45,15 @@ def affinities(fine: Tensor, temperature: float) -> Tensor:
     return (unit.transpose(1, 2) @ unit / temperature).softmax(dim=-1)
 
 
+def spread_along(scores: Tensor, fine: Tensor, temperature: float, steps: int) -> Tensor:
+    """A^steps up(scores) on the fine grid, (N, 1, H, W), A = ``affinities(fine, ...)``."""
+    affinity = affinities(fine, temperature)
+    spread = upsample(scores, fine.shape[-2:]).flatten(2).transpose(1, 2)  # (N, HW, 1)
+    for _ in range(steps):
+        spread = affinity @ spread
+    return spread.transpose(1, 2).reshape(len(fine), 1, *fine.shape[-2:])
+
+
 class AttentionGatedPooling(nn.Module):
     """Additive attention gate over local features, steered by the head's features and
     spread along finer features' affinities, that weights the head's average pooling."""
@@ -78,11 +87,7 @@ class AttentionGatedPooling(nn.Module):
 
     def spread(self, scores: Tensor, fine: Tensor) -> Tensor:
         """A^k up(s) on the fine grid, (N, 1, H, W)."""
-        affinity = affinities(fine, float(self.temperature))
-        spread = upsample(scores, fine.shape[-2:]).flatten(2).transpose(1, 2)  # (N, HW, 1)
-        for _ in range(int(self.spread_steps)):
-            spread = affinity @ spread
-        return spread.transpose(1, 2).reshape(len(fine), 1, *fine.shape[-2:])
+        return spread_along(scores, fine, float(self.temperature), int(self.spread_steps))
 
     def attention_map(self, fine: Tensor, local: Tensor, head: Tensor) -> Tensor:
         """M, (N, 1, H, W) on the fine features' grid, in (0, 1)."""
