@@ -1,6 +1,6 @@
 """attnviz: see where a vision network's spatial attention lands.
 
-The library API (``load_model``, ``capture``, ``triptych``) is imported lazily so that
+The library API (``load_model``, ``capture``, ``discover``, ``triptych``) is imported lazily so that
 ``import attnviz`` (and ``attnviz --help``) does not pay for importing torch.
 """
 
@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 # The model `attnviz run` (and every command and function with a --model) uses by default.
 DEFAULT_MODEL = "lite0-attnpool"
-__all__ = ["capture", "load_model", "triptych"]
+__all__ = ["capture", "discover", "load_model", "triptych"]
 
 if TYPE_CHECKING:
-    from attnviz.api import capture, load_model, triptych
+    from attnviz.api import capture, discover, load_model, triptych
 
 
 def __getattr__(name: str) -> Any:

@@ -8,11 +8,11 @@ from contextlib import AbstractContextManager
 import numpy as np
 from torch import Tensor, nn
 
-from attnviz.attention import AttentionCapture, capture_maps
+from attnviz.attention import AttentionCapture, capture_maps, discover
 from attnviz.models import LoadedModel, load_model
 from attnviz.render import LayerMaps, render_triptych
 
-__all__ = ["capture", "capture_arrays", "layer_maps", "load_model", "triptych"]
+__all__ = ["capture", "capture_arrays", "discover", "layer_maps", "load_model", "triptych"]
 
 
 def _arrays(weights: Tensor, weighted: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +58,10 @@ def capture(
     >>> model = load_model("lite0-cbam", device="cpu")
     >>> with torch.inference_mode(), capture(model, "all") as maps:
     ...     logits = model(model.preprocess([image]))
+
+    A model loaded with ``load_model`` from a file, a module or timm has had its attention
+    discovered already; for a bare ``nn.Module`` run ``discover(module, example)`` once first
+    to include layers that neither the protocol nor an adapter declares.
     """
     if isinstance(model, LoadedModel):
         return capture_maps(model.net, layers or model.spec.default_layer)

@@ -580,7 +580,7 @@ def layers(
     ] = None,
 ) -> None:
     """List a model's attention layers: name, family, shapes, and how each was found
-    (protocol, adapter, or user selection with --layer).
+    (protocol, adapter, discovered by what it computes, or user selection with --layer).
 
     Example: attnviz layers --model cbam-resnet50
     """
@@ -603,6 +603,9 @@ def layers(
             row.found_by,
         )  # fmt: skip
     out_console.print(table)
+    # What a discovered pattern's map shows, once per pattern.
+    for pattern, map_is in dict.fromkeys((r.pattern, r.map_is) for r in rows if r.pattern):
+        out_console.print(f"{pattern}: the map is {map_is}", soft_wrap=True)
 
 
 def _shape(shape: tuple[int, ...]) -> str:

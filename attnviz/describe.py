@@ -12,6 +12,7 @@ from torch.utils.hooks import RemovableHandle
 from attnviz.attention import attention_layers
 from attnviz.attention.capture import layer_capturer, select_layers
 from attnviz.attention.protocol import AttentionCapture, Capturer, FoundBy, Sink
+from attnviz.models import find_attention
 from attnviz.models.registry import get_spec
 
 
@@ -22,6 +23,8 @@ class LayerInfo:
     feature: tuple[int, ...]
     map: tuple[int, ...]
     found_by: FoundBy
+    pattern: str = ""  # discovered layers: the pattern recognised
+    map_is: str = ""  # discovered layers: what the map shows
 
 
 def describe_layers(
@@ -35,6 +38,8 @@ def describe_layers(
     spec = get_spec(model_name)
     net = spec.build(True).eval()  # structure only: shapes do not depend on weights
     size = size or spec.input_size
+    if spec.discover:
+        find_attention(net, size)
     modules = dict(net.named_modules())
     names = [name for name, _ in attention_layers(net)]
     if layer is not None:
@@ -42,7 +47,7 @@ def describe_layers(
         names = [name for name in modules if name in chosen or name in names]
     if not names:
         select_layers(net, spec.default_layer)  # raises: nothing to list, and what to do
-    capturers: dict[str, Capturer] = {n: layer_capturer(n, modules[n]) for n in names}
+    capturers: dict[str, Capturer] = {n: layer_capturer(net, n) for n in names}
     features: dict[str, tuple[int, ...]] = {}
     maps: dict[str, tuple[int, ...]] = {}
 
@@ -70,7 +75,15 @@ def describe_layers(
             h.remove()
     default = select_layers(net, spec.default_layer)[0] if attention_layers(net) else None
     rows = [
-        LayerInfo(n, capturers[n].family, features[n], maps[n], capturers[n].found_by)
+        LayerInfo(
+            n,
+            capturers[n].family,
+            features[n],
+            maps[n],
+            capturers[n].found_by,
+            capturers[n].pattern,
+            capturers[n].map_is,
+        )  # fmt: skip
         for n in names
         if n in maps
     ]

@@ -602,7 +602,19 @@ def logits_of(output: object) -> Tensor:
     raise AttnvizError(f"cannot find class scores in a model output of type {type(output)}")
 
 
+def not_class_scores(logits: Tensor) -> str | None:
+    """Why ``logits`` are not (N, K) class scores (a mask, a map, one score), or None."""
+    if logits.dim() == 2 and logits.shape[1] > 1:
+        return None
+    shape = "×".join(map(str, logits.shape[1:])) or "a scalar"
+    return f"the model's output ({shape} per photo) is not class scores (N, K)"
+
+
 def top_classes(logits: Tensor, k: int = 5) -> list[list[dict[str, object]]]:
+    """Each photo's top-k classes; none (empty lists) when the output is not class scores
+    (a segmentation mask, a discriminator's score): the manifest says why (``top5_note``)."""
+    if not_class_scores(logits) is not None:
+        return [[] for _ in range(len(logits))]
     probs = torch.softmax(logits.float(), dim=1)
     values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
     names = imagenet_categories() if probs.shape[1] == 1000 else None
@@ -654,6 +666,7 @@ class ImageResult:
     top5: list[dict[str, object]]
     layers: list[LayerMaps]
     gradcam: np.ndarray | None = None  # the trunk's Grad-CAM, when a gradcam panel asks for it
+    classes_note: str | None = None  # why top5 is empty: the output is not class scores
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -754,14 +767,14 @@ class BatchRunner:
         x = self._input(images)
         with torch.inference_mode(), capture_maps(self.model.net, self.layers) as captured:
             logits = logits_of(self.model(x))
-            top5 = top_classes(logits)
+            top5, note = top_classes(logits), not_class_scores(logits)
             maps = {name: layer_maps(name, c, self.parts) for name, c in captured.items()}
         cams: list[np.ndarray | None] = [None] * len(images)
         if self.with_gradcam:
             found, _, self.gradcam_layer = trunk_grad_cam(self.model.net, x, self.gradcam_layer)
             cams = list(found.float().cpu().numpy())
         return [
-            ImageResult(top5[i], [row for n in self.layers for row in maps[n][i]], cams[i])
+            ImageResult(top5[i], [row for n in self.layers for row in maps[n][i]], cams[i], note)
             for i in range(len(images))
         ]
 
@@ -786,7 +799,7 @@ class GradCamRunner(BatchRunner):
         results = []
         for i, cam in enumerate(cams[: len(images)].float().cpu().numpy()):
             peak = float(cam.max())
-            label = top5[i][0]["label"]
+            label = top5[i][0]["label"] if top5[i] else "the output"
             layer = LayerMaps(
                 f"gradcam:{self.target}",
                 cam / peak if peak > 0 else cam,
@@ -1052,6 +1065,7 @@ def _write_outputs(
         "image_size": [original_hw[1], original_hw[0]],
         "layers": [m.name for m in result.layers],
         "top5": result.top5,
+        **({"top5_note": result.classes_note} if result.classes_note else {}),
         "maps": {m.name: map_stats(m.weights, original_hw) for m in result.layers},
         # The colour range each heat map was drawn with: its own, or the run's (--norm).
         "heat_ranges": {

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnviz.attention import attention_layers
 from attnviz.attention.capture import capture_maps
-from attnviz.attention.protocol import attention_layers
 from attnviz.models.bam import BAM
 from attnviz.models.resnet import bam_resnet
 from attnviz.models.weights import load_into, read_state_dict

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
+from attnviz.attention import attention_layers
 from attnviz.attention.capture import capture_maps
-from attnviz.attention.protocol import attention_layers
 from attnviz.models.deformable import ModulatedDeformConv2d, ResidualDeformable
 
 UNWEIGHTED = "sampling density (unweighted)"

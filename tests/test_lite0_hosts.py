@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from attnviz.attention import attention_layers
 from attnviz.attention.capture import capture_maps
-from attnviz.attention.protocol import attention_layers
 from attnviz.models.lite0_hosts import Lite0WithBlock, block_channels, lite0_deform, lite0_nonlocal
 from tests.conftest import attnviz, write_photo
 

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnviz.attention import attention_layers
 from attnviz.attention.capture import capture_maps
-from attnviz.attention.protocol import attention_layers, query_points
+from attnviz.attention.protocol import query_points
 from attnviz.errors import UsageError
 from attnviz.models.nonlocal_block import NonLocalBlock
 

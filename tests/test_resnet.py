@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from attnviz.attention import attention_layers
 from attnviz.attention.capture import capture_maps
-from attnviz.attention.protocol import attention_layers
 from attnviz.errors import AttnvizError
 from attnviz.models.resnet import cbam_resnet
 from attnviz.models.weights import load_into, read_state_dict

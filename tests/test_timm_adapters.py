@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from attnviz.attention import attention_layers, capture_maps
-from attnviz.attention.protocol import capturer_for, query_points
+from attnviz.attention import attention_layers, capture_maps, capturer_for
+from attnviz.attention.protocol import query_points
 from attnviz.errors import UsageError
 from tests.conftest import attnviz, write_photo
 from tests.test_user_models import randomised

@@ -1,16 +1,23 @@
-from attnviz.attention.capture import capture_maps, reads_query, select_layers
-from attnviz.attention.protocol import (
-    AttentionCapture,
-    SpatialAttention,
+from attnviz.attention.capture import (
     attention_layers,
-    is_spatial_attention,
+    capture_maps,
+    capturer_for,
+    layer_capturers,
+    reads_query,
+    select_layers,
 )
+from attnviz.attention.discovery import discover, discovered
+from attnviz.attention.protocol import AttentionCapture, SpatialAttention, is_spatial_attention
 
 __all__ = [
     "AttentionCapture",
     "SpatialAttention",
     "attention_layers",
     "capture_maps",
+    "capturer_for",
+    "discover",
+    "discovered",
+    "layer_capturers",
     "is_spatial_attention",
     "reads_query",
     "select_layers",

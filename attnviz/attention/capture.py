@@ -1,7 +1,9 @@
-"""Forward hooks that capture attention maps, alive only inside a ``with`` block.
+"""Which layers are attention, and the forward hooks that capture their maps inside a
+``with`` block.
 
-Layers are attention through the protocol or an adapter. ``--layer NAME`` may also name any
-other module by its exact name (a user selection): its output must be a one-channel
+Layers are attention through the protocol, an adapter, or discovery (found by what they
+compute on a probe pass: :func:`attnviz.attention.discovery.discover`). ``--layer NAME`` may
+also name any other module by its exact name (a user selection): its output must be a one-channel
 spatial map (N, 1, h, w), shown as the weight map, through a sigmoid when the image's
 values fall outside [0, 1] (logits); the weighted map is ``|map ⊗ x|`` averaged over
 channels when the module's input ``x`` has the map's size, else the map itself.
@@ -18,16 +20,86 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from attnviz.attention.adapters import adapter_for
+from attnviz.attention.discovery import AttentionRecipe, describe, discovered
 from attnviz.attention.protocol import (
     AttentionCapture,
     CaptureFn,
     Capturer,
     Sink,
-    attention_layers,
-    capturer_for,
+    is_spatial_attention,
     on_forward,
 )
+from attnviz.attention.tap import attach_discovered
 from attnviz.errors import UsageError
+
+
+def capturer_for(module: nn.Module) -> Capturer | None:
+    """The module's own protocol, else an adapter for its class, else None."""
+    if is_spatial_attention(module):
+        capture = module.capture_attention  # type: ignore[attr-defined]
+        return Capturer(
+            module.attention_family,  # type: ignore[attr-defined]
+            "protocol",
+            on_forward(module, capture),
+            reads_query=getattr(module, "reads_query_point", False),
+        )
+    adapter = adapter_for(module)
+    if adapter is None:
+        return None
+    return Capturer(
+        adapter.family,
+        "adapter",
+        lambda sink: adapter.attach(module, sink),
+        adapter.covers,
+        adapter.reads_query,
+    )
+
+
+def declared_layers(model: nn.Module) -> dict[str, Capturer]:
+    """Layers that say they are attention (protocol) or that an adapter knows, in forward
+    (registration) order. A map is never listed twice: a module that its parent captures
+    sets ``attention_listed = False``, and an adapter names the submodules it reads."""
+    found: dict[str, Capturer] = {}
+    covered: set[str] = set()
+    for name, module in model.named_modules():
+        if not name or name in covered or not getattr(module, "attention_listed", True):
+            continue
+        capturer = capturer_for(module)
+        if capturer is not None:
+            found[name] = capturer
+            covered.update(f"{name}.{child}" for child in capturer.covers)
+    return found
+
+
+def layer_capturers(model: nn.Module) -> dict[str, Capturer]:
+    """Every spatial attention layer of ``model`` and how it is read, in forward order:
+    declared ones, and those discovery found (when it ran on this model)."""
+    found = declared_layers(model)
+    discovery = discovered(model)
+    if discovery is not None:
+        modules = dict(model.named_modules())
+        for name, recipe in discovery.layers.items():
+            if name in found or name not in modules:
+                continue
+            module = modules[name]
+            found[name] = Capturer(
+                recipe.pattern,
+                "discovered",
+                lambda sink, m=module, r=recipe: attach_discovered(m, r, sink),
+                reads_query=isinstance(recipe, AttentionRecipe),
+                pattern=recipe.pattern,
+                map_is=describe(recipe),
+            )
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        found = dict(sorted(found.items(), key=lambda item: order[item[0]]))
+    return found
+
+
+def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """All spatial attention layers of ``model`` in forward (registration) order."""
+    modules = dict(model.named_modules())
+    return [(name, modules[name]) for name in layer_capturers(model)]
 
 
 def _parse_index(token: str) -> int | None:
@@ -49,10 +121,7 @@ def select_layers(model: nn.Module, selector: str | Sequence[str] | None = "-1")
     tokens = selector.split(",") if isinstance(selector, str) else list(selector or ["-1"])
     tokens = [t.strip() for t in tokens if t.strip()]
     if not available and all(t == "all" or _parse_index(t) is not None for t in tokens):
-        raise UsageError(
-            "this model has no spatial attention layers to capture; name a module whose "
-            "output is a one-channel map with --layer NAME"
-        )
+        raise UsageError(no_attention_message(model))
     chosen: set[str] = set()
     for token in tokens:
         if token == "all":
@@ -82,26 +151,40 @@ def select_layers(model: nn.Module, selector: str | Sequence[str] | None = "-1")
     return [name for name in modules if name in chosen]
 
 
+def no_attention_message(model: nn.Module) -> str:
+    """What was found instead of spatial attention, and what to do."""
+    discovery = discovered(model)
+    channel = discovery.channel_only if discovery is not None else ()
+    if channel:
+        shown = ", ".join(f"{name}" for name, _ in channel[:3])
+        more = f" and {len(channel) - 3} more" if len(channel) > 3 else ""
+        found = f"channel attention only ({channel[0][1]} at {shown}{more})"
+    else:
+        found = "no spatial attention layers"
+    return (
+        f"this model has {found}: nothing to capture as a spatial map; try --method gradcam, "
+        "or name a module whose output is a one-channel map with --layer NAME"
+    )
+
+
 def user_selected(model: nn.Module, names: Sequence[str]) -> list[str]:
-    """Those of ``names`` that are neither protocol nor adapter layers."""
-    modules = dict(model.named_modules())
-    return [name for name in names if capturer_for(modules[name]) is None]
+    """Those of ``names`` that are not attention layers (protocol, adapter or discovered)."""
+    layers = layer_capturers(model)
+    return [name for name in names if name not in layers]
 
 
 def reads_query(model: nn.Module, names: Sequence[str]) -> bool:
     """Whether any of the layers ``names`` shows one query point's attention (--query)."""
-    modules = dict(model.named_modules())
-    return any(
-        (capturer := capturer_for(modules[name])) is not None and capturer.reads_query
-        for name in names
-    )
+    layers = layer_capturers(model)
+    return any(name in layers and layers[name].reads_query for name in names)
 
 
-def layer_capturer(name: str, module: nn.Module) -> Capturer:
-    """How the layer ``name`` is read: its protocol or adapter, else as a user selection."""
-    found = capturer_for(module)
+def layer_capturer(model: nn.Module, name: str) -> Capturer:
+    """How the layer ``name`` is read: as attention, else as a user selection."""
+    found = layer_capturers(model).get(name)
     if found is not None:
         return found
+    module = dict(model.named_modules())[name]
     return Capturer("user selection", "user selection", on_forward(module, _one_channel(name)))
 
 
@@ -140,7 +223,6 @@ def capture_maps(
     removed when the block ends, also on error; the model's own output is never touched,
     so models returning tuples or dicts work as they are.
     """
-    modules = dict(model.named_modules())
     names = select_layers(model, layers)
     captured: dict[str, AttentionCapture] = {}
     handles: list[RemovableHandle] = []
@@ -150,7 +232,7 @@ def capture_maps(
 
     try:
         for name in names:
-            handles += layer_capturer(name, modules[name]).attach(sink_for(name))
+            handles += layer_capturer(model, name).attach(sink_for(name))
         yield captured
     finally:
         for handle in handles:

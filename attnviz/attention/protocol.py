@@ -4,7 +4,8 @@ A module is spatial attention because it says so: it has a class attribute
 ``attention_family`` and a method ``capture_attention(inputs, output)`` that turns the
 arguments of a forward hook into an :class:`AttentionCapture`. New attention families
 plug in by implementing these two names; the hooks and the pipeline never change.
-Classes of other projects that cannot say so get an adapter (attention/adapters.py).
+Classes of other projects that cannot say so get an adapter (attention/adapters.py);
+modules that say nothing are found by what they compute (attention/discovery.py).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def is_spatial_attention(module: nn.Module) -> bool:
     return isinstance(module, SpatialAttention)
 
 
-FoundBy = Literal["protocol", "adapter", "user selection"]
+FoundBy = Literal["protocol", "adapter", "discovered", "user selection"]
 CaptureFn = Callable[[tuple[Tensor, ...], object], AttentionCapture]
 Sink = Callable[[AttentionCapture], None]
 Attach = Callable[[Sink], list[RemovableHandle]]
@@ -127,45 +128,6 @@ class Capturer:
     covers: tuple[str, ...] = ()
     # The map is one query point's attention, and --query (QUERY_POINTS) picks the point.
     reads_query: bool = False
-
-
-def capturer_for(module: nn.Module) -> Capturer | None:
-    """The module's own protocol, else an adapter for its class, else None."""
-    if is_spatial_attention(module):
-        capture = module.capture_attention  # type: ignore[attr-defined]
-        return Capturer(
-            module.attention_family,  # type: ignore[attr-defined]
-            "protocol",
-            on_forward(module, capture),
-            reads_query=getattr(module, "reads_query_point", False),
-        )
-    from attnviz.attention.adapters import adapter_for
-
-    adapter = adapter_for(module)
-    if adapter is None:
-        return None
-    return Capturer(
-        adapter.family,
-        "adapter",
-        lambda sink: adapter.attach(module, sink),
-        adapter.covers,
-        adapter.reads_query,
-    )
-
-
-def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """All spatial attention layers of ``model`` in forward (registration) order.
-
-    A map is never listed twice: a module that its parent captures sets
-    ``attention_listed = False``, and an adapter names the submodules it reads (``covers``).
-    """
-    found: list[tuple[str, nn.Module]] = []
-    covered: set[str] = set()
-    for name, module in model.named_modules():
-        if not name or name in covered or not getattr(module, "attention_listed", True):
-            continue
-        capturer = capturer_for(module)
-        if capturer is not None:
-            found.append((name, module))
-            covered.update(f"{name}.{child}" for child in capturer.covers)
-    return found
+    # For a discovered layer: the pattern that was recognised and what its map is.
+    pattern: str = ""
+    map_is: str = ""

@@ -12,7 +12,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from attnviz import DEFAULT_MODEL
-from attnviz.errors import UsageError
+from attnviz.attention.capture import declared_layers
+from attnviz.attention.discovery import discover
+from attnviz.errors import AttnvizError, UsageError
 from attnviz.models.registry import MODELS, ModelSpec, WeightsSource, get_spec
 
 __all__ = ["MODELS", "LoadedModel", "ModelSpec", "WeightsSource", "load_model", "resolve_device"]
@@ -100,4 +102,19 @@ def load_model(
     else:
         net = spec.build(random_init)
     net = net.eval().to(target, memory_format=torch.channels_last)
-    return LoadedModel(net, spec, target, size or spec.input_size)
+    loaded = LoadedModel(net, spec, target, size or spec.input_size)
+    if spec.discover:
+        find_attention(net, loaded.size, target)
+    return loaded
+
+
+def find_attention(net: nn.Module, size: int, device: torch.device | str = "cpu") -> None:
+    """Discovery's probe pass on a model attnviz did not write (see attention/discovery.py):
+    one forward of a fixed random photo at the size the run uses."""
+    probe = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        discover(net, probe.to(device), covered=set(declared_layers(net)))
+    except Exception as exc:  # noqa: BLE001 - the user's model: report it in one line
+        raise AttnvizError(
+            f"the model's forward pass failed on a {size}×{size} photo: {exc!r}"
+        ) from exc

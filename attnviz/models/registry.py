@@ -37,6 +37,9 @@ class ModelSpec:
     gradcam_layer: str | None = None
     # Only input_size works (a ViT's position embedding is learnt for one grid).
     fixed_size: bool = False
+    # Find attention by what the model computes (attention/discovery.py): models attnviz did
+    # not write. Built-ins declare theirs, so they skip the probe pass.
+    discover: bool = False
 
 
 PRETRAINED_DIRS = (

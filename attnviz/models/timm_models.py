@@ -60,5 +60,5 @@ def timm_model_spec(ref: str) -> ModelSpec:
         ref, "timm", int(size[1]), WeightsSource.USER, f"timm's {name} (pretrained=False)",
         _needs_weights(ref, f"a state dict of timm's {name}", build),
         mean, std,  # type: ignore[arg-type]
-        fixed_size=bool(cfg is not None and cfg.fixed_input_size),
+        fixed_size=bool(cfg is not None and cfg.fixed_input_size), discover=True,
     )  # fmt: skip

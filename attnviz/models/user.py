@@ -58,7 +58,7 @@ def user_model_spec(ref: str) -> ModelSpec:
 
     return ModelSpec(
         ref, "user", 224, WeightsSource.USER, f"{factory_name}() from {where}", build,
-        IMAGENET_MEAN, IMAGENET_STD,
+        IMAGENET_MEAN, IMAGENET_STD, discover=True,
     )  # fmt: skip
 
 
@@ -70,6 +70,12 @@ def _import_file(path: Path) -> object:
     if spec is None or spec.loader is None:
         raise UsageError(f"{path}: cannot be imported as a Python file")
     module = importlib.util.module_from_spec(spec)
+    # As `python file.py` does: the file's folder first on sys.path, so that it can import its
+    # neighbours (kept there: the factory may import them lazily when called).
+    folder = str(path.resolve().parent)
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's code: report it in one line

@@ -1,0 +1,116 @@
+"""End to end: a user's own attention model, found by discovery, drawn by the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import attnviz, write_photo
+
+# The model file imports its neighbour, as research code does: --model puts its folder first
+# on sys.path, as `python model.py` would.
+NEIGHBOUR = "from tests.lookalikes import *  # noqa: F403\n"
+MODEL = """\
+import my_blocks as B
+
+def cbam():
+    return B.Host(B.CBAMBlock(16))
+
+def sagan():
+    return B.Host(B.SelfAttention(16))
+
+def criss_cross():
+    return B.Host(B.RecurrentCrissCross(16))
+
+def unet():
+    return B.AttentionUNet(3)
+
+def squeeze_excite():
+    return B.Host(B.SqueezeExcite(16))
+"""
+
+
+@pytest.fixture
+def user_model(tmp_path: Path) -> Path:
+    folder = tmp_path / "research_code"
+    folder.mkdir()
+    (folder / "my_blocks.py").write_text(NEIGHBOUR)
+    (folder / "model.py").write_text(MODEL)
+    return folder / "model.py"
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("factory", "layer"), [("cbam", "block.sa"), ("sagan", "block")])
+def test_a_users_attention_is_found_and_drawn(
+    tmp_path: Path, user_model: Path, factory: str, layer: str
+) -> None:
+    photo = write_photo(tmp_path / "p.jpg", (120, 90))
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--model", f"{user_model}:{factory}", "--out", out)
+    assert code == 0, output
+    record = manifest(out)[0]
+    assert record["layers"] == [layer]
+    assert len(record["top5"]) == 5 and "top5_note" not in record
+    assert Image.open(out / "p.png").width > 2 * Image.open(out / "p.png").height
+
+
+def test_criss_cross_reads_the_query_point(tmp_path: Path, user_model: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg", (120, 90))
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--model", f"{user_model}:criss_cross",
+                           "--query", "30,60", "--out", out)  # fmt: skip
+    assert code == 0, output
+    assert manifest(out)[0]["maps"]["block.cca"]["max"] == pytest.approx(1.0)
+
+
+def test_a_segmentation_host_draws_its_gate_without_classes(
+    tmp_path: Path, user_model: Path
+) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--model", f"{user_model}:unet", "--out", out)
+    assert code == 0, output
+    record = manifest(out)[0]
+    assert record["layers"] == ["att"]
+    assert record["top5"] == []
+    assert "not class scores" in record["top5_note"]
+    assert (out / "p.png").is_file()
+
+
+def test_channel_attention_only_is_said_with_what_to_do(tmp_path: Path, user_model: Path):
+    photo = write_photo(tmp_path / "p.jpg")
+    code, output = attnviz("run", photo, "--model", f"{user_model}:squeeze_excite",
+                           "--out", tmp_path / "out")  # fmt: skip
+    assert code == 2
+    assert "channel attention only (channel gate at block)" in output
+    assert "--method gradcam" in output
+
+
+def test_layers_says_how_each_layer_was_found(
+    user_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attnviz import cli
+
+    monkeypatch.setattr(cli.out_console, "width", 200)
+    code, output = attnviz("layers", "--model", f"{user_model}:cbam")
+    assert code == 0, output
+    assert "block.sa (default)" in output and "discovered" in output
+    assert "sigmoid gate: the map is its sigmoid gate over positions" in output
+
+
+def test_a_timm_vision_transformer_is_drawn(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    photo = write_photo(tmp_path / "p.jpg")
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--model", "timm:vit_tiny_patch16_224",
+                           "--random-init", "--layer", "all", "--out", out)  # fmt: skip
+    assert code == 0, output
+    record = manifest(out)[0]
+    assert record["layers"] == [f"blocks.{i}.attn" for i in range(12)]
+    assert record["maps"]["blocks.0.attn"]["shape"] == [14, 14]
