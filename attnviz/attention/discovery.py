@@ -705,9 +705,7 @@ def _layout(
             key_grid = _pooled_grid(grid, keys) if prefix == 0 else None
         if key_grid is None:
             return None
-    return TokenLayout(
-        grid, prefix, rows, queries, keys, token_of_row, key_grid, key_position
-    )
+    return TokenLayout(grid, prefix, rows, queries, keys, token_of_row, key_grid, key_position)
 
 
 def _key_positions(
