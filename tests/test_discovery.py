@@ -269,3 +269,11 @@ def test_discovery_leaves_no_hooks_and_declared_layers_stay_as_they_are() -> Non
     assert discovery.layers == {}  # the trunk has no attention of its own: nothing false
     assert {n: c.found_by for n, c in layer_capturers(net).items()} == before
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+
+
+def test_layer_list_is_kept_per_model_and_renewed_when_the_model_changes() -> None:
+    model = L.Host(nn.Identity()).eval()
+    assert layer_capturers(model) == {}
+    model.block = L.SpatialGateFunctional()  # a new module: listed anew
+    found(model)  # discovery ran again: listed anew
+    assert list(layer_capturers(model)) == ["block"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -72,9 +73,25 @@ def declared_layers(model: nn.Module) -> dict[str, Capturer]:
     return found
 
 
+# Listing layers checks every module against the protocol: worth doing once per model, not
+# once per batch. A model whose modules change, or that discovery ran on again, is listed anew.
+_LISTED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, object], dict[str, Capturer]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def layer_capturers(model: nn.Module) -> dict[str, Capturer]:
     """Every spatial attention layer of ``model`` and how it is read, in forward order:
     declared ones, and those discovery found (when it ran on this model)."""
+    key = (sum(1 for _ in model.modules()), discovered(model))
+    listed = _LISTED.get(model)
+    if listed is None or listed[0][0] != key[0] or listed[0][1] is not key[1]:
+        listed = (key, _list_layers(model))
+        _LISTED[model] = listed
+    return dict(listed[1])
+
+
+def _list_layers(model: nn.Module) -> dict[str, Capturer]:
     found = declared_layers(model)
     discovery = discovered(model)
     if discovery is not None:
