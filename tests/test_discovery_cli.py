@@ -30,6 +30,36 @@ def unet():
 
 def squeeze_excite():
     return B.Host(B.SqueezeExcite(16))
+
+def map_caller():
+    return B.MapCallerHost(B.SpatialMapModule())
+
+def inplace_gate():
+    return B.Host(B.SpatialGateInPlace())
+
+def sequential_gate():
+    return B.Host(B.SpatialGateSequential())
+
+def bam():
+    return B.Host(B.BAM(16))
+
+def non_local():
+    return B.Host(B.NonLocalBlock(16, sub_sample=True))
+
+def position_attention():
+    return B.Host(B.PositionAttention(16))
+
+def coordinate():
+    return B.Host(B.CoordinateAttention(16))
+
+def simam():
+    return B.Host(B.SimAM())
+
+def triplet():
+    return B.Host(B.TripletAttention())
+
+def plain():
+    return B.Host(B.nn.Identity())
 """
 
 
@@ -46,7 +76,22 @@ def manifest(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize(("factory", "layer"), [("cbam", "block.sa"), ("sagan", "block")])
+@pytest.mark.parametrize(
+    ("factory", "layer"),
+    [
+        ("cbam", "block.sa"),
+        ("map_caller", "block"),
+        ("inplace_gate", "block"),
+        ("sequential_gate", "block"),
+        ("bam", "block"),
+        ("sagan", "block"),
+        ("non_local", "block"),
+        ("position_attention", "block"),
+        ("coordinate", "block"),
+        ("simam", "block"),
+        ("triplet", "block.hw"),
+    ],
+)
 def test_a_users_attention_is_found_and_drawn(
     tmp_path: Path, user_model: Path, factory: str, layer: str
 ) -> None:
@@ -114,3 +159,10 @@ def test_a_timm_vision_transformer_is_drawn(tmp_path: Path) -> None:
     record = manifest(out)[0]
     assert record["layers"] == [f"blocks.{i}.attn" for i in range(12)]
     assert record["maps"]["blocks.0.attn"]["shape"] == [14, 14]
+
+
+def test_a_plain_model_is_told_to_use_gradcam(tmp_path: Path, user_model: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    code, output = attnviz("run", photo, "--model", f"{user_model}:plain", "--out", tmp_path / "o")
+    assert code == 2
+    assert "no spatial attention layers" in output and "--method gradcam" in output
