@@ -573,6 +573,10 @@ def compare(
 @app.command()
 def layers(
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Load these weights too, to check that they fit (as in run)."),
+    ] = None,
     size: Annotated[int | None, typer.Option(help="Input size (default: model's).")] = None,
     layer: Annotated[
         str | None,
@@ -587,7 +591,7 @@ def layers(
     from attnviz.describe import describe_layers
 
     try:
-        rows, default = describe_layers(model, size, layer)
+        rows, default = describe_layers(model, size, layer, weights)
     except AttnvizError as exc:
         raise _fail(exc) from None
     table = Table(title=f"attention layers of {model}", title_justify="left")
@@ -637,7 +641,12 @@ def eval_command(
         Path, typer.Option(help="CSV: file,imagenet_idx,width,height,x0,y0,x1,y1 per box.")
     ],
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint, or gates written by `attnviz train` (as in run)."),
+    ] = None,
     layer: Annotated[str, typer.Option(help="Attention layers to score (as in run).")] = "all",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Photos per forward pass.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
 ) -> None:
@@ -661,6 +670,7 @@ def eval_command(
             result = evaluate(
                 images, boxes, model, layer, max(1, batch_size),
                 lambda done, total: progress.update(task, completed=done, total=total),
+                weights=weights, device=device,
             )  # fmt: skip
     except AttnvizError as exc:
         raise _fail(exc) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +13,7 @@ from torch.utils.hooks import RemovableHandle
 from attnviz.attention import attention_layers
 from attnviz.attention.capture import layer_capturer, select_layers
 from attnviz.attention.protocol import AttentionCapture, Capturer, FoundBy, Sink
-from attnviz.models import find_attention
+from attnviz.models import find_attention, load_model
 from attnviz.models.registry import get_spec
 
 
@@ -28,18 +29,26 @@ class LayerInfo:
 
 
 def describe_layers(
-    model_name: str, size: int | None = None, layer: str | None = None
+    model_name: str,
+    size: int | None = None,
+    layer: str | None = None,
+    weights: Path | None = None,
 ) -> tuple[list[LayerInfo], str | None]:
     """The attention layers of a model, and the name of its default layer.
 
     ``layer`` (as ``--layer``) adds the modules it names that are not attention layers
-    (user selections), checked on the dry forward like the others.
+    (user selections), checked on the dry forward like the others. With ``weights`` the
+    model is loaded with them (so a file that does not fit says so); without, its structure
+    is enough: shapes do not depend on weights.
     """
     spec = get_spec(model_name)
-    net = spec.build(True).eval()  # structure only: shapes do not depend on weights
     size = size or spec.input_size
-    if spec.discover:
-        find_attention(net, size)
+    if weights is not None:
+        net = load_model(model_name, weights, device="cpu", size=size).net
+    else:
+        net = spec.build(True).eval()
+        if spec.discover:
+            find_attention(net, size)
     modules = dict(net.named_modules())
     names = [name for name, _ in attention_layers(net)]
     if layer is not None:

@@ -106,14 +106,19 @@ def evaluate(
     layers: str | Sequence[str] = "all",
     batch_size: int = 50,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    *,
+    weights: Path | None = None,
+    device: str = "cpu",
 ) -> EvalResult:
+    """Every map's localisation on boxed photos, with the baselines; ``model`` in any form
+    ``run`` takes, with ``weights`` (a checkpoint or trained gates) and on ``device``."""
     photos = read_boxes(boxes_csv, images)
     missing = [p.path for p in photos if not p.path.is_file()]
     if missing:
         raise AttnvizError(
             f"{len(missing)} photo(s) named in {boxes_csv} are not in {images}, e.g. {missing[0]}"
         )
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device=device)
     names = select_layers(loaded.net, layers)
     scores: dict[str, LocalizationScores] = defaultdict(LocalizationScores)
     gradcam_layer: str | None = loaded.spec.gradcam_layer

@@ -176,7 +176,7 @@ def finetune_block(
                             labels[held_index])  # fmt: skip
     state = {f"attention.block{model.after}.{k}": v.detach().contiguous()
              for k, v in block.state_dict().items()}  # fmt: skip
-    write_weights(out, state, cfg)
+    write_weights(out, state, cfg, f"lite0-{cfg.block}", cfg.block)
     return FinetuneReport(
         train_images=len(trained),
         holdout_images=len(held),

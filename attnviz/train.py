@@ -45,6 +45,7 @@ from attnviz.models.registry import (
     get_spec,
     lite0_gates_file,
 )
+from attnviz.models.weights import TRAINED_FAMILY, TRAINED_FOR
 
 # Gates start from the feature's standardised channel mean, gently (slope 1/2): that is
 # where the evidence usually is. Starting from flat maps instead (all conv weights zero)
@@ -234,13 +235,15 @@ def set_fill(model: EfficientNetLite, value: float) -> None:
         gate.fill = value
 
 
-def write_weights(out: Path, state: dict[str, Tensor], cfg: Any) -> None:
-    """Trained weights as safetensors with their recipe (``cfg``, a dataclass), written
-    atomically; the finished run's resume state is then removed."""
+def write_weights(out: Path, state: dict[str, Tensor], cfg: Any, model: str, family: str) -> None:
+    """Trained weights as safetensors with their recipe (``cfg``, a dataclass) and the model
+    and ``--family`` they were trained for (so ``--weights`` on another model says so),
+    written atomically; the finished run's resume state is then removed."""
     from safetensors.torch import save
 
+    metadata = {"recipe": repr(asdict(cfg)), TRAINED_FOR: model, TRAINED_FAMILY: family}
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, save(state, metadata={"recipe": repr(asdict(cfg))}))
+    atomic_write_bytes(out, save(state, metadata=metadata))
     resume_path(out).unlink(missing_ok=True)
 
 
@@ -417,7 +420,7 @@ def train_gates(
     state = model.attention.state_dict()
     gates = {f"attention.{k}": v.detach().contiguous() for k, v in state.items()}
     gates["pool_gain"] = model.pool_gain.detach().clone()
-    write_weights(cfg.out, gates, cfg)
+    write_weights(cfg.out, gates, cfg, f"lite0-{cfg.family}", cfg.family)
     return TrainReport(
         resumed_from=first_step,
         config={k: str(v) for k, v in asdict(cfg).items()},

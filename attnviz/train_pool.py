@@ -166,7 +166,7 @@ def train_attention_pool(
     agreement, opening_held = holdout_scores(model, hold_set)
     state = {f"attention.pool.{k}": v.detach().contiguous() for k, v in gate.state_dict().items()}
     state["pool_gain"] = model.pool_gain.detach().clone()
-    write_weights(cfg.out, state, cfg)
+    write_weights(cfg.out, state, cfg, "lite0-attnpool", "attnpool")
     return TrainReport(
         resumed_from=first_step,
         config={k: str(v) for k, v in asdict(cfg).items()},

@@ -396,6 +396,54 @@ class ECA(nn.Module):
         return x * self.sigmoid(y).expand_as(x)
 
 
+class SqueezeExciteLinear(nn.Module):
+    """SE written with nn.Linear on pooled vectors: the sigmoid's output is (N, C), viewed
+    as (N, C, 1, 1) and expanded over the map. Channel attention only."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(channels, channels // 4), nn.ReLU(),
+                                nn.Linear(channels // 4, channels), nn.Sigmoid())  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c = x.shape[:2]
+        y = self.fc(x.mean(dim=(2, 3))).view(n, c, 1, 1)
+        return x * y.expand_as(x)
+
+
+class GlobalContext(nn.Module):
+    """GCNet's context block (Cao et al., 2019): softmax over positions of a 1×1 conv pools
+    the features into one context vector, added back to every position."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv_mask = nn.Conv2d(channels, 1, 1)
+        self.transform = nn.Sequential(nn.Conv2d(channels, channels // 4, 1), nn.ReLU(),
+                                       nn.Conv2d(channels // 4, channels, 1))  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        mask = self.conv_mask(x).view(n, 1, h * w)
+        mask = torch.softmax(mask, dim=2).unsqueeze(-1)  # (N, 1, HW, 1)
+        context = torch.matmul(x.view(n, 1, c, h * w), mask).view(n, c, 1, 1)
+        return x + self.transform(context)
+
+
+class ViewingGate(nn.Module):
+    """A spatial gate whose code .view()s its input, as much research code does: it needs
+    the standard memory layout, not channels_last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        flat = x.view(n, c, h * w)
+        pooled = torch.stack([flat.mean(1), flat.amax(1)], dim=1).view(n, 2, h, w)
+        return x * torch.sigmoid_(self.conv(pooled))
+
+
 # ------------------------------------------------------------------ hosts
 
 

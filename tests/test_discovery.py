@@ -50,7 +50,10 @@ def maps_of(model: nn.Module, x: Tensor, layer: str) -> dict:
         (L.Host(L.CoordinateAttention(16)), {"block": "coordinate gate"}),
         (L.Host(L.SimAM()), {"block": "sigmoid gate"}),
         (L.Host(L.TripletAttention()), {"block.hw": "sigmoid gate"}),
+        (L.Host(L.GlobalContext(16)), {"block": "softmax pooling"}),
+        (L.Host(L.ViewingGate()), {"block": "sigmoid gate"}),
         (L.Host(L.SqueezeExcite(16)), {}),
+        (L.Host(L.SqueezeExciteLinear(16)), {}),
         (L.Host(L.ECA()), {}),
         (L.Host(L.ChannelAttention()), {}),
     ],
@@ -68,6 +71,7 @@ def test_each_pattern_is_found_in_the_layer_that_computes_it(model, expected) ->
     ("block", "what"),
     [
         (L.SqueezeExcite(16), "channel gate"),
+        (L.SqueezeExciteLinear(16), "channel gate"),
         (L.ECA(), "channel gate"),
         (L.ChannelAttention(), "channel attention"),
     ],
@@ -277,3 +281,16 @@ def test_layer_list_is_kept_per_model_and_renewed_when_the_model_changes() -> No
     model.block = L.SpatialGateFunctional()  # a new module: listed anew
     found(model)  # discovery ran again: listed anew
     assert list(layer_capturers(model)) == ["block"]
+
+
+def test_global_context_map_is_its_softmax_over_positions() -> None:
+    torch.manual_seed(0)
+    model = L.Host(L.GlobalContext(16)).eval()
+    found(model)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    c = maps_of(model, x, "block")["block"]
+    with torch.inference_mode():
+        f = model.stem(x)
+        weights = torch.softmax(model.block.conv_mask(f).flatten(1), dim=1).view(1, 1, 8, 8)
+    torch.testing.assert_close(c.weights, _by_max(weights))
+    torch.testing.assert_close(c.weighted, (c.weights * f).abs().mean(1, keepdim=True))

@@ -60,6 +60,12 @@ def triplet():
 
 def plain():
     return B.Host(B.nn.Identity())
+
+def viewing_gate():
+    return B.Host(B.ViewingGate())
+
+def global_context():
+    return B.Host(B.GlobalContext(16))
 """
 
 
@@ -90,6 +96,8 @@ def manifest(out: Path) -> list[dict]:
         ("coordinate", "block"),
         ("simam", "block"),
         ("triplet", "block.hw"),
+        ("viewing_gate", "block"),  # .view() in user code: photos go in the standard layout
+        ("global_context", "block"),
     ],
 )
 def test_a_users_attention_is_found_and_drawn(

@@ -225,7 +225,7 @@ def test_cli_wrong_weights_is_one_line_naming_the_closest(
     photo = write_photo(tmp_path / "photo.jpg")
     out = tmp_path / "out"
     code, output = attnviz("run", photo, "--weights", resnet18_file, "--out", out)
-    assert code == 1, output
+    assert code == 2, output  # the wrong file for the model: a usage error (issue 21)
     [line] = _error_lines(output)
     assert "weights do not fit lite0-attnpool" in line and "missing (e.g. " in line
     assert line.endswith("closest built-in model: cbam-resnet18 (100% of keys match)")

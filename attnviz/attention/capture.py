@@ -104,7 +104,8 @@ def _list_layers(model: nn.Module) -> dict[str, Capturer]:
                 recipe.pattern,
                 "discovered",
                 lambda sink, m=module, r=recipe: attach_discovered(m, r, sink),
-                reads_query=isinstance(recipe, AttentionRecipe),
+                reads_query=isinstance(recipe, AttentionRecipe)
+                and recipe.pattern != "softmax pooling",
                 pattern=recipe.pattern,
                 map_is=describe(recipe),
             )

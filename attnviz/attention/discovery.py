@@ -81,7 +81,10 @@ class GateRecipe:
 class AttentionRecipe:
     """An attention-matrix layer: the call that makes the weights, the one that applies them."""
 
-    pattern: Literal["softmax attention", "scaled-dot-product attention", "criss-cross attention"]
+    pattern: Literal[
+        "softmax attention", "scaled-dot-product attention", "criss-cross attention",
+        "softmax pooling",
+    ]  # fmt: skip
     call: int  # ordinal of the softmax (or sdpa) call in one forward of the layer
     applied: tuple[str, int, int] | None  # (kind, ordinal, row axis) of weights @ values
     layout: TokenLayout | None  # None for criss-cross attention (its layout is its shape)
@@ -114,6 +117,8 @@ def describe(recipe: Recipe) -> str:
         return "its sigmoid gate over positions (mean over channels)"
     if recipe.pattern == "criss-cross attention":
         return "attention received along rows and columns / max; --query: that point's cross"
+    if recipe.pattern == "softmax pooling":
+        return "its softmax over positions (the weights of the pooled context) / max"
     if recipe.layout is not None and recipe.layout.prefix:
         return "class token's attention / max, mean over heads; --query: that patch's row"
     return "attention received / max, mean over heads; --query: that position's row"
@@ -167,7 +172,8 @@ class _Application:
     gates: frozenset[int]
     event: _Event
     features: Tensor
-    gate_shape: tuple[int, ...]
+    gate_shape: tuple[int, ...]  # the gate as multiplied (expanded, resampled …)
+    extent: tuple[int, ...]  # the gate before any expansion: what it varies over
 
 
 IMAGE_AXES = ("N", "C", "H", "W")
@@ -181,6 +187,7 @@ class _Probe(TorchFunctionMode):
         self.keep: list[object] = []  # every tensor seen: ids stay unique while the probe runs
         self.axes: dict[int, tuple[str, ...]] = {}  # 4-D tensor id -> the image axis of each dim
         self.gate_of: dict[int, frozenset[int]] = {}  # tensor id -> sigmoid events it carries
+        self.extent: dict[int, tuple[int, ...]] = {}  # its shape before any expansion
         self.applications: list[_Application] = []
         self.replays: dict[int, _Replay] = {}  # tensor id -> its rows
         self.finals: dict[int, _Replay] = {}  # source -> replay that lies on the image
@@ -232,8 +239,8 @@ class _Probe(TorchFunctionMode):
         self, func: object, args: tuple, kwargs: dict, result: object, event: _Event | None
     ) -> None:
         if event is not None and event.kind == "sigmoid" and isinstance(result, Tensor):
-            if result.dim() == 4:
-                self.gate_of[id(result)] = frozenset({event.index})
+            self.gate_of[id(result)] = frozenset({event.index})
+            self.extent[id(result)] = tuple(result.shape)
             return
         tensors = watch.tensors_in(args, kwargs)
         gates = frozenset().union(*(self.gate_of.get(id(t), frozenset()) for t in tensors))
@@ -242,10 +249,13 @@ class _Probe(TorchFunctionMode):
         others = [t for t in tensors if id(t) not in self.gate_of]
         carried = [t for t in tensors if id(t) in self.gate_of]
         if func in watch.LAYOUT or func in watch.SAME_PLACE or func in watch.RESAMPLE:
-            self._mark(result, gates)
+            # Expanding a gate repeats it without adding anything: it keeps its extent.
+            expands = func in watch.EXPAND
+            extent = self.extent[id(carried[0])] if expands else None
+            self._mark(result, gates, extent)
         elif func in watch.ARITHMETIC:
             if all(t.numel() <= 1 for t in others):
-                self._mark(result, gates)
+                self._mark(result, gates, _broadcast([self.extent[id(t)] for t in carried]))
             elif (
                 event is not None
                 and event.kind == "mul"
@@ -254,15 +264,16 @@ class _Probe(TorchFunctionMode):
                 and isinstance(result, Tensor)
                 and result.shape == others[0].shape
             ):
-                features = others[0]
+                gate = carried[0]
                 self.applications.append(
-                    _Application(gates, event, features, tuple(carried[0].shape))
+                    _Application(gates, event, others[0], tuple(gate.shape), self.extent[id(gate)])
                 )
 
-    def _mark(self, result: object, gates: frozenset[int]) -> None:
+    def _mark(self, result: object, gates: frozenset[int], extent: tuple[int, ...] | None) -> None:
         for r in result if isinstance(result, list | tuple) else (result,):
             if isinstance(r, Tensor):
                 self.gate_of[id(r)] = self.gate_of.get(id(r), frozenset()) | gates
+                self.extent[id(r)] = extent if extent is not None else tuple(r.shape)
 
     # -- attention matrices: the rows, followed to where they land
     def _follow_rows(
@@ -549,14 +560,16 @@ def _gate_layers(probe: _Probe, analysis: _Analysis) -> None:
     for app in probe.applications:
         for g in sorted(app.gates):
             gate = probe.events[g]
-            shape = tuple(gate.result.shape)  # type: ignore[union-attr]
             x = app.features
             owner = _owner(gate.inv)
-            if owner is None or shape[0] != x.shape[0]:
+            extent = app.extent if len(app.extent) == 4 else (app.extent[0], -1, 1, 1)
+            if owner is None or extent[0] != x.shape[0]:
                 continue
-            h, w = shape[2], shape[3]
+            h, w = extent[2], extent[3]
             if (h, w) == (1, 1):
                 what = "channel"
+            elif gate.result.dim() != 4:  # type: ignore[union-attr]
+                continue  # a map over positions is read from a (N, C, h, w) sigmoid
             elif probe.axes.get(id(x), IMAGE_AXES)[2:] != ("H", "W"):
                 continue  # a gate over a plane that is not the image's (triplet's C×W, H×C)
             elif not _broadcasts(app.gate_shape, tuple(x.shape)):
@@ -578,6 +591,10 @@ def _gate_layers(probe: _Probe, analysis: _Analysis) -> None:
             analysis.found.append(_Found(owner, recipe))
         elif all(what == "channel" for what, _, _ in entries):
             analysis.channel.append((owner, "channel gate"))
+
+
+def _broadcast(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    return tuple(torch.broadcast_shapes(*shapes))
 
 
 def _broadcasts(gate: tuple[int, ...], features: tuple[int, ...]) -> bool:
@@ -638,7 +655,12 @@ def _attention_layers(probe: _Probe, analysis: _Analysis, image_hw: tuple[int, i
             )
             continue
         layout = _layout(probe, source, weights, image_hw)
-        if layout == "channel":
+        pooling = _pooling_layout(probe, source, weights) if layout is None else None
+        if pooling is not None:
+            seen_modules.add(id(owner.module))
+            recipe = AttentionRecipe("softmax pooling", call, applied, pooling)
+            analysis.found.append(_Found(owner, recipe))
+        elif layout == "channel":
             analysis.channel.append((owner, "channel attention"))
             seen_modules.add(id(owner.module))
         elif layout is not None:
@@ -725,21 +747,38 @@ def _key_positions(
             return None
         func, args = scores
         key, axis = (args[0] if func is torch.Tensor.__rmatmul__ else args[1]), -1
-    if not isinstance(key, Tensor):
+    found = _positions_of(probe, key)
+    if found is None:
+        return None
+    grid, positions = found
+    along = -2 if axis == -1 else -1  # the key's feature axis: positions must not vary on it
+    if not bool((positions == positions.narrow(along, 0, 1)).all()):
+        return None
+    per_key = positions.select(along, 0)  # (…, keys)
+    per_key = per_key.reshape(-1, per_key.shape[-1])
+    if per_key.shape[0] != blocks:
+        return None
+    return grid, (per_key - 1).long().cpu()
+
+
+def _positions_of(probe: _Probe, tensor: object) -> tuple[tuple[int, int], Tensor] | None:
+    """The cell (counted from 1; 0: padding) each value of ``tensor`` came from, for a tensor
+    the model cut or reshaped from a feature map (N, C, h, w) by layout calls only."""
+    if not isinstance(tensor, Tensor):
         return None
     chain: list[tuple[object, tuple, dict, object]] = []
-    base = key
+    base = tensor
     while id(base) in probe.producer and probe.producer[id(base)][0] in watch.LAYOUT:
         call = probe.producer[id(base)]
         chain.append(call)
-        inputs = [t for t in watch.tensors_in(call[1], call[2])]
+        inputs = watch.tensors_in(call[1], call[2])
         if len(inputs) != 1:
             return None
         base = inputs[0]
     if base.dim() != 4 or base.shape[0] != 1:
         return None
     h, w = base.shape[2], base.shape[3]
-    # Positions counted from 1, so that zero padding (F.pad) reads as "no position".
+    # Counted from 1, so that zero padding (F.pad) reads as "no position".
     index = (torch.arange(h * w, dtype=torch.float64, device=base.device) + 1).view(1, 1, h, w)
     current: dict[int, Tensor] = {id(base): index.expand(base.shape)}
     try:
@@ -749,15 +788,29 @@ def _key_positions(
                 current[id(r)] = i
     except (RuntimeError, ValueError, TypeError, IndexError):
         return None
-    positions = current.get(id(key))
-    along = -2 if axis == -1 else -1  # the key's feature axis: positions must not vary on it
-    if positions is None or not bool((positions == positions.narrow(along, 0, 1)).all()):
+    positions = current.get(id(tensor))
+    return None if positions is None else ((h, w), positions)
+
+
+def _pooling_layout(probe: _Probe, source: int, weights: Tensor) -> TokenLayout | None:
+    """A softmax over positions that pools features into a context (GCNet's context block):
+    its input is a map over the image's cells, reshaped; its rows (heads) are few."""
+    event = probe.events[source]
+    if event.kind != "softmax" or not event.args:
         return None
-    per_key = positions.select(along, 0)  # (…, keys)
-    per_key = per_key.reshape(-1, per_key.shape[-1])
-    if per_key.shape[0] != blocks:
+    found = _positions_of(probe, event.args[0])
+    if found is None:
         return None
-    return (h, w), (per_key - 1).long().cpu()
+    (h, w), positions = found
+    keys = weights.shape[-1]
+    rows = weights.shape[:-1].numel()
+    cells = positions.reshape(rows, keys)
+    if keys != h * w or h * w < 4 or rows > 64:
+        return None
+    if not all(bool((row.sort().values == torch.arange(1, keys + 1)).all()) for row in cells.cpu()):
+        return None  # every row must weigh every cell once
+    no_rows = torch.full((rows,), -1, dtype=torch.long)
+    return TokenLayout((h, w), 0, rows, 1, keys, no_rows, (h, w), (cells - 1).long().cpu())
 
 
 def _matmul_behind(probe: _Probe, scores: object) -> tuple[object, tuple] | None:

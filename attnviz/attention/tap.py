@@ -90,6 +90,9 @@ def build(
         return _gate_capture(recipe, kept, inputs)
     if recipe.pattern == "criss-cross attention":
         return _criss_cross_capture(kept[("softmax", recipe.call)], inputs, output)
+    if recipe.pattern == "softmax pooling":
+        assert recipe.layout is not None
+        return _pooling_capture(recipe.layout, kept[("softmax", recipe.call)], inputs)
     assert recipe.layout is not None
     if recipe.pattern == "scaled-dot-product attention":
         weights, values = kept[("sdpa-weights", recipe.call)], kept[("sdpa", recipe.call)]
@@ -255,3 +258,23 @@ def _criss_cross_capture(
     return AttentionCapture(
         _by_max(cross.unsqueeze(1)), weighted, parts=parts, marker=_marker(cells, (h, w))
     )
+
+
+def _pooling_capture(
+    layout: TokenLayout, weights: Tensor, inputs: tuple[object, ...]
+) -> AttentionCapture:
+    """Softmax pooling (GCNet): the weights over positions, mean over heads, / max; the
+    weighted map is |map ⊗ x|, each position's share of the pooled context."""
+    assert layout.key_grid is not None and layout.key_position is not None
+    a = weights.float()
+    n = a.numel() // (layout.rows * layout.keys)
+    per_cell = a.new_zeros(n, layout.keys)
+    cells = layout.key_position.to(a.device)
+    rows = a.reshape(n, layout.rows, layout.keys)
+    for r in range(layout.rows):
+        per_cell[:, cells[r]] += rows[:, r]
+    grid = _by_max((per_cell / layout.rows).reshape(n, 1, *layout.key_grid))
+    x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+    if x is not None and x.dim() == 4 and x.shape[2:] == grid.shape[2:]:
+        return AttentionCapture(grid, (grid * x.float()).abs().mean(dim=1, keepdim=True))
+    return AttentionCapture(grid, grid)

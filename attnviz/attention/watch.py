@@ -17,6 +17,7 @@ _KINDS: dict[object, str] = {
     torch.sigmoid: "sigmoid",
     torch.Tensor.sigmoid: "sigmoid",
     torch.Tensor.sigmoid_: "sigmoid",
+    torch.sigmoid_: "sigmoid",
     F.sigmoid: "sigmoid",
     F.hardsigmoid: "sigmoid",
     torch.special.expit: "sigmoid",
@@ -51,7 +52,7 @@ LAYOUT = frozenset({
     torch.movedim, torch.Tensor.swapaxes, torch.swapaxes, torch.Tensor.clone, torch.clone,
     torch.Tensor.view_as, torch.Tensor.reshape_as, torch.Tensor.expand, torch.Tensor.expand_as,
     torch.Tensor.unbind, torch.unbind, torch.Tensor.chunk, torch.chunk, torch.Tensor.split,
-    torch.split, torch.Tensor.repeat, torch.Tensor.unfold, F.pad,
+    torch.split, torch.Tensor.repeat, torch.Tensor.unfold, F.pad, torch.broadcast_to,
 })  # fmt: skip
 
 # Calls that keep every value's place and shape (dtype casts, dropout, activations).
@@ -70,6 +71,10 @@ ARITHMETIC = frozenset({
     torch.Tensor.mul_, torch.div, torch.Tensor.div, torch.Tensor.__truediv__,
     torch.Tensor.__itruediv__, torch.Tensor.div_,
 })  # fmt: skip
+
+# Layout calls that repeat values (a gate expanded over channels varies only where it did).
+EXPAND = frozenset({torch.Tensor.expand, torch.Tensor.expand_as, torch.Tensor.repeat,
+                    torch.broadcast_to})  # fmt: skip
 
 RESAMPLE = frozenset({F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest})
 

@@ -55,6 +55,11 @@ class LoadedModel:
     device: torch.device
     size: int
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether photos go in as channels_last: only for the models attnviz wrote."""
+        return not self.spec.discover
+
     def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
         """RGB uint8 photos -> a normalised batch on the device.
 
@@ -65,7 +70,11 @@ class LoadedModel:
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        x = (x - mean) / std
+        # channels_last suits attnviz's own convolutional models; code it did not write may
+        # .view() its tensors, which needs the standard layout.
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=layout)
 
     def __call__(self, x: Tensor) -> object:
         return self.net(x)
@@ -88,20 +97,32 @@ def load_model(
     """Build a built-in model with its weights, in eval mode on ``device``.
 
     ``weights`` replaces the default weights with a checkpoint file (safetensors or a
-    tensors-only torch file); ``random_init`` skips weights for structure checks.
+    tensors-only torch file). For the built-ins with trained gates it may hold the gates
+    alone, as ``attnviz train`` writes them: the trunk then comes from its package, as for the
+    shipped model. ``random_init`` skips weights for structure checks.
     """
-    from attnviz.models.weights import load_into, read_state_dict
+    from attnviz.models.weights import check_trained_for, load_into, read_state_dict
 
     spec = get_spec(name)
     if spec.fixed_size and size not in (None, spec.input_size):
         raise UsageError(f"{spec.name} works at {spec.input_size} px only, not --size {size}")
     target = device if isinstance(device, torch.device) else resolve_device(device)
     if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise UsageError(f"{path}: weights file not found")
+        check_trained_for(path, spec.name)
+        state = read_state_dict(path)
         net = spec.build(True)
-        load_into(net, read_state_dict(Path(weights)), str(weights), model_name=spec.name)
+        if spec.with_gates is not None and set(state) <= set(net.state_dict()):
+            # Gates alone (or a whole checkpoint): the rest from the package, as shipped.
+            net = spec.with_gates(gates=state, source=str(path))
+        else:  # keys of another model: say which, against the whole model
+            load_into(net, state, str(path), model_name=spec.name)
     else:
         net = spec.build(random_init)
-    net = net.eval().to(target, memory_format=torch.channels_last)
+    layout = torch.preserve_format if spec.discover else torch.channels_last
+    net = net.eval().to(target, memory_format=layout)
     loaded = LoadedModel(net, spec, target, size or spec.input_size)
     if spec.discover:
         find_attention(net, loaded.size, target)

