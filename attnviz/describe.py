@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from attnviz.attention import attention_layers
 from attnviz.attention.capture import layer_capturer, select_layers
-from attnviz.attention.protocol import AttentionCapture, Capturer, FoundBy, Sink
+from attnviz.attention.protocol import AttentionCapture, Capturer, FoundBy, Removable, Sink
 from attnviz.models import find_attention, load_model
 from attnviz.models.registry import get_spec
 
@@ -72,7 +71,7 @@ def describe_layers(
 
         return keep
 
-    handles: list[RemovableHandle] = []
+    handles: list[Removable] = []
     try:
         for name in names:
             handles.append(modules[name].register_forward_hook(feature_hook(name)))

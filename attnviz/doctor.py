@@ -165,7 +165,7 @@ def _default_model() -> tuple[Status, str]:
 
     from attnviz.api import capture, capture_arrays
     from attnviz.models import load_model
-    from attnviz.pipeline import logits_of
+    from attnviz.models.outputs import logits_of
 
     start = time.perf_counter()
     model = load_model(DEFAULT_MODEL, device="cpu", size=SMOKE_SIZE)

@@ -27,6 +27,7 @@ from attnviz.gradcam import has_trunk, trunk_grad_cam
 from attnviz.io import load_rgb
 from attnviz.localization import Box, LocalizationScores, to_unit_map
 from attnviz.models import LoadedModel, load_model
+from attnviz.models.outputs import logits_of
 
 COMBINED = "combined: product of layers"
 GAUSSIAN = "baseline: centred Gaussian"
@@ -128,7 +129,7 @@ def evaluate(
         pictures = [load_rgb(p.path) for p in batch]
         x = loaded.preprocess(pictures)
         with torch.inference_mode(), capture_maps(loaded.net, names) as captured:
-            predicted = loaded(x).argmax(1)  # type: ignore[union-attr]
+            predicted = logits_of(loaded(x)).argmax(1)
             maps = {name: capture_arrays(c)[0] for name, c in captured.items()}
         cams, trunk_logits, gradcam_layer = trunk_grad_cam(loaded.net, x, gradcam_layer)
         trunk_predicted = trunk_logits.argmax(1)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from attnviz.errors import UsageError
+from attnviz.models.outputs import logits_of
 
 
 def last_feature_layer(net: nn.Module, x: Tensor) -> str:
@@ -80,10 +81,7 @@ def grad_cam(
     module = dict(net.named_modules())[layer]
     captured: list[Tensor] = []
     handle = module.register_forward_hook(lambda m, i, out: captured.append(out))
-    # Imported here: the pipeline imports this module. Tuple and dict outputs hold the
-    # class scores somewhere; logits_of finds them as it does for the attention maps.
-    from attnviz.pipeline import logits_of
-
+    # Tuple and dict outputs hold the class scores somewhere; logits_of finds them.
     try:
         with torch.enable_grad():
             logits = logits_of(net(x))

@@ -54,7 +54,7 @@ from attnviz.io.shards import Shard
 from attnviz.io.video import expected_frames, is_video, open_frames
 from attnviz.io.write import atomic_write_bytes
 from attnviz.models import LoadedModel, load_model
-from attnviz.models.imagenet import imagenet_categories
+from attnviz.models.outputs import logits_of, not_class_scores, top_classes
 from attnviz.models.user import is_user_model
 from attnviz.render import LayerMaps, render_triptych, resolve_colormap
 from attnviz.render.panels import colorbar
@@ -586,47 +586,6 @@ def _torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def logits_of(output: object) -> Tensor:
-    """The class scores of a model output that may be a tensor, a tuple or a dict."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, dict):
-        for key in ("logits", "out", "output"):
-            if isinstance(output.get(key), Tensor):
-                return output[key]
-        output = list(output.values())
-    if isinstance(output, list | tuple):
-        for value in output:
-            if isinstance(value, Tensor):
-                return value
-    raise AttnvizError(f"cannot find class scores in a model output of type {type(output)}")
-
-
-def not_class_scores(logits: Tensor) -> str | None:
-    """Why ``logits`` are not (N, K) class scores (a mask, a map, one score), or None."""
-    if logits.dim() == 2 and logits.shape[1] > 1:
-        return None
-    shape = "×".join(map(str, logits.shape[1:])) or "a scalar"
-    return f"the model's output ({shape} per photo) is not class scores (N, K)"
-
-
-def top_classes(logits: Tensor, k: int = 5) -> list[list[dict[str, object]]]:
-    """Each photo's top-k classes; none (empty lists) when the output is not class scores
-    (a segmentation mask, a discriminator's score): the manifest says why (``top5_note``)."""
-    if not_class_scores(logits) is not None:
-        return [[] for _ in range(len(logits))]
-    probs = torch.softmax(logits.float(), dim=1)
-    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
-    names = imagenet_categories() if probs.shape[1] == 1000 else None
-    return [
-        [
-            {"index": int(i), "label": names[int(i)] if names else str(int(i)), "prob": float(p)}
-            for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)
-        ]
-        for row_p, row_i in zip(values, indices, strict=True)
-    ]
-
-
 def map_stats(weights: np.ndarray, image_hw: tuple[int, int]) -> dict[str, object]:
     """Statistics of a native-resolution map, for sorting and spreadsheets.
 
@@ -768,6 +727,9 @@ class BatchRunner:
         with torch.inference_mode(), capture_maps(self.model.net, self.layers) as captured:
             logits = logits_of(self.model(x))
             top5, note = top_classes(logits), not_class_scores(logits)
+            missing = [name for name in self.layers if name not in captured]
+            if missing:  # a discovered layer whose call did not match its probe's shapes
+                raise AttnvizError(f"no map from {', '.join(missing)} in this forward pass")
             maps = {name: layer_maps(name, c, self.parts) for name, c in captured.items()}
         cams: list[np.ndarray | None] = [None] * len(images)
         if self.with_gradcam:
@@ -796,6 +758,7 @@ class GradCamRunner(BatchRunner):
         x = self._input(images)
         cams, logits, self.target = trunk_grad_cam(self.model.net, x, self.target)
         top5 = top_classes(logits[: len(images)])
+        note = not_class_scores(logits)
         results = []
         for i, cam in enumerate(cams[: len(images)].float().cpu().numpy()):
             peak = float(cam.max())
@@ -809,7 +772,7 @@ class GradCamRunner(BatchRunner):
                 weighted_label="Grad-CAM overlay",
                 weighted_key="Grad-CAM",
             )
-            results.append(ImageResult(top5[i], [layer], cam))
+            results.append(ImageResult(top5[i], [layer], cam, note))
         return results
 
 

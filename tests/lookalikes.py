@@ -472,3 +472,98 @@ class MapCallerHost(Host):
         y = self.stem(x)
         y = self.block(y) * y
         return self.head(y.mean(dim=(2, 3)))
+
+
+# ------------------------------------------------------------------ not spatial attention
+
+
+class Swish(nn.Module):
+    """x · σ(βx): an activation, not attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beta = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.beta * x)
+
+
+class GatedLinearUnit(nn.Module):
+    """GLU over channels: a · σ(b) with a, b two halves of one conv's output."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2 * channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.conv(x).chunk(2, dim=1)
+        return a * b.sigmoid()
+
+
+class LearntBlend(nn.Module):
+    """x + σ(α) · conv(x), α one learnt scalar: a gate with no positions at all."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(()))
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + torch.sigmoid(self.alpha) * self.conv(x)
+
+
+class FixedMask(nn.Module):
+    """A learnt mask over positions, the same for every photo: σ(M) ⊗ x with M a parameter.
+    Not attention: nothing depends on the photo."""
+
+    def __init__(self, size: int = 8) -> None:
+        super().__init__()
+        self.mask = nn.Parameter(torch.randn(1, 1, size, size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.mask)
+
+
+class HeadsFirstAttention(nn.Module):
+    """Self-attention over positions whose heads axis comes before the photos (heads, N, L,
+    L): rows of different photos are interleaved, which discovery cannot map back safely."""
+
+    def __init__(self, channels: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(x).view(n, 3, self.heads, c // self.heads, h * w).unbind(1)
+        q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # (heads, N, d, L)
+        a = torch.softmax(q.transpose(-2, -1) @ k, dim=-1)  # (heads, N, L, L)
+        out = (a @ v.transpose(-2, -1)).permute(1, 0, 3, 2).reshape(n, c, h, w)
+        return x + out
+
+
+class OuterGate(nn.Module):
+    """A sigmoid gate whose block holds another attention layer (coordinate attention):
+    capturing both must give the outer gate the same map as capturing it alone."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.inner = CoordinateAttention(channels)
+        self.conv = nn.Conv2d(2, 1, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.inner(x)
+        pooled = torch.cat([y.mean(1, keepdim=True), y.amax(1, keepdim=True)], 1)
+        return y * torch.sigmoid(self.conv(pooled))
+
+
+class TwoSizes(nn.Module):
+    """One non-local block used at two sizes in one forward pass."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block = NonLocalBlock(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.block(x)
+        return y + F.interpolate(self.block(F.avg_pool2d(y, 2)), scale_factor=2.0)

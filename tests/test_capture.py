@@ -8,7 +8,7 @@ import torch
 from attnviz.attention import attention_layers, capture_maps, is_spatial_attention, select_layers
 from attnviz.errors import UsageError
 from attnviz.models.cbam import ChannelGate, SpatialGate
-from attnviz.pipeline import logits_of
+from attnviz.models.outputs import logits_of
 from tests.toy_models import ToyGated, hook_count
 
 

@@ -21,7 +21,7 @@ SIZE = 32  # the hosts' stem has stride 4: an 8 x 8 grid
 
 
 def found(model: nn.Module, size: int = SIZE) -> dict[str, str]:
-    discovery = discover(model.eval(), torch.randn(1, 3, size, size))
+    discovery = discover(model.eval(), torch.randn(2, 3, size, size))
     return {name: recipe.pattern for name, recipe in discovery.layers.items()}
 
 
@@ -78,7 +78,7 @@ def test_each_pattern_is_found_in_the_layer_that_computes_it(model, expected) ->
 )
 def test_channel_attention_is_reported_not_listed(block: nn.Module, what: str) -> None:
     model = L.Host(block).eval()
-    discovery = discover(model, torch.randn(1, 3, SIZE, SIZE))
+    discovery = discover(model, torch.randn(2, 3, SIZE, SIZE))
     assert discovery.layers == {}
     assert discovery.channel_only == (("block", what),)
     with pytest.raises(UsageError, match=f"channel attention only \\({what} at block\\).*gradcam"):
@@ -87,7 +87,7 @@ def test_channel_attention_is_reported_not_listed(block: nn.Module, what: str) -
 
 def test_cbam_block_reports_its_channel_half_and_lists_its_spatial_half() -> None:
     model = L.Host(L.CBAMBlock(16)).eval()
-    discovery = discover(model, torch.randn(1, 3, SIZE, SIZE))
+    discovery = discover(model, torch.randn(2, 3, SIZE, SIZE))
     assert list(discovery.layers) == ["block.sa"]
     assert discovery.channel_only == (("block.ca", "channel gate"),)
 
@@ -119,7 +119,7 @@ def test_bam_map_is_the_channel_mean_of_its_three_dimensional_gate() -> None:
     torch.manual_seed(0)
     model = L.Host(L.BAM(16)).eval()
     found(model)
-    x = torch.randn(1, 3, SIZE, SIZE)
+    x = torch.randn(3, 3, SIZE, SIZE)
     c = maps_of(model, x, "block")["block"]
     f = model.stem(x)
     bam = model.block
@@ -132,14 +132,14 @@ def test_coordinate_attention_map_is_the_product_of_its_gates() -> None:
     torch.manual_seed(0)
     model = L.Host(L.CoordinateAttention(16)).eval()
     found(model)
-    x = torch.randn(1, 3, SIZE, SIZE)
+    x = torch.randn(3, 3, SIZE, SIZE)
     c = maps_of(model, x, "block")["block"]
     f, ca = model.stem(x), model.block
     h = f.shape[2]
     y = F.relu(ca.bn1(ca.conv1(torch.cat([f.mean(3, True), f.mean(2, True).transpose(2, 3)], 2))))
     a_h = torch.sigmoid(ca.conv_h(y[:, :, :h]))
     a_w = torch.sigmoid(ca.conv_w(y[:, :, h:].transpose(2, 3)))
-    assert c.weights.shape == (1, 1, 8, 8)
+    assert c.weights.shape == (3, 1, 8, 8)
     torch.testing.assert_close(c.weights, (a_h * a_w).mean(1, keepdim=True))
 
 
@@ -147,7 +147,7 @@ def test_simam_map_is_the_channel_mean_of_its_gate() -> None:
     torch.manual_seed(0)
     model = L.Host(L.SimAM()).eval()
     found(model)
-    x = torch.randn(1, 3, SIZE, SIZE)
+    x = torch.randn(3, 3, SIZE, SIZE)
     f = model.stem(x)
     n = f.shape[2] * f.shape[3] - 1
     d = (f - f.mean((2, 3), True)) ** 2
@@ -160,7 +160,7 @@ def test_attention_unet_gate_map_on_a_mask_host() -> None:
     torch.manual_seed(0)
     model = L.AttentionUNet(1).eval()
     found(model)
-    x = torch.randn(1, 3, SIZE, SIZE)
+    x = torch.randn(3, 3, SIZE, SIZE)
     c = maps_of(model, x, "att")["att"]
     skip = model.enc1(x)
     g = model.up(model.enc2(skip))
@@ -201,10 +201,10 @@ def test_non_local_with_pooled_keys_shows_the_keys_grid() -> None:
     torch.manual_seed(0)
     model = L.Host(L.NonLocalBlock(16, sub_sample=True)).eval()
     found(model)
-    x = torch.randn(1, 3, SIZE, SIZE)
+    x = torch.randn(3, 3, SIZE, SIZE)
     a = _non_local_attention(model.block, model.stem(x))  # (1, 64, 16)
     c = maps_of(model, x, "block")["block"]
-    torch.testing.assert_close(c.weights, _by_max(a.mean(1).view(1, 1, 4, 4)))
+    torch.testing.assert_close(c.weights, _by_max(a.mean(1).view(3, 1, 4, 4)))
 
 
 def test_sagan_tuple_output_and_danet_position_attention_read_the_same_way() -> None:
@@ -212,13 +212,13 @@ def test_sagan_tuple_output_and_danet_position_attention_read_the_same_way() -> 
     for block in (L.SelfAttention(16), L.PositionAttention(16)):
         model = L.Host(block).eval()
         found(model)
-        x = torch.randn(1, 3, SIZE, SIZE)
+        x = torch.randn(3, 3, SIZE, SIZE)
         f = model.stem(x)
         q = block.query_conv(f) if hasattr(block, "query_conv") else block.query(f)
         k = block.key_conv(f) if hasattr(block, "key_conv") else block.key(f)
         a = torch.softmax(q.flatten(2).transpose(1, 2) @ k.flatten(2), dim=-1)
         c = maps_of(model, x, "block")["block"]
-        torch.testing.assert_close(c.weights, _by_max(a.mean(1).view(1, 1, 8, 8)))
+        torch.testing.assert_close(c.weights, _by_max(a.mean(1).view(3, 1, 8, 8)))
 
 
 def test_criss_cross_map_by_hand_and_its_two_calls_give_one_layer() -> None:
@@ -227,7 +227,7 @@ def test_criss_cross_map_by_hand_and_its_two_calls_give_one_layer() -> None:
     with torch.no_grad():
         model.block.cca.gamma.fill_(0.5)
     found(model)
-    x = torch.randn(1, 3, SIZE, SIZE)
+    x = torch.randn(3, 3, SIZE, SIZE)
     kept: list[Tensor] = []
     handle = model.block.cca.register_forward_hook(lambda _m, i, _o: kept.append(i[0]))
     with query_points(torch.tensor([[0.3, 0.6]])):
@@ -269,7 +269,7 @@ def test_discovery_leaves_no_hooks_and_declared_layers_stay_as_they_are() -> Non
     net = get_spec("lite0-cbam").build(True).eval()
     before = {n: c.found_by for n, c in layer_capturers(net).items()}
     declared = set(before)
-    discovery = discover(net, torch.randn(1, 3, 64, 64), covered=declared)
+    discovery = discover(net, torch.randn(2, 3, 64, 64), covered=declared)
     assert discovery.layers == {}  # the trunk has no attention of its own: nothing false
     assert {n: c.found_by for n, c in layer_capturers(net).items()} == before
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
@@ -287,10 +287,66 @@ def test_global_context_map_is_its_softmax_over_positions() -> None:
     torch.manual_seed(0)
     model = L.Host(L.GlobalContext(16)).eval()
     found(model)
-    x = torch.randn(1, 3, SIZE, SIZE)
+    x = torch.randn(3, 3, SIZE, SIZE)
     c = maps_of(model, x, "block")["block"]
     with torch.inference_mode():
         f = model.stem(x)
-        weights = torch.softmax(model.block.conv_mask(f).flatten(1), dim=1).view(1, 1, 8, 8)
+        weights = torch.softmax(model.block.conv_mask(f).flatten(1), dim=1).view(3, 1, 8, 8)
     torch.testing.assert_close(c.weights, _by_max(weights))
     torch.testing.assert_close(c.weighted, (c.weights * f).abs().mean(1, keepdim=True))
+
+
+@pytest.mark.parametrize(
+    "block",
+    [L.Swish(), L.GatedLinearUnit(16), L.LearntBlend(16), L.FixedMask(), L.HeadsFirstAttention(16)],
+    ids=lambda b: type(b).__name__,
+)
+def test_what_only_looks_like_attention_is_not_listed(block: nn.Module) -> None:
+    assert found(L.Host(block)) == {}
+
+
+def test_a_layer_inside_another_does_not_change_its_map() -> None:
+    torch.manual_seed(0)
+    model = L.Host(L.OuterGate(16)).eval()
+    assert found(model) == {"block": "sigmoid gate", "block.inner": "coordinate gate"}
+    x = torch.randn(3, 3, SIZE, SIZE)
+    alone = maps_of(model, x, "block")["block"]
+    both = maps_of(model, x, "all")
+    torch.testing.assert_close(both["block"].weights, alone.weights)
+    torch.testing.assert_close(both["block"].weighted, alone.weighted)
+
+
+def test_a_layer_used_at_another_size_keeps_the_call_it_was_learnt_on() -> None:
+    torch.manual_seed(0)
+    model = L.Host(L.TwoSizes(16)).eval()
+    assert found(model) == {"block.block": "softmax attention"}
+    c = maps_of(model, torch.randn(3, 3, SIZE, SIZE), "block.block")["block.block"]
+    assert c.weights.shape == (3, 1, 8, 8)  # the second, smaller call gave no capture
+
+
+def test_an_interrupted_forward_leaves_no_watcher_behind() -> None:
+    model = L.Host(L.NonLocalBlock(16)).eval()
+    found(model)
+
+    def interrupt(_module: nn.Module, _inputs: tuple) -> None:
+        raise KeyboardInterrupt
+
+    handle = model.block.w.register_forward_pre_hook(interrupt)  # inside the watched layer
+    with pytest.raises(KeyboardInterrupt), torch.inference_mode():
+        with capture_maps(model, "block"):
+            model(torch.randn(1, 3, SIZE, SIZE))
+    handle.remove()
+    assert torch._C._len_torch_function_stack() == 0
+
+
+def test_the_layer_list_is_renewed_when_modules_are_added() -> None:
+    model = L.Host(L.SpatialGateFunctional()).eval()
+    found(model)
+    assert list(layer_capturers(model)) == ["block"]
+    model.block.extra = L.SpatialGateFunctional()  # declared by no one: still not listed
+    model.block.declared = L.SqueezeExcite(16)
+    assert list(layer_capturers(model)) == ["block"]
+    from tests.toy_models import ToyGated
+
+    model.toy = ToyGated()  # modules that declare themselves: listed at once
+    assert {"toy.gate1", "toy.gate2"} <= set(layer_capturers(model))

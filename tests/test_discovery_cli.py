@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,23 @@ def test_a_plain_model_is_told_to_use_gradcam(tmp_path: Path, user_model: Path) 
     code, output = attnviz("run", photo, "--model", f"{user_model}:plain", "--out", tmp_path / "o")
     assert code == 2
     assert "no spatial attention layers" in output and "--method gradcam" in output
+
+
+def test_two_model_folders_with_the_same_neighbour_name_each_import_their_own(
+    tmp_path: Path,
+) -> None:
+    from attnviz.models import load_model
+
+    for name, block in (("a", "CBAMBlock(16)"), ("b", "SelfAttention(16)")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "blocks.py").write_text(f"from tests.lookalikes import *  # noqa: F403\n"
+                                          f"BLOCK = lambda: {block}\n")  # fmt: skip
+        (folder / "model.py").write_text(
+            "import blocks\n\ndef build():\n    return blocks.Host(blocks.BLOCK())\n"
+        )
+    a = load_model(f"{tmp_path / 'a' / 'model.py'}:build", device="cpu")
+    b = load_model(f"{tmp_path / 'b' / 'model.py'}:build", device="cpu")
+    assert type(a.net.block).__name__ == "CBAMBlock"
+    assert type(b.net.block).__name__ == "SelfAttention"
+    assert str(tmp_path / "a") not in sys.path and "blocks" not in sys.modules

@@ -16,7 +16,7 @@ tvm = pytest.importorskip("torchvision.models")
 
 def _discover(model: nn.Module, size: int) -> dict[str, str]:
     torch.manual_seed(0)
-    found = discover(model.eval(), torch.randn(1, 3, size, size))
+    found = discover(model.eval(), torch.randn(2, 3, size, size))
     return {name: recipe.pattern for name, recipe in found.layers.items()}
 
 
@@ -57,7 +57,7 @@ def test_torchvision_windowed_attention_is_found(name: str, count: int, first: s
 def test_timm_channel_attention_is_not_spatial() -> None:
     torch.manual_seed(0)
     model = timm.create_model("seresnet18", pretrained=False).eval()
-    found = discover(model, torch.randn(1, 3, 64, 64))
+    found = discover(model, torch.randn(2, 3, 64, 64))
     assert found.layers == {}
     assert found.channel_only[0] == ("layer1.0.se", "channel gate")
 
@@ -65,7 +65,7 @@ def test_timm_channel_attention_is_not_spatial() -> None:
 def test_fused_vit_attention_map_is_the_class_token_row_computed_from_q_and_k() -> None:
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
-    discover(model, torch.randn(1, 3, 224, 224))
+    discover(model, torch.randn(2, 3, 224, 224))
     attn = model.blocks[3].attn
     assert attn.fused_attn  # the weights never exist as a tensor in the model
     seen: list[Tensor] = []
@@ -90,7 +90,7 @@ def test_shifted_window_attention_is_stitched_back_onto_the_image() -> None:
     back in place, the roll undone."""
     torch.manual_seed(0)
     model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
-    discover(model, torch.randn(1, 3, 224, 224))
+    discover(model, torch.randn(2, 3, 224, 224))
     block = model.layers[0].blocks[1]
     shift = block.shift_size
     assert shift == (3, 3)
@@ -109,7 +109,7 @@ def test_shifted_window_attention_is_stitched_back_onto_the_image() -> None:
 def test_windowed_query_row_covers_only_the_query_window() -> None:
     torch.manual_seed(0)
     model = tvm.swin_t().eval()
-    discover(model, torch.randn(1, 3, 224, 224))
+    discover(model, torch.randn(2, 3, 224, 224))
     with torch.inference_mode(), query_points(torch.tensor([[0.1, 0.1]])):
         with capture_maps(model, "features.1.0.attn") as maps:  # not shifted
             model(torch.randn(1, 3, 224, 224))
@@ -129,7 +129,7 @@ def test_halo_attention_keys_are_placed_on_their_overlapping_windows() -> None:
     torch.manual_seed(0)
     block = HaloAttn(16, 16, num_heads=2, block_size=4, halo_size=1)
     model = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), block, nn.AdaptiveAvgPool2d(1)).eval()
-    discover(model, torch.randn(1, 3, 32, 32))  # an 8 x 8 grid: four blocks
+    discover(model, torch.randn(2, 3, 32, 32))  # an 8 x 8 grid: four blocks
     with torch.inference_mode(), query_points(torch.tensor([[0.2, 0.2]])):
         with capture_maps(model, "1") as maps:
             model(torch.randn(1, 3, 32, 32))

@@ -61,6 +61,10 @@ def test_trained_gates_are_scored_by_eval(trained: Path, tmp_path: Path) -> None
     result = json.loads(output)
     assert result["photos"] == 3
     assert {"attention.head", "baseline: Grad-CAM"} <= set(result["maps"])
+    # The file is read, not ignored: on another model it is refused.
+    code, output = attnviz("eval", images, "--boxes", boxes, "--model", "lite0-psa",
+                           "--weights", trained)  # fmt: skip
+    assert code == 2 and "gates trained for lite0-cbam" in output
 
 
 def test_trained_gates_are_compared_with_the_shipped_ones(trained: Path, tmp_path: Path):

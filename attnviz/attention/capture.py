@@ -19,7 +19,6 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from attnviz.attention.adapters import adapter_for
 from attnviz.attention.discovery import AttentionRecipe, describe, discovered
@@ -27,6 +26,7 @@ from attnviz.attention.protocol import (
     AttentionCapture,
     CaptureFn,
     Capturer,
+    Removable,
     Sink,
     is_spatial_attention,
     on_forward,
@@ -74,7 +74,8 @@ def declared_layers(model: nn.Module) -> dict[str, Capturer]:
 
 
 # Listing layers checks every module against the protocol: worth doing once per model, not
-# once per batch. A model whose modules change, or that discovery ran on again, is listed anew.
+# once per batch. A model that gains or loses modules, or that discovery ran on again, is
+# listed anew (a module swapped for another, the count unchanged, is not noticed).
 _LISTED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, object], dict[str, Capturer]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -243,7 +244,7 @@ def capture_maps(
     """
     names = select_layers(model, layers)
     captured: dict[str, AttentionCapture] = {}
-    handles: list[RemovableHandle] = []
+    handles: list[Removable] = []
 
     def sink_for(name: str) -> Sink:
         return lambda capture: captured.__setitem__(name, capture)

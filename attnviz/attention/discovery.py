@@ -162,9 +162,8 @@ class _Replay:
     """Row numbers of an attention matrix carried along a tensor the model derived from it."""
 
     source: int  # event index of the softmax / sdpa
-    index: Tensor  # float64, same shape as the tensor: the row each value came from (−1: pad)
+    index: Tensor  # int64, same shape as the tensor: the row each value came from (−1: pad)
     applied: bool
-    order: int
 
 
 @dataclass(eq=False)
@@ -197,7 +196,7 @@ class _Probe(TorchFunctionMode):
         self.producer: dict[int, tuple[object, tuple, dict, object]] = {}  # id -> its call
         self.first_application: dict[int, tuple[_Event, int]] = {}
         self.rep_of: dict[int, Tensor] = {}  # source -> row -> representative row
-        self.order = 0
+        self.photos = 1  # the probe's batch: rows and gates must vary with its photo axis
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -214,9 +213,12 @@ class _Probe(TorchFunctionMode):
         if kind is not None and inv is not None:
             event = _Event(len(self.events), kind, func, args, kwargs, result, inv)
             self.events.append(event)
-        self._follow_axes(func, args, kwargs, result)
-        self._follow_gates(func, args, kwargs, result, event)
-        self._follow_rows(func, args, kwargs, result, event)
+        try:
+            self._follow_axes(func, args, kwargs, result)
+            self._follow_gates(func, args, kwargs, result, event)
+            self._follow_rows(func, args, kwargs, result, event)
+        except Exception:  # noqa: BLE001 - bookkeeping on an unusual call must never break
+            pass  # the user's forward pass: what it could not follow is simply not found
         return result
 
     # -- which image axis each dimension of a 4-D tensor holds (for triplet attention)
@@ -310,7 +312,8 @@ class _Probe(TorchFunctionMode):
 
     def _start(self, event: _Event, result: Tensor, applied: bool) -> None:
         rows = result.shape[:-1].numel()
-        index = torch.arange(rows, dtype=torch.float64, device=result.device)
+        # Integers: exact, and on every device (MPS has no float64).
+        index = torch.arange(rows, dtype=torch.long, device=result.device)
         index = index.view(*result.shape[:-1], 1).expand(result.shape)
         self.rep_of[event.index] = torch.arange(rows, device=result.device)
         owner = _owner(event.inv)
@@ -322,18 +325,20 @@ class _Probe(TorchFunctionMode):
         self._set(result, event.index, index, applied)
 
     def _set(self, tensor: Tensor, source: int, index: Tensor, applied: bool) -> _Replay:
-        self.order += 1
-        state = _Replay(source, index, applied, self.order)
+        state = _Replay(source, index, applied)
         self.replays[id(tensor)] = state
         if applied and source not in self.frozen and self._on_image(source, index):
             self.finals[source] = state  # on the image; layout calls may still move it (a roll)
         return state
 
     def _on_image(self, source: int, index: Tensor) -> bool:
-        """Whether rows laid out as ``index`` lie on the image: one photo first, then a grid
-        of the image's aspect (or tokens that make one), plus one axis of channels; or rows
-        that landed on channels only (channel attention, also an answer)."""
-        if index.shape[0] != 1 or index.dim() not in (3, 4):
+        """Whether rows laid out as ``index`` lie on the image: the photos first, each holding
+        its own rows (the attention's photo axis is outermost), then a grid of the image's
+        aspect (or tokens that make one), plus one axis of channels; or rows that landed on
+        channels only (channel attention, also an answer)."""
+        if index.shape[0] != self.photos or index.dim() not in (3, 4):
+            return False
+        if not _photo_outermost(index, self.rep_of[source].numel()):
             return False
         rows = _squeezed(index[0])
         steady = [_steadiness(rows, a) >= 0.5 for a in range(rows.dim())]
@@ -366,7 +371,7 @@ class _Probe(TorchFunctionMode):
         if func in watch.LAYOUT:
             swap = {id(t): self.replays[id(t)].index for t in tracked}
             if func is F.pad:  # padding holds no row
-                kwargs = {**kwargs, "value": -1.0}
+                kwargs = {**kwargs, "value": -1}
                 args = args[:3]
             out = func(*_substitute(args, swap), **_substitute_kw(kwargs, swap))
             for r, i in _pairs(result, out):
@@ -562,10 +567,15 @@ def _gate_layers(probe: _Probe, analysis: _Analysis) -> None:
             gate = probe.events[g]
             x = app.features
             owner = _owner(gate.inv)
-            extent = app.extent if len(app.extent) == 4 else (app.extent[0], -1, 1, 1)
-            if owner is None or extent[0] != x.shape[0]:
+            # One gate: what it varies over before it was expanded. Several multiplied
+            # together first (coordinate attention as x * (a_h * a_w)): each its own.
+            own = tuple(gate.result.shape)  # type: ignore[union-attr]
+            extent = app.extent if len(app.gates) == 1 or len(own) != 4 else own
+            if owner is None or len(extent) not in (2, 4) or x.shape[0] != probe.photos:
                 continue
-            h, w = extent[2], extent[3]
+            if extent[0] != probe.photos or _gates_itself(probe, gate, x):
+                continue  # a gate that is a parameter (no photo axis), or Swish / GLU
+            h, w = (extent[2], extent[3]) if len(extent) == 4 else (1, 1)
             if (h, w) == (1, 1):
                 what = "channel"
             elif gate.result.dim() != 4:  # type: ignore[union-attr]
@@ -591,6 +601,26 @@ def _gate_layers(probe: _Probe, analysis: _Analysis) -> None:
             analysis.found.append(_Found(owner, recipe))
         elif all(what == "channel" for what, _, _ in entries):
             analysis.channel.append((owner, "channel gate"))
+
+
+def _gates_itself(probe: _Probe, gate: _Event, features: Tensor) -> bool:
+    """Whether the sigmoid's input is the features it multiplies, or another slice of the
+    same tensor: Swish x · σ(βx) and GLU a · σ(b) are activations, not attention."""
+    logits = gate.args[0] if gate.args else None
+    for _ in range(4):  # through scalar scaling (Swish's β) and casts
+        if logits is features:
+            return True
+        if not isinstance(logits, Tensor) or id(logits) not in probe.producer:
+            return False
+        func, args, kwargs, result = probe.producer[id(logits)]
+        if func in (torch.Tensor.chunk, torch.chunk, torch.Tensor.split, torch.split,
+                    torch.Tensor.unbind, torch.unbind):  # fmt: skip
+            return isinstance(result, list | tuple) and any(r is features for r in result)
+        inputs = [t for t in watch.tensors_in(args, kwargs) if t.numel() > 1]
+        if func not in watch.ARITHMETIC and func not in watch.SAME_PLACE or len(inputs) != 1:
+            return False
+        logits = inputs[0]
+    return False
 
 
 def _broadcast(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -684,9 +714,9 @@ def _layout(
     final = probe.finals.get(source)
     if final is None or weights.dim() < 2:
         return None
-    index = _squeezed(final.index[0])  # the probe's one photo, axes of one dropped
+    index = _squeezed(final.index[0])  # the first photo's rows, axes of one dropped
     queries, keys = weights.shape[-2], weights.shape[-1]
-    rows = weights.shape[:-1].numel()
+    rows = weights.shape[:-1].numel() // probe.photos  # per photo
     if index.dim() == 1:
         channel_axis = None
     elif index.dim() in (2, 3):
@@ -715,9 +745,9 @@ def _layout(
         prefix, grid = solved
         cells = rep
     position = torch.full((rows,), -1, dtype=torch.long)
-    valid = cells >= 0
-    position[cells[valid].long().cpu()] = torch.arange(cells.numel())[valid.cpu()]
-    token_of_row = position[rep_of.long().cpu()]
+    valid = (cells >= 0).cpu()
+    position[cells.long().cpu()[valid]] = torch.arange(cells.numel())[valid]
+    token_of_row = position[rep_of[:rows].long().cpu()]
     key_grid, key_position = None, None
     if keys != queries:
         found = _key_positions(probe, source, rows // queries) if prefix == 0 else None
@@ -755,7 +785,7 @@ def _key_positions(
     if not bool((positions == positions.narrow(along, 0, 1)).all()):
         return None
     per_key = positions.select(along, 0)  # (…, keys)
-    per_key = per_key.reshape(-1, per_key.shape[-1])
+    per_key = per_key.reshape(probe.photos, -1, per_key.shape[-1])[0]  # the first photo's
     if per_key.shape[0] != blocks:
         return None
     return grid, (per_key - 1).long().cpu()
@@ -775,11 +805,13 @@ def _positions_of(probe: _Probe, tensor: object) -> tuple[tuple[int, int], Tenso
         if len(inputs) != 1:
             return None
         base = inputs[0]
-    if base.dim() != 4 or base.shape[0] != 1:
+    if not chain or base.dim() != 4 or base.shape[0] != probe.photos:
         return None
     h, w = base.shape[2], base.shape[3]
+    if h * probe.image_hw[1] != w * probe.image_hw[0]:
+        return None  # not a map of the image (a row of tokens, a class token's strip)
     # Counted from 1, so that zero padding (F.pad) reads as "no position".
-    index = (torch.arange(h * w, dtype=torch.float64, device=base.device) + 1).view(1, 1, h, w)
+    index = (torch.arange(h * w, dtype=torch.long, device=base.device) + 1).view(1, 1, h, w)
     current: dict[int, Tensor] = {id(base): index.expand(base.shape)}
     try:
         for func, args, kwargs, result in reversed(chain):
@@ -803,8 +835,8 @@ def _pooling_layout(probe: _Probe, source: int, weights: Tensor) -> TokenLayout 
         return None
     (h, w), positions = found
     keys = weights.shape[-1]
-    rows = weights.shape[:-1].numel()
-    cells = positions.reshape(rows, keys)
+    rows = weights.shape[:-1].numel() // probe.photos
+    cells = positions.reshape(probe.photos, rows, keys)[0]
     if keys != h * w or h * w < 4 or rows > 64:
         return None
     if not all(bool((row.sort().values == torch.arange(1, keys + 1)).all()) for row in cells.cpu()):
@@ -830,6 +862,20 @@ def _matmul_behind(probe: _Probe, scores: object) -> tuple[object, tuple] | None
             behind[0] if behind else None,
         )
     return None
+
+
+def _photo_outermost(index: Tensor, rows: int) -> bool:
+    """Whether each photo's values hold only that photo's rows, in the same order: the rows
+    of photo p are p · rows/photos + those of photo 0 (padding −1 aside)."""
+    photos = index.shape[0]
+    if rows % photos:
+        return False
+    first = index[0]
+    for p in range(1, photos):
+        shifted = torch.where(first >= 0, first + p * (rows // photos), first)
+        if not torch.equal(index[p], shifted):
+            return False
+    return bool((first < rows // photos).all())
 
 
 def _squeezed(index: Tensor) -> Tensor:
@@ -875,6 +921,10 @@ def _pooled_grid(grid: tuple[int, int], keys: int) -> tuple[int, int] | None:
 def discover(model: nn.Module, example: Tensor, covered: set[str] | None = None) -> Discovery:
     """Run ``example`` through ``model`` once and remember the attention found there.
 
+    ``example`` should hold two or more different photos: a gate or an attention matrix is
+    only taken when it varies with the photo axis and keeps each photo's rows apart, which
+    one photo cannot show.
+
     ``covered``: layers already read by the protocol or an adapter; neither they nor their
     submodules are listed again. Hooks and the mode are gone when this returns, also on error.
     """
@@ -883,6 +933,7 @@ def discover(model: nn.Module, example: Tensor, covered: set[str] | None = None)
         probe = _Probe(stack)
         probe.axes[id(example)] = IMAGE_AXES
         probe.image_hw = (int(example.shape[-2]), int(example.shape[-1]))
+        probe.photos = int(example.shape[0])
         with probe:
             model(example)
         analysis = _Analysis()

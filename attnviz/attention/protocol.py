@@ -16,8 +16,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 
 @dataclass(frozen=True)
@@ -98,16 +98,28 @@ def is_spatial_attention(module: nn.Module) -> bool:
 FoundBy = Literal["protocol", "adapter", "discovered", "user selection"]
 CaptureFn = Callable[[tuple[Tensor, ...], object], AttentionCapture]
 Sink = Callable[[AttentionCapture], None]
-Attach = Callable[[Sink], list[RemovableHandle]]
+
+
+class Removable(Protocol):
+    """What hooks hand back: torch's RemovableHandle, or attnviz's own clean-up."""
+
+    def remove(self) -> None: ...
+
+
+Attach = Callable[[Sink], list[Removable]]
 
 
 def on_forward(module: nn.Module, capture: CaptureFn) -> Attach:
     """The usual hooks: one forward hook on the layer itself, turned into a capture."""
 
-    def attach(sink: Sink) -> list[RemovableHandle]:
-        return [
-            module.register_forward_hook(lambda _m, inputs, output: sink(capture(inputs, output)))
-        ]
+    def attach(sink: Sink) -> list[Removable]:
+        def hook(_module: nn.Module, inputs: tuple[Tensor, ...], output: object) -> None:
+            # Invisible to discovered layers around this one: they count the model's calls.
+            with torch._C.DisableTorchFunction():
+                found = capture(inputs, output)
+            sink(found)
+
+        return [module.register_forward_hook(hook)]
 
     return attach
 

@@ -11,14 +11,15 @@ mode is active, so other layers pay nothing.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils.hooks import RemovableHandle
 
 from attnviz.attention import watch
 from attnviz.attention.discovery import GateRecipe, Recipe, TokenLayout
-from attnviz.attention.protocol import QUERY_POINTS, AttentionCapture, Sink
+from attnviz.attention.protocol import QUERY_POINTS, AttentionCapture, Removable, Sink
 
 
 class _Tap(TorchFunctionMode):
@@ -38,33 +39,63 @@ class _Tap(TorchFunctionMode):
             n = self.counts.get(kind, 0)
             self.counts[kind] = n + 1
             if (kind, n) in self.wanted:
-                if kind == "sdpa":
-                    self.kept[("sdpa-weights", n)] = watch.sdpa_weights(args, kwargs).detach()
-                self.kept[(kind, n)] = result.detach().clone()
+                # attnviz's own arithmetic is invisible to every watcher: a layer around this
+                # one must count only the model's calls.
+                with torch._C.DisableTorchFunction():
+                    if kind == "sdpa":
+                        self.kept[("sdpa-weights", n)] = watch.sdpa_weights(args, kwargs)
+                    self.kept[(kind, n)] = result.detach().clone()
         return result
 
 
-def attach_discovered(module: nn.Module, recipe: Recipe, sink: Sink) -> list[RemovableHandle]:
-    """Hooks on ``module`` that hand each forward call's capture to ``sink``."""
+class _Watchers(threading.local):
+    """The taps pushed by one layer's hooks, per thread (torch's mode stack is per thread)."""
+
+    def __init__(self) -> None:
+        self.stack: list[_Tap] = []
+
+
+class _PopLeftovers:
+    """A hook handle whose removal pops taps an interrupted forward left pushed (a Ctrl-C
+    skips forward hooks, even ``always_call`` ones)."""
+
+    def __init__(self, watchers: _Watchers) -> None:
+        self.watchers = watchers
+
+    def remove(self) -> None:
+        while self.watchers.stack:
+            self.watchers.stack.pop().__exit__(None, None, None)
+
+
+def attach_discovered(module: nn.Module, recipe: Recipe, sink: Sink) -> list[Removable]:
+    """Hooks on ``module`` that hand each forward call's capture to ``sink``. A call whose
+    shapes differ from the probe's (the module used at another size too) gives no capture."""
     wanted = _wanted(recipe)
-    taps: list[_Tap] = []
+    watchers = _Watchers()
 
     def enter(_module: nn.Module, _inputs: tuple[object, ...]) -> None:
         tap = _Tap(wanted)
-        taps.append(tap)
+        watchers.stack.append(tap)
         tap.__enter__()
 
     def leave(_module: nn.Module, inputs: tuple[object, ...], output: object) -> None:
-        if not taps:
+        if not watchers.stack:
             return
-        tap = taps.pop()
+        tap = watchers.stack.pop()
         tap.__exit__(None, None, None)
-        if wanted <= tap.kept.keys():  # an error inside the layer leaves the set partial
-            sink(build(recipe, tap.kept, inputs, output))
+        if not wanted <= tap.kept.keys():  # an error inside the layer leaves the set partial
+            return
+        with torch._C.DisableTorchFunction():
+            try:
+                capture = build(recipe, tap.kept, inputs, output)
+            except (RuntimeError, ValueError, IndexError):
+                return  # not the shapes the recipe was learnt on
+        sink(capture)
 
     return [
         module.register_forward_pre_hook(enter),
         module.register_forward_hook(leave, always_call=True),
+        _PopLeftovers(watchers),
     ]
 
 

@@ -18,7 +18,6 @@ _KINDS: dict[object, str] = {
     torch.Tensor.sigmoid: "sigmoid",
     torch.Tensor.sigmoid_: "sigmoid",
     torch.sigmoid_: "sigmoid",
-    F.sigmoid: "sigmoid",
     F.hardsigmoid: "sigmoid",
     torch.special.expit: "sigmoid",
     torch.softmax: "softmax",
@@ -76,7 +75,7 @@ ARITHMETIC = frozenset({
 EXPAND = frozenset({torch.Tensor.expand, torch.Tensor.expand_as, torch.Tensor.repeat,
                     torch.broadcast_to})  # fmt: skip
 
-RESAMPLE = frozenset({F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest})
+RESAMPLE = frozenset({F.interpolate})  # nn.Upsample and F.upsample* call it
 
 # Calls that mix the channels of each position: the last dimension is features.
 CHANNEL_MIX = frozenset({F.linear, F.layer_norm})

@@ -131,8 +131,9 @@ def load_model(
 
 def find_attention(net: nn.Module, size: int, device: torch.device | str = "cpu") -> None:
     """Discovery's probe pass on a model attnviz did not write (see attention/discovery.py):
-    one forward of a fixed random photo at the size the run uses."""
-    probe = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    one forward of two fixed random photos at the size the run uses (two, so that what
+    belongs to each photo can be told apart)."""
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     try:
         discover(net, probe.to(device), covered=set(declared_layers(net)))
     except Exception as exc:  # noqa: BLE001 - the user's model: report it in one line

@@ -8,12 +8,14 @@ not a module path: it names a timm model (timm_models.py).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from torch import nn
@@ -40,18 +42,22 @@ def user_model_spec(ref: str) -> ModelSpec:
             raise UsageError(f"--model {ref}: no such file {path}")
         where = str(path)
         load: Callable[[], object] = lambda: _import_file(path)  # noqa: E731
+        beside: Callable[[], AbstractContextManager[None]] = lambda: _beside(path)  # noqa: E731
     else:
         where = source
         load = lambda: _import_module(ref, source)  # noqa: E731
+        beside = contextlib.nullcontext
 
-    def build(random_init: bool) -> nn.Module:
-        factory = getattr(load(), factory_name, None)
-        if not callable(factory):
-            raise UsageError(f"--model {ref}: {where} defines no function {factory_name}()")
-        try:
-            net = factory()
-        except Exception as exc:  # noqa: BLE001 - the user's code: report it in one line
-            raise AttnvizError(f"--model {ref}: {factory_name}() raised {exc!r}") from exc
+    def build(_random_init: bool) -> nn.Module:
+        # The factory builds the user's own weights (or none): attnviz has none to skip.
+        with beside():
+            factory = getattr(load(), factory_name, None)
+            if not callable(factory):
+                raise UsageError(f"--model {ref}: {where} defines no function {factory_name}()")
+            try:
+                net = factory()
+            except Exception as exc:  # noqa: BLE001 - the user's code: report it in one line
+                raise AttnvizError(f"--model {ref}: {factory_name}() raised {exc!r}") from exc
         if not isinstance(net, nn.Module):
             raise UsageError(f"--model {ref}: {factory_name}() returned {type(net).__name__}")
         return net
@@ -70,18 +76,33 @@ def _import_file(path: Path) -> object:
     if spec is None or spec.loader is None:
         raise UsageError(f"{path}: cannot be imported as a Python file")
     module = importlib.util.module_from_spec(spec)
-    # As `python file.py` does: the file's folder first on sys.path, so that it can import its
-    # neighbours (kept there: the factory may import them lazily when called).
-    folder = str(path.resolve().parent)
-    if folder in sys.path:
-        sys.path.remove(folder)
-    sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's code: report it in one line
         raise AttnvizError(f"{path}: importing it raised {exc!r}") from exc
     sys.modules[name] = module
     return module
+
+
+@contextlib.contextmanager
+def _beside(path: Path) -> Iterator[None]:
+    """While the user's file is imported and its factory runs: its folder first on sys.path,
+    as `python file.py` has it, so it can import its neighbours. Afterwards the folder leaves
+    sys.path and the neighbours leave sys.modules, so that another model's folder with a
+    file of the same name (two models in one `attnviz compare`) imports its own."""
+    folder = path.resolve().parent
+    before = set(sys.modules)
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+        for name in set(sys.modules) - before:
+            file = getattr(sys.modules[name], "__file__", None)
+            if name.startswith("attnviz_user_model_") or file is None:
+                continue
+            if Path(file).resolve().is_relative_to(folder):
+                del sys.modules[name]
 
 
 def _import_module(ref: str, dotted: str) -> object:
