@@ -320,6 +320,23 @@ def run(
         if not inputs:
             raise UsageError("missing INPUTS: give image files and/or folders to draw")
         query_point = _parse_query(query)
+        # Torch-free: what can be checked without the model is checked before torch loads.
+        from attnviz.options import RunOptions, check_inputs, check_options
+
+        opts = RunOptions(
+            inputs=inputs, out=out, model=model, weights=weights, random_init=random_init,
+            layer=layer, cmap=cmap, alpha=alpha, size=size, device=device,
+            batch_size=batch_size, workers=workers,
+            fmt=fmt.lower(), save_raw=save_raw, glob=glob, panel_height=panel_height,
+            strict=strict, overwrite=overwrite, max_pixels=max_pixels, method=method.lower(),
+            panels=tuple(p.strip().lower() for p in panels.split(",") if p.strip()),
+            layout=layout.lower(), norm=norm.lower(), stats=stats, gallery=gallery, every=every,
+            gif=gif, as_video=as_video, shard=shard, parts=parts, query=query_point,
+        )  # fmt: skip
+        check_options(opts)
+        check_inputs(opts.inputs)
+        if weights is not None and not weights.is_file():
+            raise UsageError(f"{weights}: weights file not found")
         if verbosity > 0:
             _print_setup(model, device, workers)
     except AttnvizError as exc:
@@ -332,19 +349,7 @@ def run(
         TimeElapsedColumn,
     )
 
-    from attnviz.pipeline import RunOptions
     from attnviz.pipeline import run as run_pipeline
-
-    opts = RunOptions(
-        inputs=inputs, out=out, model=model, weights=weights, random_init=random_init,
-        layer=layer, cmap=cmap, alpha=alpha, size=size, device=device, batch_size=batch_size,
-        workers=workers,
-        fmt=fmt.lower(), save_raw=save_raw, glob=glob, panel_height=panel_height,
-        strict=strict, overwrite=overwrite, max_pixels=max_pixels, method=method.lower(),
-        panels=tuple(p.strip().lower() for p in panels.split(",") if p.strip()),
-        layout=layout.lower(), norm=norm.lower(), stats=stats, gallery=gallery, every=every,
-        gif=gif, as_video=as_video, shard=shard, parts=parts, query=query_point,
-    )  # fmt: skip
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

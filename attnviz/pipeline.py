@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 import attnviz
-from attnviz import DEFAULT_MODEL
 from attnviz.api import layer_maps
 from attnviz.attention import capture_maps, reads_query, select_layers
 from attnviz.attention.capture import user_selected
@@ -35,8 +34,6 @@ from attnviz.attention.protocol import query_points
 from attnviz.errors import AttnvizError, OutputError, UsageError
 from attnviz.gradcam import last_feature_layer, trunk_grad_cam, trunk_mode
 from attnviz.io import (
-    DEFAULT_MAX_PIXELS,
-    FORMATS,
     Decoded,
     InputItem,
     ManifestWriter,
@@ -56,45 +53,11 @@ from attnviz.io.write import atomic_write_bytes
 from attnviz.models import LoadedModel, load_model
 from attnviz.models.outputs import logits_of, not_class_scores, top_classes
 from attnviz.models.user import is_user_model
-from attnviz.render import LayerMaps, render_triptych, resolve_colormap
+from attnviz.options import RunOptions, check_options, parse_norm
+from attnviz.render import LayerMaps, render_triptych
 from attnviz.render.panels import colorbar
-from attnviz.render.triptych import PANELS, Range, draw_panels
+from attnviz.render.triptych import Range, draw_panels
 from attnviz.stopping import GracefulStop
-
-
-@dataclass
-class RunOptions:
-    inputs: Sequence[Path]
-    out: Path = Path("attnviz-out")
-    model: str = DEFAULT_MODEL
-    weights: Path | None = None
-    random_init: bool = False
-    layer: str | None = None  # None: the model's default layer
-    method: str = "attention"  # or "gradcam": the gradient baseline, same figure layout
-    cmap: str = "jet"
-    alpha: float = 0.5
-    size: int | None = None
-    device: str = "auto"
-    batch_size: int = 8
-    workers: int | None = None  # threads decoding, rendering and writing; None: see below
-    fmt: str = "png"
-    save_raw: bool = False
-    glob: str | None = None
-    panel_height: int = 320
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    strict: bool = False  # stop at the first failed input
-    overwrite: bool = False  # redo inputs whose outputs are up to date
-    panels: tuple[str, ...] = ("original", "map", "weighted")
-    layout: str = "row"  # row | grid | separate (one file per panel)
-    norm: str = "image"  # image | global | fixed:LO,HI: the range of the heat maps
-    stats: Path | None = None  # CSV of map statistics, one row per image and layer
-    gallery: bool = False  # write index.html into the output folder at the end
-    every: int = 1  # videos: keep every Nth frame
-    gif: bool = False  # videos: also write a short animated GIF
-    as_video: bool = False  # folders of frames are one video each
-    shard: str | None = None  # "K/N": only this job's share of the inputs (see io.shards)
-    parts: bool = False  # also each layer's parts (a ViT's heads, PSA's scales ...) as rows
-    query: tuple[float, float] | None = None  # (x, y) pixel read by point attention (non-local)
 
 
 @dataclass
@@ -115,67 +78,10 @@ Progress = Callable[[int, int], None]
 FrameProgress = Callable[[str, int, "int | None"], None]
 
 
-METHODS = ("attention", "gradcam")
-LAYOUTS = ("row", "grid", "separate")
 
 
 class _StrictStop(Exception):
     """Internal: --strict and an input failed."""
-
-
-def check_options(opts: RunOptions) -> None:
-    """Usage errors before any work starts: a bad flag never costs a model load."""
-    resolve_colormap(opts.cmap)
-    if opts.fmt not in FORMATS:
-        raise UsageError(f"unknown format {opts.fmt!r}; choose one of {', '.join(FORMATS)}")
-    if not 0.0 <= opts.alpha <= 1.0:
-        raise UsageError(f"--alpha must be within [0, 1], got {opts.alpha}")
-    if opts.workers is not None and opts.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {opts.workers}")
-    if opts.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {opts.batch_size}")
-    if opts.size is not None and opts.size < 32:
-        raise UsageError(f"--size must be at least 32, got {opts.size}")
-    if opts.method not in METHODS:
-        raise UsageError(f"unknown method {opts.method!r}; choose one of {', '.join(METHODS)}")
-    if not 16 <= opts.panel_height <= 4096:
-        raise UsageError(f"--panel-height must be within 16..4096, got {opts.panel_height}")
-    if opts.max_pixels < 1:
-        raise UsageError(f"--max-pixels must be at least 1, got {opts.max_pixels}")
-    bad = [p for p in opts.panels if p not in PANELS]
-    if bad or not opts.panels:
-        raise UsageError(
-            f"unknown panel {', '.join(map(repr, bad)) or '(none given)'}; "
-            f"choose from {', '.join(PANELS)}"
-        )
-    if len(set(opts.panels)) != len(opts.panels):
-        raise UsageError(f"--panels names a panel twice: {','.join(opts.panels)}")
-    if opts.layout not in LAYOUTS:
-        raise UsageError(f"unknown layout {opts.layout!r}; choose one of {', '.join(LAYOUTS)}")
-    parse_norm(opts.norm)
-    if opts.every < 1:
-        raise UsageError(f"--every must be at least 1, got {opts.every}")
-    if opts.shard is not None:
-        Shard.parse(opts.shard)
-        if parse_norm(opts.norm)[0] == "global":
-            raise UsageError(
-                "--norm global with --shard: each job would find its own range, so colours "
-                "would differ between shards; give every job the same --norm fixed:LO,HI"
-            )
-
-
-def parse_norm(norm: str) -> tuple[str, Range | None]:
-    """``--norm``: ("image", None), ("global", None) or ("fixed", (lo, hi))."""
-    if norm in ("image", "global"):
-        return norm, None
-    mode, _, bounds = norm.partition(":")
-    try:
-        lo, hi = (float(v) for v in bounds.split(","))
-    except ValueError:
-        lo = hi = math.nan
-    if mode != "fixed" or not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise UsageError(f"--norm must be image, global or fixed:LO,HI with LO < HI, got {norm!r}")
-    return "fixed", (lo, hi)
 
 
 def output_settings(opts: RunOptions) -> dict[str, object]:

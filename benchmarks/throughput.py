@@ -174,15 +174,18 @@ def gradcam_loop(model: attnviz.models.LoadedModel, photos: list[Path], out: Pat
     return rate(len(photos), timed(run))
 
 
-def wall(command: list[str], env: dict[str, str]) -> float:
+def wall(command: list[str], env: dict[str, str], expect: int = 0) -> float:
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, env=env)
-    return time.perf_counter() - start
+    done = subprocess.run(command, capture_output=True, env=env)
+    elapsed = time.perf_counter() - start
+    if done.returncode != expect:
+        raise RuntimeError(f"{command} exited {done.returncode}: {done.stderr[-500:]!r}")
+    return elapsed
 
 
-def median_wall(command: list[str], env: dict[str, str], runs: int = 5) -> float:
+def median_wall(command: list[str], env: dict[str, str], runs: int = 5, expect: int = 0) -> float:
     """Start-up times are short and noisy: the median of a few runs."""
-    return float(np.median([wall(command, env) for _ in range(runs)]))
+    return float(np.median([wall(command, env, expect) for _ in range(runs)]))
 
 
 def peak_rss_mib(command: list[str], env: dict[str, str]) -> float:
@@ -232,6 +235,9 @@ def main() -> int:
         wall([*one, "--overwrite"], env)  # warm-up: bytecode and file caches, as for a user
         results["startup_help_s"] = median_wall([*ATTNVIZ, "--help"], env)
         results["startup_one_s"] = median_wall([*one, "--overwrite"], env, runs=3)
+        # A usage error (a mistyped input) must answer before torch loads: exit code 2.
+        typo = [*ATTNVIZ, "run", str(work / "no-such.jpg"), "--out", str(work / "typo")]
+        results["usage_error_s"] = median_wall(typo, env, expect=2)
         run_cmd = [*ATTNVIZ, "run", str(folder), "--out", str(work / "run"), "--device", "cpu",
                    "--batch-size", str(args.batch_size)]  # fmt: skip
         run_s = wall(run_cmd, env)

@@ -41,7 +41,7 @@ _LETTERBOX = 128
 MAX_ASPECT = 4  # a panel is at most 4x wider than tall, or 4x taller than wide
 # What a figure can show of each layer: the photo, the weight map, the weighted features over
 # the photo, the trunk's Grad-CAM over the photo, the photo with the map's thresholded outline.
-PANELS = ("original", "map", "weighted", "gradcam", "contours")
+PANELS = ("original", "map", "weighted", "gradcam", "contours", "channels")
 DEFAULT_PANELS = ("original", "map", "weighted")
 Range = tuple[float, float]
 

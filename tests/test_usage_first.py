@@ -1,0 +1,65 @@
+"""Usage errors come first: before torch loads, before the model, before any file is made."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import attnviz, write_photo
+
+PROBE = """
+import sys
+from attnviz.cli import main
+sys.argv = ["attnviz", "run", *{args!r}]
+try:
+    main()
+except SystemExit as exit:
+    print(exit.code, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["examples/chelsae.jpg"],
+        ["examples/coffee.jpg", "--cmap", "jte"],
+        ["examples/coffee.jpg", "--panels", "original,mpa"],
+        ["examples/coffee.jpg", "--query", "10,x"],
+        ["examples/coffee.jpg", "--weights", "no-such.safetensors"],
+    ],
+)
+def test_a_usage_error_exits_2_before_torch_is_imported(args: list[str], tmp_path: Path):
+    root = Path(__file__).resolve().parents[1]
+    code = PROBE.format(args=[*args, "--out", str(tmp_path / "out")])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_mistyped_single_input_offers_the_close_names_and_creates_nothing(tmp_path: Path):
+    write_photo(tmp_path / "chelsea.jpg")
+    out = tmp_path / "out"
+    code, output = attnviz("run", tmp_path / "chelsae.jpg", "--out", out)
+    assert code == 2
+    assert "no such file or folder" in output and "did you mean" in output
+    assert "chelsea.jpg" in output
+    assert not out.exists()
+
+
+def test_with_several_inputs_a_missing_one_is_one_failed_line(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "a.jpg")
+    code, output = attnviz("run", photo, tmp_path / "missing.jpg", "--out", tmp_path / "out")
+    assert code == 1
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_the_channels_panel_is_accepted_and_a_typo_gets_a_close_match(tmp_path: Path):
+    photo = write_photo(tmp_path / "p.jpg")
+    code, output = attnviz("run", photo, "--model", "lite0-cbam", "--panels",
+                           "original,map,channels", "--out", tmp_path / "o")  # fmt: skip
+    assert code == 0, output
+    code, output = attnviz("run", photo, "--panels", "original,mpa", "--out", tmp_path / "o2")
+    assert code == 2 and "did you mean map?" in output and "channels" in output
