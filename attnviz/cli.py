@@ -350,6 +350,7 @@ def run(
     )
 
     from attnviz.pipeline import run as run_pipeline
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -387,15 +388,18 @@ def run(
         # A second Ctrl-C: outputs are atomic and the manifest was written on the way out.
         console.print("[bold red]interrupted[/]: rerun the same command to resume")
         raise typer.Exit(130) from None
-    _print_summary(summary, verbosity)
+    _print_summary(summary, verbosity, gallery=opts.gallery)
     if summary.signum is not None:
         raise typer.Exit(128 + summary.signum)
     if summary.failed:
         raise typer.Exit(1)
 
 
-def _print_summary(summary: RunSummary, verbosity: int = 0, command: str = "run") -> None:
-    """The summary table and one line per note or failure; --quiet keeps only the failures."""
+def _print_summary(
+    summary: RunSummary, verbosity: int = 0, command: str = "run", gallery: bool = False
+) -> None:
+    """The summary table and one line per note or failure; --quiet keeps only the failures.
+    With ``gallery``, where index.html was written, so it can be opened at once."""
     if verbosity >= 0:
         table = Table(title=f"attnviz {command}", show_header=False, title_justify="left")
         table.add_column(style="bold")
@@ -405,6 +409,8 @@ def _print_summary(summary: RunSummary, verbosity: int = 0, command: str = "run"
             table.add_row("up to date", str(summary.skipped))
         table.add_row("failed", str(len(summary.failed)))
         table.add_row("output", _printable(summary.out))
+        if gallery and (summary.out / "index.html").is_file():
+            table.add_row("gallery", _printable(summary.out / "index.html"))
         table.add_row("wall time", f"{summary.wall_s:.1f} s")
         if verbosity > 0 and summary.wall_s > 0:
             table.add_row("throughput", f"{summary.processed / summary.wall_s:.2f} images/s")

@@ -12,6 +12,7 @@ the Grad-CAM of the first model's trunk for the trunk's predicted class.
 
 from __future__ import annotations
 
+import difflib
 import re
 import signal
 import time
@@ -136,7 +137,13 @@ def parse_models(models: str | None) -> list[Entry]:
     for entry in entries:
         if entry.model == GRADCAM:
             continue
-        get_spec(entry.model)  # an unknown name is a usage error here, before any work
+        try:
+            get_spec(entry.model)  # an unknown name is a usage error here, before any work
+        except UsageError as exc:
+            close = difflib.get_close_matches(entry.model, [*MODELS, GRADCAM], n=1)
+            if close and close[0] == GRADCAM:  # get_spec knows models, not compare's gradcam
+                raise UsageError(f"unknown model {entry.model!r} (did you mean gradcam?)") from None
+            raise exc from None
         if entry.weights is not None and not entry.weights.is_file():
             raise UsageError(f"--models entry {entry.text!r}: no such weights file {entry.weights}")
     return entries

@@ -181,7 +181,8 @@ def _default_model() -> tuple[Status, str]:
         return Status.FAIL, f"{detail} captured no attention map"
     if not finite:
         return Status.FAIL, f"{detail} gave NaN or infinite values"
-    return Status.OK, f"{detail}: {len(maps)} attention maps, all finite"
+    noun = "attention map" if len(maps) == 1 else "attention maps"
+    return Status.OK, f"{detail}: {len(maps)} {noun}, all finite"
 
 
 def _writable(folder: Path) -> tuple[Status, str]:

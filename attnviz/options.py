@@ -56,7 +56,6 @@ class RunOptions:
     query: tuple[float, float] | None = None  # (x, y) pixel read by point attention (non-local)
 
 
-
 def check_options(opts: RunOptions) -> None:
     """Usage errors before any work starts: a bad flag never costs a model load."""
     resolve_colormap(opts.cmap)
@@ -112,8 +111,6 @@ def parse_norm(norm: str) -> tuple[str, Range | None]:
     if mode != "fixed" or not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
         raise UsageError(f"--norm must be image, global or fixed:LO,HI with LO < HI, got {norm!r}")
     return "fixed", (lo, hi)
-
-
 
 
 def check_inputs(inputs: Sequence[Path]) -> None:

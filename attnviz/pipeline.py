@@ -78,8 +78,6 @@ Progress = Callable[[int, int], None]
 FrameProgress = Callable[[str, int, "int | None"], None]
 
 
-
-
 class _StrictStop(Exception):
     """Internal: --strict and an input failed."""
 
@@ -717,9 +715,9 @@ def make_runner(
     layers = select_layers(model.net, layer or model.spec.default_layer)
     if query is not None and not reads_query(model.net, layers):
         raise UsageError(
-            f"--query picks a non-local layer's query point; {', '.join(layers)} "
-            f"{'reads' if len(layers) == 1 else 'read'} none (a layer that does sets "
-            "reads_query_point = True)"
+            f"--query picks the point whose attention a layer shows, but "
+            f"{', '.join(layers)} {'shows' if len(layers) == 1 else 'show'} no point's "
+            "attention (non-local blocks and attention over positions do; see attnviz layers)"
         )
     _check_user_selections(model, layers)
     return BatchRunner(

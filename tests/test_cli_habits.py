@@ -283,6 +283,7 @@ def test_doctor_passes_here_and_lists_versions(project: Path) -> None:
     for check in ("Python", "torchvision", "OpenCV", "CUDA", "MPS", "gate weights"):
         assert check in output
     assert "all finite" in output  # the default model loaded and ran
+    assert "1 attention map," in " ".join(output.split())  # one map: singular
     assert " fail " not in output
 
 

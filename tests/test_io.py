@@ -578,13 +578,32 @@ def test_resume_ignores_manifest_entries_that_point_outside_out(
     assert previous.up_to_date(_stat("b.jpg"), "other") is None  # other settings
 
 
-def test_an_unreadable_manifest_means_reprocessing_with_a_note(tmp_path: Path) -> None:
+def test_an_unreadable_manifest_line_is_skipped_with_a_note(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_NAME).write_text("{not json\n")
 
     previous, note = PreviousRun.load(tmp_path)
 
-    assert note is not None and "reprocessing every input" in note
+    assert note is not None and f"{MANIFEST_NAME}:1: invalid manifest line" in note
     assert previous.others(set()) == []
+
+
+def test_a_torn_line_costs_only_its_own_input(tmp_path: Path) -> None:
+    """A half-written line (another tool's crash) does not make the good records useless."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with ManifestWriter(out) as manifest:
+        manifest.add(_record("a.jpg", "a.png"))
+        manifest.add(_record("b.jpg", "b.png"))
+    lines = (out / MANIFEST_NAME).read_text().splitlines()
+    (out / MANIFEST_NAME).write_text(lines[0] + "\n" + '{"input": "c.jp' + "\n" + lines[1] + "\n")
+    _png(out / "a.png")
+    _png(out / "b.png")
+
+    previous, note = PreviousRun.load(out)
+
+    assert note is not None and f"{MANIFEST_NAME}:2: invalid manifest line" in note
+    assert previous.up_to_date(_stat("a.jpg"), "k") is not None
+    assert previous.up_to_date(_stat("b.jpg"), "k") is not None
 
 
 def test_non_utf8_names_round_trip_through_the_manifest(tmp_path: Path) -> None:

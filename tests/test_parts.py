@@ -127,8 +127,8 @@ def test_cli_query_must_be_two_pixel_coordinates(tmp_path: Path) -> None:
 
 def test_cli_query_is_refused_where_no_chosen_layer_reads_a_query_point(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.png", (96, 64))
-    for flags, named in ((["--model", "lite0-cbam"], "attention.head reads none"),
-                         (["--model", "lite0-cbam", "--layer", "all"], "read none"),
+    for flags, named in ((["--model", "lite0-cbam"], "attention.head shows no point"),
+                         (["--model", "lite0-cbam", "--layer", "all"], "show no point"),
                          (["--method", "gradcam"], "Grad-CAM has none")):  # fmt: skip
         out = tmp_path / "out"
         code, output = attnviz("run", photo, *flags, "--query", "10,10", "--out", out)

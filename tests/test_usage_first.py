@@ -63,3 +63,40 @@ def test_the_channels_panel_is_accepted_and_a_typo_gets_a_close_match(tmp_path: 
     assert code == 0, output
     code, output = attnviz("run", photo, "--panels", "original,mpa", "--out", tmp_path / "o2")
     assert code == 2 and "did you mean map?" in output and "channels" in output
+
+
+def test_a_text_file_given_as_weights_is_called_what_it_is(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    notes = tmp_path / "README.md"
+    notes.write_text("# my model\n")
+    code, output = attnviz("run", photo, "--weights", notes, "--out", tmp_path / "o")
+    assert code == 2
+    assert "not a weights file" in output and "more than tensors" not in output
+
+
+def test_a_typo_of_gradcam_in_compare_is_matched(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    code, output = attnviz("compare", photo, "--models", "lite0-cbam,gradcm",
+                           "--out", tmp_path / "o")  # fmt: skip
+    assert code == 2 and "did you mean gradcam?" in output
+
+
+def test_query_on_a_model_without_query_maps_says_so_plainly(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    code, output = attnviz("run", photo, "--model", "lite0-cbam", "--query", "10,10",
+                           "--out", tmp_path / "o")  # fmt: skip
+    assert code == 2
+    assert "shows no point's attention" in output and "reads_query_point" not in output
+
+
+def test_the_run_summary_says_where_the_gallery_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attnviz import cli
+
+    monkeypatch.setattr(cli.out_console, "width", 300)
+    photo = write_photo(tmp_path / "p.jpg")
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--gallery", "--out", out)
+    assert code == 0, output
+    assert str(out / "index.html") in output

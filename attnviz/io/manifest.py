@@ -124,10 +124,14 @@ class ManifestWriter:
                 raise
 
 
-def read_manifest(path: Path, *, allow_torn_tail: bool = False) -> list[dict[str, Any]]:
+def read_manifest(
+    path: Path, *, allow_torn_tail: bool = False, skipped: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Read a manifest written by ManifestWriter (blank lines ignored).
 
     ``allow_torn_tail`` is for the journal of a killed run: its last line may be cut short.
+    With ``skipped``, a line that is not a JSON object (half-written by another tool's crash)
+    is left out and described there, instead of making the whole manifest unreadable.
     """
     try:
         text = Path(path).read_text(encoding="utf-8", errors="strict")
@@ -144,9 +148,14 @@ def read_manifest(path: Path, *, allow_torn_tail: bool = False) -> list[dict[str
             continue
         try:
             record = json.loads(line)
+            problem = None if isinstance(record, dict) else "not a JSON object"
         except json.JSONDecodeError as exc:
-            raise AttnvizError(f"{path}:{lineno}: invalid manifest line ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise AttnvizError(f"{path}:{lineno}: invalid manifest line (not a JSON object)")
+            problem = exc.msg
+        if problem is not None:
+            message = f"{path}:{lineno}: invalid manifest line ({problem})"
+            if skipped is None:
+                raise AttnvizError(message)
+            skipped.append(message)
+            continue
         records.append(record)
     return records

@@ -81,10 +81,11 @@ class PreviousRun:
         Returns a note too when a manifest could not be used.
         """
         records: list[dict[str, Any]] = []
+        skipped: list[str] = []
         path = out_dir / name
         try:
             if path.exists():
-                records += read_manifest(path)
+                records += read_manifest(path, skipped=skipped)
             journals = [
                 j for j in out_dir.glob(journal_glob(name)) if j.is_file() and not in_use(j)
             ]
@@ -92,6 +93,8 @@ class PreviousRun:
                 records += read_manifest(journal, allow_torn_tail=True)
         except AttnvizError as exc:
             return cls(out_dir, []), f"{exc}; reprocessing every input"
+        if skipped:  # the good records are kept: only the inputs of bad lines are redone
+            return cls(out_dir, records), f"{'; '.join(skipped)}: skipped"
         return cls(out_dir, records), None
 
     def _outputs_present(self, record: Mapping[str, Any]) -> bool:

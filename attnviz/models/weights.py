@@ -52,7 +52,9 @@ def check_trained_for(path: Path, model_name: str) -> None:
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Tensors of a checkpoint file, unwrapped from ``state_dict`` and ``module.`` prefixes."""
     if not path.is_file():
-        raise AttnvizError(f"{path}: weights file not found")
+        raise UsageError(f"{path}: weights file not found")
+    if path.suffix != ".safetensors" and not _looks_like_torch_file(path):
+        raise UsageError(f"{path}: not a weights file (neither safetensors nor a torch checkpoint)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -71,6 +73,14 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
         raise AttnvizError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
     return unwrap_state_dict(raw, path)
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive, or (the legacy format) a pickle: its first bytes say
+    which. Anything else, a README or a photo, is no checkpoint at all."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
 
 
 def _refusal(exc: pickle.UnpicklingError) -> str:
