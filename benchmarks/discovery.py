@@ -14,8 +14,9 @@ For each model, on the same random batch of one 224 px photo and the same thread
 
 It prints captured / plain and all / plain: the per-image cost of capturing. On the default
 model no mode is ever active (its layers are declared), so watching costs it nothing; what
-remains is its own capture hook (issue 19: the gate recomputes its affinities there). For the
-discovered models the ratio is the tap's cost. Speed targets live here, never in tests.
+remains is its capture hook, which reads the map its forward computed (keep_maps) and
+reduces it. For the discovered models the ratio is the tap's cost. Speed targets live here,
+never in tests.
 """
 
 from __future__ import annotations

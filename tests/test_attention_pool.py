@@ -185,3 +185,60 @@ def test_attnviz_train_family_attnpool_runs_and_refuses_the_gate_families_budget
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output.replace("\n", "") and out.is_file()
+
+
+def test_the_capture_reads_the_map_the_forward_computed_and_it_is_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compute once: while capturing, the gate's affinities run once per forward pass, and
+    the map read from the forward equals the one the capture would compute itself."""
+    from attnviz.attention import capture_maps
+    from attnviz.models.attention_pool import AttentionGatedPooling
+    from attnviz.models.registry import build_lite0_attnpool
+
+    torch.manual_seed(0)
+    model = build_lite0_attnpool(random_init=True).eval()
+    x = torch.randn(2, 3, 96, 96)
+    calls = []
+    original = AttentionGatedPooling.attention_map
+
+    def counted(self, *args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(AttentionGatedPooling, "attention_map", counted)
+    with torch.inference_mode(), capture_maps(model, "attention.pool") as maps:
+        model(x)
+    assert len(calls) == 1
+    with torch.inference_mode():  # the capture on its own, outside a capture: computes it
+        fine, local, head = model.features(x)
+        alone = model.gate.capture_attention((fine, local, head), None)
+    assert torch.equal(maps["attention.pool"].weights, alone.weights)
+    assert torch.equal(maps["attention.pool"].weighted, alone.weighted)
+
+
+def test_lite0_cbam_gates_are_read_from_their_forward_too(monkeypatch: pytest.MonkeyPatch):
+    from attnviz.attention import capture_maps
+    from attnviz.models.cbam import SpatialGate
+    from attnviz.models.registry import build_lite0
+
+    torch.manual_seed(0)
+    model = build_lite0("cbam", random_init=True).eval()
+    x = torch.randn(2, 3, 96, 96)
+    calls = []
+    original = SpatialGate.attention_map
+
+    def counted(self, features):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(self, features)
+
+    monkeypatch.setattr(SpatialGate, "attention_map", counted)
+    inputs = []
+    handle = model.attention["head"].register_forward_hook(lambda m, i, o: inputs.append(i))
+    with torch.inference_mode(), capture_maps(model, "all") as maps:
+        model(x)
+    handle.remove()
+    assert len(calls) == 4  # one per gate: none recomputed for the capture
+    with torch.inference_mode():
+        alone = model.attention["head"].capture_attention(inputs[0], None)
+    assert torch.equal(maps["attention.head"].weights, alone.weights)

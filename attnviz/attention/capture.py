@@ -29,6 +29,7 @@ from attnviz.attention.protocol import (
     Removable,
     Sink,
     is_spatial_attention,
+    keeping_maps,
     on_forward,
 )
 from attnviz.attention.tap import attach_discovered
@@ -252,7 +253,8 @@ def capture_maps(
     try:
         for name in names:
             handles += layer_capturer(model, name).attach(sink_for(name))
-        yield captured
+        with keeping_maps():
+            yield captured
     finally:
         for handle in handles:
             handle.remove()

@@ -91,6 +91,36 @@ def query_points(points: Tensor | None) -> Iterator[None]:
         QUERY_POINTS.reset(token)
 
 
+# Maps a module computed in its own forward pass, handed to its capture hook while
+# capture_maps listens, so that the hook reads them instead of computing them a second time.
+# Keyed by module; a ContextVar, so threads and runs never see each other's.
+KEPT_MAPS: ContextVar[dict[int, dict[str, Tensor]] | None] = ContextVar(
+    "attnviz_kept_maps", default=None
+)
+
+
+@contextmanager
+def keeping_maps() -> Iterator[None]:
+    token = KEPT_MAPS.set({})
+    try:
+        yield
+    finally:
+        KEPT_MAPS.reset(token)
+
+
+def keep_maps(module: nn.Module, **tensors: Tensor) -> None:
+    """In a layer's forward: hand what it just computed to its capture, if one listens."""
+    kept = KEPT_MAPS.get()
+    if kept is not None:
+        kept[id(module)] = tensors
+
+
+def kept_maps(module: nn.Module) -> dict[str, Tensor] | None:
+    """In a layer's capture: what its forward kept for this call (None: compute it)."""
+    kept = KEPT_MAPS.get()
+    return None if kept is None else kept.pop(id(module), None)
+
+
 def is_spatial_attention(module: nn.Module) -> bool:
     return isinstance(module, SpatialAttention)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnviz.attention.protocol import AttentionCapture
+from attnviz.attention.protocol import AttentionCapture, keep_maps, kept_maps
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.gates import Switchable
 
@@ -104,11 +104,14 @@ class AttentionGatedPooling(nn.Module):
         return self.weighted(head, weights).mean(dim=(2, 3))
 
     def forward(self, fine: Tensor, local: Tensor, head: Tensor) -> Tensor:
-        return self.pool(head, self.attention_map(fine, local, head))
+        weights = self.attention_map(fine, local, head)
+        keep_maps(self, weights=weights)  # its capture reads it: the affinities run once
+        return self.pool(head, weights)
 
     def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
         fine, local, head = inputs[0], inputs[1], inputs[2]
-        weights = self.attention_map(fine, local, head)
+        kept = kept_maps(self)
+        weights = kept["weights"] if kept else self.attention_map(fine, local, head)
         # Panel 3 shows what the classifier averages: the applied weights times the features.
         return AttentionCapture.from_weighted(weights, self.weighted(head, weights))
 

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from attnviz.attention.protocol import AttentionCapture
+from attnviz.attention.protocol import AttentionCapture, keep_maps, kept_maps
 from attnviz.models.gates import mean_filled, seed_centre_tap
 
 PoolOrder = Literal["avg-max", "max-avg"]
@@ -99,11 +99,14 @@ class SpatialGate(nn.Module):
         return [self.spatial.conv.weight]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.gated(x, self.attention_map(x))
+        weights = self.attention_map(x)
+        keep_maps(self, weights=weights)  # its capture reads it instead of recomputing
+        return self.gated(x, weights)
 
     def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
         features = inputs[0]
-        weights = self.attention_map(features)
+        kept = kept_maps(self)
+        weights = kept["weights"] if kept else self.attention_map(features)
         return AttentionCapture.from_weighted(weights, weights * features)
 
 
