@@ -67,6 +67,17 @@ def viewing_gate():
 
 def global_context():
     return B.Host(B.GlobalContext(16))
+
+def discriminator():
+    return B.Host(B.SelfAttention(16), classes=1)  # a GAN critic: one score per photo
+
+def hugging_face_vit():
+    import transformers
+
+    config = transformers.ViTConfig(image_size=224, patch_size=32, hidden_size=32,
+                                    num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=64, num_labels=10)
+    return transformers.ViTForImageClassification(config)
 """
 
 
@@ -195,3 +206,27 @@ def test_two_model_folders_with_the_same_neighbour_name_each_import_their_own(
     assert type(a.net.block).__name__ == "CBAMBlock"
     assert type(b.net.block).__name__ == "SelfAttention"
     assert str(tmp_path / "a") not in sys.path and "blocks" not in sys.modules
+
+
+def test_a_gan_discriminator_is_drawn_without_classes(tmp_path: Path, user_model: Path):
+    photo = write_photo(tmp_path / "p.jpg")
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--model", f"{user_model}:discriminator", "--out", out)
+    assert code == 0, output
+    record = manifest(out)[0]
+    assert record["layers"] == ["block"] and record["top5"] == []
+    assert "1 per photo" in record["top5_note"]
+
+
+def test_a_hugging_face_model_returning_a_model_output_is_drawn(
+    tmp_path: Path, user_model: Path
+) -> None:
+    pytest.importorskip("transformers")
+    photo = write_photo(tmp_path / "p.jpg")
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--model", f"{user_model}:hugging_face_vit",
+                           "--out", out)  # fmt: skip
+    assert code == 0, output
+    record = manifest(out)[0]
+    assert len(record["layers"]) == 1 and record["maps"][record["layers"][0]]["shape"] == [7, 7]
+    assert len(record["top5"]) == 5  # the class scores found in its ModelOutput
