@@ -388,7 +388,7 @@ def run(
         # A second Ctrl-C: outputs are atomic and the manifest was written on the way out.
         console.print("[bold red]interrupted[/]: rerun the same command to resume")
         raise typer.Exit(130) from None
-    _print_summary(summary, verbosity, gallery=opts.gallery)
+    _print_summary(summary, verbosity, gallery=opts.gallery and opts.shard is None)
     if summary.signum is not None:
         raise typer.Exit(128 + summary.signum)
     if summary.failed:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,11 @@ def check_options(opts: RunOptions) -> None:
             f"unknown panel {', '.join(map(repr, bad)) or '(none given)'}{hint}; "
             f"choose from {', '.join(PANELS)}"
         )
+    if set(opts.panels) == {"channels"}:
+        raise UsageError(
+            "--panels channels alone: the channel weights are drawn beside a layer's map; "
+            "add another panel (e.g. original,map,channels)"
+        )
     if len(set(opts.panels)) != len(opts.panels):
         raise UsageError(f"--panels names a panel twice: {','.join(opts.panels)}")
     if opts.layout not in LAYOUTS:
@@ -118,15 +124,18 @@ def check_inputs(inputs: Sequence[Path]) -> None:
     with the closest names beside it, before anything is created. With some inputs present,
     the missing ones are failed inputs of the run instead (one line each)."""
     paths = [Path(p) for p in inputs]
-    if not paths or any(p.exists() for p in paths):
-        return
-    first = paths[0]
-    folder = first.parent if first.parent.is_dir() else Path(".")
     try:
-        names = [entry.name for entry in folder.iterdir()]
+        # lexists: a broken link exists as a link; the run reports it as a failed input.
+        if not paths or any(os.path.lexists(p) for p in paths):
+            return
+        given = first = paths[0]
+        folder = first.parent
+        if not folder.is_dir():  # the folder itself is mistyped: match it instead
+            first, folder = folder, folder.parent if folder.parent.is_dir() else Path(".")
+        names = [entry.name for entry in folder.iterdir() if entry.name != first.name]
     except OSError:
-        names = []
+        return  # a name the system refuses (too long …): the run reports it as failed
     close = difflib.get_close_matches(first.name, names, n=3)
     hint = f" (did you mean {', '.join(str(folder / c) for c in close)}?)" if close else ""
     missing = "no such file or folder" if len(paths) == 1 else "none of the inputs exists"
-    raise UsageError(f"{missing}: {first}{hint}")
+    raise UsageError(f"{missing}: {given}{hint}")

@@ -867,7 +867,7 @@ def output_suffixes(opts: RunOptions, layers: Sequence[str]) -> dict[str, str]:
             for panel in opts.panels:
                 tag = f"{layer}:{panel}" if len(names) > 1 else panel
                 suffixes[tag] = f"{prefix}.{panel}{fmt}"
-                if panel in ("map", "weighted", "gradcam"):
+                if panel in ("map", "weighted", "gradcam", "channels"):  # panels with a key
                     suffixes[f"{tag}-key"] = f"{prefix}.{panel}-key{fmt}"
     if opts.save_raw:
         suffixes["raw"] = ".npz"

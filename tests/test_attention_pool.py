@@ -242,3 +242,22 @@ def test_lite0_cbam_gates_are_read_from_their_forward_too(monkeypatch: pytest.Mo
     with torch.inference_mode():
         alone = model.attention["head"].capture_attention(inputs[0], None)
     assert torch.equal(maps["attention.head"].weights, alone.weights)
+
+
+def test_a_kept_map_serves_only_the_input_it_was_computed_from() -> None:
+    from attnviz.attention import capture_maps
+    from attnviz.models.registry import build_lite0
+
+    torch.manual_seed(0)
+    model = build_lite0("cbam", random_init=True).eval()
+    gate = model.attention["head"]
+    seen = []
+    handle = gate.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.inference_mode(), capture_maps(model, "attention.head"):
+        model(torch.randn(1, 3, 96, 96))
+        other = torch.randn_like(seen[0])
+        inside = gate.capture_attention((other,), None)  # another input: computed afresh
+    handle.remove()
+    with torch.inference_mode():
+        expected = gate.capture_attention((other,), None)
+    assert torch.equal(inside.weights, expected.weights)

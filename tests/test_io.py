@@ -754,3 +754,19 @@ def test_hidden_folders_are_not_walked(tmp_path: Path) -> None:
     _png(tmp_path / "photos" / ".git" / "logo.png")
     items, rejected = discover([tmp_path / "photos"])
     assert [i.relative.as_posix() for i in items] == ["a.png"] and not rejected
+
+
+def test_a_line_torn_inside_a_character_costs_only_that_line(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with ManifestWriter(out) as manifest:
+        manifest.add(_record("a.jpg", "a.png"))
+    torn = '{"input": "写真.jpg"}'.encode()[:14]  # cut inside a three-byte character
+    with (out / MANIFEST_NAME).open("ab") as f:
+        f.write(torn + b"\n")
+    _png(out / "a.png")
+
+    previous, note = PreviousRun.load(out)
+
+    assert note is not None and f"{MANIFEST_NAME}:2: invalid manifest line" in note
+    assert previous.up_to_date(_stat("a.jpg"), "k") is not None

@@ -100,3 +100,33 @@ def test_the_run_summary_says_where_the_gallery_is(
     code, output = attnviz("run", photo, "--gallery", "--out", out)
     assert code == 0, output
     assert str(out / "index.html") in output
+
+
+def test_separate_panels_with_channel_weights_write_the_channels_key(tmp_path: Path):
+    photo = write_photo(tmp_path / "p.jpg")
+    out = tmp_path / "out"
+    code, output = attnviz("run", photo, "--model", "cbam-resnet18", "--random-init",
+                           "--panels", "original,map,channels", "--layout", "separate",
+                           "--out", out)  # fmt: skip
+    assert code == 0, output
+    assert (out / "p.channels.png").is_file() and (out / "p.channels-key.png").is_file()
+
+
+def test_channels_alone_is_refused(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    code, output = attnviz("run", photo, "--panels", "channels", "--out", tmp_path / "o")
+    assert code == 2 and "add another panel" in output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_lone_broken_link_is_a_failed_input_not_a_typo(tmp_path: Path) -> None:
+    link = tmp_path / "broken.jpg"
+    link.symlink_to(tmp_path / "gone.jpg")
+    code, output = attnviz("run", link, "--out", tmp_path / "o")
+    assert code == 1 and "broken symlink" in output
+
+
+def test_a_mistyped_folder_is_matched_as_a_folder(tmp_path: Path) -> None:
+    write_photo(tmp_path / "photos" / "cat.jpg")
+    code, output = attnviz("run", tmp_path / "photoz" / "cat.jpg", "--out", tmp_path / "o")
+    assert code == 2 and "did you mean" in output and "photos" in output

@@ -93,8 +93,9 @@ def query_points(points: Tensor | None) -> Iterator[None]:
 
 # Maps a module computed in its own forward pass, handed to its capture hook while
 # capture_maps listens, so that the hook reads them instead of computing them a second time.
-# Keyed by module; a ContextVar, so threads and runs never see each other's.
-KEPT_MAPS: ContextVar[dict[int, dict[str, Tensor]] | None] = ContextVar(
+# Keyed by module and tied to the input they were computed from: a capture of another input
+# computes its own. Each capture_maps block has its own dict (a ContextVar).
+KEPT_MAPS: ContextVar[dict[int, tuple[Tensor, dict[str, Tensor]]] | None] = ContextVar(
     "attnviz_kept_maps", default=None
 )
 
@@ -108,17 +109,19 @@ def keeping_maps() -> Iterator[None]:
         KEPT_MAPS.reset(token)
 
 
-def keep_maps(module: nn.Module, **tensors: Tensor) -> None:
-    """In a layer's forward: hand what it just computed to its capture, if one listens."""
+def keep_maps(module: nn.Module, given: Tensor, **tensors: Tensor) -> None:
+    """In a layer's forward: hand what it just computed from ``given`` (its first input)
+    to its capture, if one listens."""
     kept = KEPT_MAPS.get()
     if kept is not None:
-        kept[id(module)] = tensors
+        kept[id(module)] = (given, {k: v.detach() for k, v in tensors.items()})
 
 
-def kept_maps(module: nn.Module) -> dict[str, Tensor] | None:
-    """In a layer's capture: what its forward kept for this call (None: compute it)."""
+def kept_maps(module: nn.Module, given: Tensor) -> dict[str, Tensor] | None:
+    """In a layer's capture: what its forward kept for this very input (None: compute it)."""
     kept = KEPT_MAPS.get()
-    return None if kept is None else kept.pop(id(module), None)
+    found = None if kept is None else kept.pop(id(module), None)
+    return found[1] if found is not None and found[0] is given else None
 
 
 def is_spatial_attention(module: nn.Module) -> bool:

@@ -134,21 +134,21 @@ def read_manifest(
     is left out and described there, instead of making the whole manifest unreadable.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="strict")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise AttnvizError(f"{path}: cannot read manifest ({exc.strerror or exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise AttnvizError(f"{path}: cannot read manifest (not UTF-8 text)") from exc
-    lines = text.split("\n")
+    lines = data.split(b"\n")  # one line at a time: a torn line may end mid-character
     if allow_torn_tail:
-        lines[-1] = ""  # complete lines end with a newline; anything after the last is torn
+        lines[-1] = b""  # complete lines end with a newline; anything after the last is torn
     records: list[dict[str, Any]] = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(raw.decode("utf-8", errors="strict"))
             problem = None if isinstance(record, dict) else "not a JSON object"
+        except UnicodeDecodeError:
+            problem = "not UTF-8 text"
         except json.JSONDecodeError as exc:
             problem = exc.msg
         if problem is not None:

@@ -90,11 +90,12 @@ class PreviousRun:
                 j for j in out_dir.glob(journal_glob(name)) if j.is_file() and not in_use(j)
             ]
             for journal in sorted(journals, key=lambda j: j.stat().st_mtime_ns):
-                records += read_manifest(journal, allow_torn_tail=True)
+                records += read_manifest(journal, allow_torn_tail=True, skipped=skipped)
         except AttnvizError as exc:
             return cls(out_dir, []), f"{exc}; reprocessing every input"
         if skipped:  # the good records are kept: only the inputs of bad lines are redone
-            return cls(out_dir, records), f"{'; '.join(skipped)}: skipped"
+            more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+            return cls(out_dir, records), f"{skipped[0]}{more}: skipped"
         return cls(out_dir, records), None
 
     def _outputs_present(self, record: Mapping[str, Any]) -> bool:

@@ -112,7 +112,7 @@ def load_model(
         if not path.is_file():
             raise UsageError(f"{path}: weights file not found")
         check_trained_for(path, spec.name)
-        state = read_state_dict(path)
+        state = read_state_dict(path, given=True)
         net = spec.build(True)
         if spec.with_gates is not None and set(state) <= set(net.state_dict()):
             # Gates alone (or a whole checkpoint): the rest from the package, as shipped.

@@ -105,12 +105,12 @@ class AttentionGatedPooling(nn.Module):
 
     def forward(self, fine: Tensor, local: Tensor, head: Tensor) -> Tensor:
         weights = self.attention_map(fine, local, head)
-        keep_maps(self, weights=weights)  # its capture reads it: the affinities run once
+        keep_maps(self, fine, weights=weights)  # its capture reads it: affinities run once
         return self.pool(head, weights)
 
     def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
         fine, local, head = inputs[0], inputs[1], inputs[2]
-        kept = kept_maps(self)
+        kept = kept_maps(self, fine)
         weights = kept["weights"] if kept else self.attention_map(fine, local, head)
         # Panel 3 shows what the classifier averages: the applied weights times the features.
         return AttentionCapture.from_weighted(weights, self.weighted(head, weights))

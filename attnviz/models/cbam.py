@@ -100,12 +100,12 @@ class SpatialGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         weights = self.attention_map(x)
-        keep_maps(self, weights=weights)  # its capture reads it instead of recomputing
+        keep_maps(self, x, weights=weights)  # its capture reads it instead of recomputing
         return self.gated(x, weights)
 
     def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
         features = inputs[0]
-        kept = kept_maps(self)
+        kept = kept_maps(self, features)
         weights = kept["weights"] if kept else self.attention_map(features)
         return AttentionCapture.from_weighted(weights, weights * features)
 

@@ -49,14 +49,21 @@ def check_trained_for(path: Path, model_name: str) -> None:
         )
 
 
-def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Tensors of a checkpoint file, unwrapped from ``state_dict`` and ``module.`` prefixes."""
+def read_state_dict(path: Path, *, given: bool = False) -> dict[str, Tensor]:
+    """Tensors of a checkpoint file, unwrapped from ``state_dict`` and ``module.`` prefixes.
+
+    ``given``: the user named the file (--weights), so a missing file or one that is no
+    weights file at all is a usage error; attnviz's own files missing is a broken install.
+    """
+    wrong_file = UsageError if given else AttnvizError
     if not path.is_file():
-        raise UsageError(f"{path}: weights file not found")
-    if path.suffix != ".safetensors" and not _looks_like_torch_file(path):
-        raise UsageError(f"{path}: not a weights file (neither safetensors nor a torch checkpoint)")
+        raise wrong_file(f"{path}: weights file not found")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix != ".safetensors" and not _looks_like_weights(path):
+            raise wrong_file(
+                f"{path}: not a weights file (neither safetensors nor a torch checkpoint)"
+            )
+        if path.suffix == ".safetensors" or _is_safetensors(path):
             from safetensors.torch import load_file
 
             raw: object = load_file(str(path))
@@ -65,6 +72,8 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
                 # torch warns about pickle protocols it may not read; the error says enough.
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 raw = torch.load(path, map_location="cpu", weights_only=True)
+    except AttnvizError:
+        raise
     except pickle.UnpicklingError as exc:
         raise AttnvizError(
             f"{path}: refused to load: the file holds more than tensors ({_refusal(exc)}); "
@@ -75,12 +84,22 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return unwrap_state_dict(raw, path)
 
 
-def _looks_like_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive, or (the legacy format) a pickle: its first bytes say
-    which. Anything else, a README or a photo, is no checkpoint at all."""
+def _looks_like_weights(path: Path) -> bool:
+    """torch.save writes a zip archive or (the legacy format) a pickle, and safetensors an
+    8-byte header length and a JSON header: the first bytes say which. Anything else, a
+    README or a photo, is no weights file at all."""
     with path.open("rb") as f:
-        head = f.read(4)
-    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
+        head = f.read(9)
+    return head.startswith((b"PK\x03\x04", b"\x80")) or _safetensors_head(head)
+
+
+def _is_safetensors(path: Path) -> bool:
+    with path.open("rb") as f:
+        return _safetensors_head(f.read(9))
+
+
+def _safetensors_head(head: bytes) -> bool:
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
 
 
 def _refusal(exc: pickle.UnpicklingError) -> str:
