@@ -610,16 +610,22 @@ def layers(
         table.add_column(column)
     # Indices count attention layers only: --layer -1 never means a user-selected module.
     indexed = [r for r in rows if r.found_by != "user selection"]
+    lines = []
     for row in rows:
         mark = " (default)" if row.name == default else ""
         index = str(indexed.index(row) - len(indexed)) if row in indexed else ""
-        table.add_row(
-            index, row.name + mark, row.family, _shape(row.feature), _shape(row.map),
-            row.found_by,
-        )  # fmt: skip
-    out_console.print(table)
+        cells = (row.family, _shape(row.feature), _shape(row.map), row.found_by)
+        table.add_row(index, row.name + mark, *cells)
+        lines.append(f"{index:>4}  {row.name}{mark}  [dim]({', '.join(cells)})[/]")
+    unbounded = out_console.options.update(max_width=10_000)
+    if out_console.measure(table, options=unbounded).maximum <= out_console.width:
+        out_console.print(table)
+    else:  # names are copied into --layer: one line each rather than a cut table cell
+        out_console.print(f"attention layers of {model} (family, feature, map, found by):")
+        for line in lines:
+            out_console.print(line, soft_wrap=True, highlight=False)
     # What a discovered pattern's map shows, once per pattern.
-    for pattern, map_is in dict.fromkeys((r.pattern, r.map_is) for r in rows if r.pattern):
+    for pattern, map_is in dict.fromkeys((r.family, r.map_is) for r in rows if r.map_is):
         out_console.print(f"{pattern}: the map is {map_is}", soft_wrap=True)
 
 

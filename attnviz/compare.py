@@ -238,8 +238,10 @@ def figure_rows(rows: Sequence[Row], results: Sequence[ImageResult]) -> list[Lay
     """One photo's rows, captioned "<model> <layer>: <top-1 class> (<probability>)"."""
     maps: list[LayerMaps] = []
     for row, result in zip(rows, results, strict=True):
-        top1 = result.top5[0] if result.top5 else None
-        verdict = "" if top1 is None else f": {top1['label']} ({float(top1['prob']):.0%})"  # type: ignore[arg-type]
+        verdict = ""  # no verdict for a model whose output is not class scores
+        if result.top5:
+            top1 = result.top5[0]
+            verdict = f": {top1['label']} ({float(top1['prob']):.0%})"  # type: ignore[arg-type]
         for layer in result.layers:
             where = layer.name.removeprefix("gradcam:")
             maps.append(replace(layer, name=f"{row.label} {where}{verdict}"))

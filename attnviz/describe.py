@@ -23,8 +23,7 @@ class LayerInfo:
     feature: tuple[int, ...]
     map: tuple[int, ...]
     found_by: FoundBy
-    pattern: str = ""  # discovered layers: the pattern recognised
-    map_is: str = ""  # discovered layers: what the map shows
+    map_is: str = ""  # discovered layers: what the map shows (their family is the pattern)
 
 
 def describe_layers(
@@ -89,7 +88,6 @@ def describe_layers(
             features[n],
             maps[n],
             capturers[n].found_by,
-            capturers[n].pattern,
             capturers[n].map_is,
         )  # fmt: skip
         for n in names

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from attnviz.attention.adapters import adapter_for
-from attnviz.attention.discovery import AttentionRecipe, describe, discovered
+from attnviz.attention.discovery import describe, discovered, reads_query_point
 from attnviz.attention.protocol import (
     AttentionCapture,
     CaptureFn,
@@ -106,9 +106,7 @@ def _list_layers(model: nn.Module) -> dict[str, Capturer]:
                 recipe.pattern,
                 "discovered",
                 lambda sink, m=module, r=recipe: attach_discovered(m, r, sink),
-                reads_query=isinstance(recipe, AttentionRecipe)
-                and recipe.pattern != "softmax pooling",
-                pattern=recipe.pattern,
+                reads_query=reads_query_point(recipe),
                 map_is=describe(recipe),
             )
         order = {name: i for i, (name, _) in enumerate(model.named_modules())}

@@ -109,6 +109,11 @@ def discovered(model: nn.Module) -> Discovery | None:
     return _FOUND.get(model)
 
 
+def reads_query_point(recipe: Recipe) -> bool:
+    """Whether the layer's map is one query point's row, picked by ``--query``."""
+    return isinstance(recipe, AttentionRecipe) and recipe.pattern != "softmax pooling"
+
+
 def describe(recipe: Recipe) -> str:
     """What the map of a discovered layer is, in a few words (``attnviz layers``)."""
     if isinstance(recipe, GateRecipe):
@@ -179,24 +184,26 @@ IMAGE_AXES = ("N", "C", "H", "W")
 
 
 class _Probe(TorchFunctionMode):
-    def __init__(self, stack: list[_Invocation]) -> None:
+    def __init__(self, stack: list[_Invocation], example: Tensor) -> None:
         super().__init__()
         self.stack = stack
+        self.photos = int(example.shape[0])  # rows and gates must vary with the photo axis
+        self.image_hw = (int(example.shape[-2]), int(example.shape[-1]))
         self.events: list[_Event] = []
-        self.keep: list[object] = []  # every tensor seen: ids stay unique while the probe runs
-        self.axes: dict[int, tuple[str, ...]] = {}  # 4-D tensor id -> the image axis of each dim
+        # 4-D tensor id -> the image axis of each dim
+        self.axes: dict[int, tuple[str, ...]] = {id(example): IMAGE_AXES}
         self.gate_of: dict[int, frozenset[int]] = {}  # tensor id -> sigmoid events it carries
         self.extent: dict[int, tuple[int, ...]] = {}  # its shape before any expansion
         self.applications: list[_Application] = []
         self.replays: dict[int, _Replay] = {}  # tensor id -> its rows
         self.finals: dict[int, _Replay] = {}  # source -> replay that lies on the image
         self.frozen: set[int] = set()  # sources whose final layout is settled
-        self.image_hw = (0, 0)
         self.positions: dict[int, int] = {}  # source -> H·W of its layer's (N, C, H, W) input
-        self.producer: dict[int, tuple[object, tuple, dict, object]] = {}  # id -> its call
+        # Tensor id -> the call that made it. Holding every call keeps every tensor alive
+        # until the probe ends, so the ids used as keys above stay unique.
+        self.producer: dict[int, tuple[object, tuple, dict, object]] = {}
         self.first_application: dict[int, tuple[_Event, int]] = {}
         self.rep_of: dict[int, Tensor] = {}  # source -> row -> representative row
-        self.photos = 1  # the probe's batch: rows and gates must vary with its photo axis
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -204,7 +211,6 @@ class _Probe(TorchFunctionMode):
         inv = self.stack[-1] if self.stack else None
         if inv is not None:
             inv.calls += 1
-        self.keep.append((args, kwargs, result))
         for r in result if isinstance(result, list | tuple) else (result,):
             if isinstance(r, Tensor):
                 self.producer[id(r)] = (func, args, kwargs, result)
@@ -442,8 +448,8 @@ class _Probe(TorchFunctionMode):
         one representative row each, the others remembered as its members."""
         rep = index.amax(axis, keepdim=True).where(index.amin(axis, keepdim=True) < 0,
                                                    index.amin(axis, keepdim=True))  # fmt: skip
-        members = index.long().flatten()
-        reps = rep.expand_as(index).long().flatten()
+        members = index.flatten()
+        reps = rep.expand_as(index).flatten()
         keep = members >= 0
         self.rep_of[source][members[keep]] = reps[keep]
         return rep
@@ -491,10 +497,9 @@ def _pairs(result: object, out: object) -> list[tuple[Tensor, Tensor]]:
 
 
 @contextmanager
-def _module_stack(model: nn.Module) -> Iterator[tuple[list[_Invocation], list[_Invocation]]]:
+def _module_stack(model: nn.Module) -> Iterator[list[_Invocation]]:
     """Forward hooks on every module that keep the stack of running module calls."""
     stack: list[_Invocation] = []
-    invocations: list[_Invocation] = []
     handles = []
 
     def enter(name: str) -> Callable[..., None]:
@@ -502,9 +507,7 @@ def _module_stack(model: nn.Module) -> Iterator[tuple[list[_Invocation], list[_I
             parent = stack[-1] if stack else None
             if parent is not None:
                 parent.children += 1
-            inv = _Invocation(name, module, parent, inputs)
-            stack.append(inv)
-            invocations.append(inv)
+            stack.append(_Invocation(name, module, parent, inputs))
 
         return hook
 
@@ -516,7 +519,7 @@ def _module_stack(model: nn.Module) -> Iterator[tuple[list[_Invocation], list[_I
         for name, module in model.named_modules():
             handles.append(module.register_forward_pre_hook(enter(name)))
             handles.append(module.register_forward_hook(leave, always_call=True))
-        yield stack, invocations
+        yield stack
     finally:
         for handle in handles:
             handle.remove()
@@ -664,7 +667,7 @@ def _gate_recipe(
     return GateRecipe(pattern, gates, product, features_input, channel_gate)
 
 
-def _attention_layers(probe: _Probe, analysis: _Analysis, image_hw: tuple[int, int]) -> None:
+def _attention_layers(probe: _Probe, analysis: _Analysis) -> None:
     seen_modules: set[int] = set()
     for source, (applied_event, row_axis) in probe.first_application.items():
         event = probe.events[source]
@@ -684,7 +687,7 @@ def _attention_layers(probe: _Probe, analysis: _Analysis, image_hw: tuple[int, i
                 _Found(owner, AttentionRecipe("criss-cross attention", call, applied, None))
             )
             continue
-        layout = _layout(probe, source, weights, image_hw)
+        layout = _layout(probe, source, weights)
         pooling = _pooling_layout(probe, source, weights) if layout is None else None
         if pooling is not None:
             seen_modules.add(id(owner.module))
@@ -708,9 +711,7 @@ def _is_criss_cross(weights: Tensor, features: Tensor | None) -> bool:
     return tuple(weights.shape) == (n, h, w, h + w)
 
 
-def _layout(
-    probe: _Probe, source: int, weights: Tensor, image_hw: tuple[int, int]
-) -> TokenLayout | Literal["channel"] | None:
+def _layout(probe: _Probe, source: int, weights: Tensor) -> TokenLayout | Literal["channel"] | None:
     final = probe.finals.get(source)
     if final is None or weights.dim() < 2:
         return None
@@ -728,18 +729,17 @@ def _layout(
         channel_axis = steady.index(True)
     else:
         return None
-    rep_of = probe.rep_of[source].clone()
     if channel_axis is not None:
         rep = probe._collapse(source, index, channel_axis).squeeze(channel_axis)
-        rep_of = probe.rep_of[source].clone()
     else:
         rep = index
-    for _ in range(8):  # representatives of representatives, until settled
+    rep_of = probe.rep_of[source]
+    while not torch.equal(rep_of[rep_of], rep_of):  # representatives of representatives
         rep_of = rep_of[rep_of]
     if rep.dim() == 2:
         grid, prefix, cells = (rep.shape[0], rep.shape[1]), 0, rep.flatten()
     else:
-        solved = _token_grid(rep.shape[0], image_hw)
+        solved = _token_grid(rep.shape[0], probe.image_hw)
         if solved is None:
             return None
         prefix, grid = solved
@@ -747,7 +747,7 @@ def _layout(
     position = torch.full((rows,), -1, dtype=torch.long)
     valid = (cells >= 0).cpu()
     position[cells.long().cpu()[valid]] = torch.arange(cells.numel())[valid]
-    token_of_row = position[rep_of[:rows].long().cpu()]
+    token_of_row = position[rep_of[:rows].cpu()]
     key_grid, key_position = None, None
     if keys != queries:
         found = _key_positions(probe, source, rows // queries) if prefix == 0 else None
@@ -929,17 +929,13 @@ def discover(model: nn.Module, example: Tensor, covered: set[str] | None = None)
     submodules are listed again. Hooks and the mode are gone when this returns, also on error.
     """
     covered = covered or set()
-    with _module_stack(model) as (stack, invocations), torch.inference_mode():
-        probe = _Probe(stack)
-        probe.axes[id(example)] = IMAGE_AXES
-        probe.image_hw = (int(example.shape[-2]), int(example.shape[-1]))
-        probe.photos = int(example.shape[0])
+    with _module_stack(model) as stack, torch.inference_mode():
+        probe = _Probe(stack, example)
         with probe:
             model(example)
         analysis = _Analysis()
         _gate_layers(probe, analysis)
-        _attention_layers(probe, analysis, tuple(example.shape[-2:]))  # type: ignore[arg-type]
-    del invocations
+        _attention_layers(probe, analysis)
 
     def free(name: str) -> bool:
         return not any(name == c or name.startswith(c + ".") for c in covered)

@@ -124,6 +124,28 @@ def kept_maps(module: nn.Module, given: Tensor) -> dict[str, Tensor] | None:
     return found[1] if found is not None and found[0] is given else None
 
 
+def query_cells(default: Tensor, height: int, width: int) -> Tensor:
+    """Flat indices (N,) of each photo's query cell: ``--query`` where given, else ``default``.
+
+    The query points may be fewer than the batch (a batch padded to a fixed size): the rest
+    keep their default.
+    """
+    points = QUERY_POINTS.get()
+    if points is None:
+        return default
+    cells = default.clone()
+    given = points[: len(default)].to(default.device)
+    cols = (given[:, 0] * width).floor().long().clamp(0, width - 1)
+    rows = (given[:, 1] * height).floor().long().clamp(0, height - 1)
+    cells[: len(given)] = rows * width + cols
+    return cells
+
+
+def cell_marker(cells: Tensor, height: int, width: int) -> Tensor:
+    """Flat cells (N,) of a height × width grid as (x, y) fractions of its centre: a marker."""
+    return torch.stack([(cells % width + 0.5) / width, (cells // width + 0.5) / height], 1).float()
+
+
 def is_spatial_attention(module: nn.Module) -> bool:
     return isinstance(module, SpatialAttention)
 
@@ -173,6 +195,5 @@ class Capturer:
     covers: tuple[str, ...] = ()
     # The map is one query point's attention, and --query (QUERY_POINTS) picks the point.
     reads_query: bool = False
-    # For a discovered layer: the pattern that was recognised and what its map is.
-    pattern: str = ""
+    # For a discovered layer (its family is the pattern recognised): what its map is.
     map_is: str = ""

@@ -19,7 +19,14 @@ from torch.overrides import TorchFunctionMode
 
 from attnviz.attention import watch
 from attnviz.attention.discovery import GateRecipe, Recipe, TokenLayout
-from attnviz.attention.protocol import QUERY_POINTS, AttentionCapture, Removable, Sink
+from attnviz.attention.protocol import (
+    QUERY_POINTS,
+    AttentionCapture,
+    Removable,
+    Sink,
+    cell_marker,
+    query_cells,
+)
 
 
 class _Tap(TorchFunctionMode):
@@ -171,19 +178,10 @@ def _by_max(maps: Tensor) -> Tensor:
 
 
 def _query_cells(grid: tuple[int, int], n: int, device: torch.device) -> Tensor | None:
-    """The --query point of each photo as a flat cell of ``grid``, or None."""
-    points = QUERY_POINTS.get()
-    if points is None:
+    """The --query point of each photo as a flat cell of ``grid``, or None without one."""
+    if QUERY_POINTS.get() is None:
         return None
-    h, w = grid
-    xs = (points[:n, 0] * w).long().clamp(0, w - 1)
-    ys = (points[:n, 1] * h).long().clamp(0, h - 1)
-    return (ys * w + xs).to(device)
-
-
-def _marker(cells: Tensor, grid: tuple[int, int]) -> Tensor:
-    h, w = grid
-    return torch.stack([(cells % w + 0.5) / w, (cells // w + 0.5) / h], dim=1).float()
+    return query_cells(torch.zeros(n, dtype=torch.long, device=device), *grid)
 
 
 def token_capture(
@@ -214,21 +212,8 @@ def token_capture(
         return per_token[:, layout.prefix :].reshape(n, 1, *layout.grid)
 
     blocks = rows // queries
-    key_cells = None if layout.key_position is None else layout.key_position.to(a.device)
-
-    def on_key_grid(per_block_key: Tensor) -> Tensor:
-        """(n, blocks, keys) values -> (n, 1, h, w) on the keys' grid, summed per cell."""
-        assert key_cells is not None and layout.key_grid is not None
-        cells = key_cells.flatten()
-        keep = cells >= 0
-        out = per_block_key.new_zeros(n, layout.key_grid[0] * layout.key_grid[1])
-        out.index_add_(1, cells[keep], per_block_key.reshape(n, -1)[:, keep])
-        return out.reshape(n, 1, *layout.key_grid)
-
-    if key_cells is not None:  # overlapping windows: mean over the slots of each cell
-        slots = on_key_grid(torch.ones(1, blocks, keys, device=a.device).expand(n, -1, -1))
-        per_key = a.reshape(n, blocks, queries, keys).mean(dim=2)
-        received = _by_max(on_key_grid(per_key) / slots.clamp_min(1))
+    if layout.key_position is not None:  # keys placed on their own grid (overlapping windows)
+        received = _received_on_key_grid(layout, a)
     elif layout.key_grid is not None:
         received = _by_max(a.mean(dim=1).reshape(n, 1, *layout.key_grid))
     else:  # key k of a block of rows is the token of that block's row k
@@ -243,7 +228,7 @@ def token_capture(
     marker = None
     if cells is not None:
         query = cells + layout.prefix
-        marker = _marker(cells, layout.grid)
+        marker = cell_marker(cells, *layout.grid)
     elif layout.prefix:
         query = torch.zeros(n, dtype=torch.long, device=a.device)  # the class token
     else:
@@ -251,14 +236,35 @@ def token_capture(
     mine = (token.unsqueeze(0) == query.unsqueeze(1)).float()  # (n, rows): the query's rows
     heads = mine.sum(dim=1).clamp_min(1).view(n, 1, 1, 1)
     chosen = a * mine.unsqueeze(-1)
-    if key_cells is not None:
-        row = on_key_grid(chosen.reshape(n, blocks, queries, keys).sum(dim=2))
+    if layout.key_position is not None:
+        row = _on_key_grid(layout, chosen.reshape(n, blocks, queries, keys).sum(dim=2))
     elif layout.key_grid is not None:
         row = chosen.sum(dim=1).reshape(n, 1, *layout.key_grid)
     else:  # each of the query's rows spreads its weights over its own block's tokens
         spread = chosen.reshape(n, blocks, queries, keys).sum(dim=2).reshape(n, rows)
         row = on_grid(token_sum(spread))
     return AttentionCapture(_by_max(row / heads), weighted, parts=parts, marker=marker)
+
+
+def _on_key_grid(layout: TokenLayout, per_block_key: Tensor) -> Tensor:
+    """(n, blocks, keys) values -> (n, 1, h, w) on the keys' grid, summed per cell."""
+    assert layout.key_position is not None and layout.key_grid is not None
+    n = per_block_key.shape[0]
+    cells = layout.key_position.to(per_block_key.device).flatten()
+    keep = cells >= 0
+    out = per_block_key.new_zeros(n, layout.key_grid[0] * layout.key_grid[1])
+    out.index_add_(1, cells[keep], per_block_key.reshape(n, -1)[:, keep])
+    return out.reshape(n, 1, *layout.key_grid)
+
+
+def _received_on_key_grid(layout: TokenLayout, a: Tensor) -> Tensor:
+    """The attention each cell of the keys' grid receives, (n, 1, h, w) / max: mean over
+    the queries of each block of rows, then over the blocks (windows) whose keys hold it."""
+    n, rows, keys = a.shape
+    blocks = rows // layout.queries
+    ones = torch.ones(1, blocks, keys, device=a.device).expand(n, -1, -1)
+    per_key = a.reshape(n, blocks, layout.queries, keys).mean(dim=2)
+    return _by_max(_on_key_grid(layout, per_key) / _on_key_grid(layout, ones).clamp_min(1))
 
 
 def _criss_cross_capture(
@@ -287,7 +293,7 @@ def _criss_cross_capture(
     cross[photos, :, qx] = column[photos, qy, qx]  # the query's column
     cross[photos, qy, :] += row[photos, qy, qx]  # and its row
     return AttentionCapture(
-        _by_max(cross.unsqueeze(1)), weighted, parts=parts, marker=_marker(cells, (h, w))
+        _by_max(cross.unsqueeze(1)), weighted, parts=parts, marker=cell_marker(cells, h, w)
     )
 
 
@@ -296,15 +302,9 @@ def _pooling_capture(
 ) -> AttentionCapture:
     """Softmax pooling (GCNet): the weights over positions, mean over heads, / max; the
     weighted map is |map ⊗ x|, each position's share of the pooled context."""
-    assert layout.key_grid is not None and layout.key_position is not None
     a = weights.float()
     n = a.numel() // (layout.rows * layout.keys)
-    per_cell = a.new_zeros(n, layout.keys)
-    cells = layout.key_position.to(a.device)
-    rows = a.reshape(n, layout.rows, layout.keys)
-    for r in range(layout.rows):
-        per_cell[:, cells[r]] += rows[:, r]
-    grid = _by_max((per_cell / layout.rows).reshape(n, 1, *layout.key_grid))
+    grid = _received_on_key_grid(layout, a.reshape(n, layout.rows, layout.keys))
     x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
     if x is not None and x.dim() == 4 and x.shape[2:] == grid.shape[2:]:
         return AttentionCapture(grid, (grid * x.float()).abs().mean(dim=1, keepdim=True))

