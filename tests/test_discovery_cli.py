@@ -230,3 +230,24 @@ def test_a_hugging_face_model_returning_a_model_output_is_drawn(
     record = manifest(out)[0]
     assert len(record["layers"]) == 1 and record["maps"][record["layers"][0]]["shape"] == [7, 7]
     assert len(record["top5"]) == 5  # the class scores found in its ModelOutput
+
+
+def test_layers_never_cuts_a_name_in_an_80_column_terminal(
+    user_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attnviz import cli
+
+    monkeypatch.setattr(cli.out_console, "width", 80)
+    long = user_model.parent / "deep.py"
+    long.write_text(
+        "import my_blocks as B\n\n"
+        "def build():\n"
+        "    host = B.Host(B.nn.Identity())\n"
+        "    host.block = B.nn.Sequential()\n"
+        "    host.block.add_module('a_rather_long_name_for_a_spatial_attention_gate',\n"
+        "                          B.SpatialGateFunctional())\n"
+        "    return host\n"
+    )
+    code, output = attnviz("layers", "--model", f"{long}:build")
+    assert code == 0, output
+    assert "block.a_rather_long_name_for_a_spatial_attention_gate (default)" in output
