@@ -43,6 +43,7 @@ def layer_maps(name: str, c: AttentionCapture, parts: bool = False) -> list[list
                 weighted[i],
                 channels=None if channels is None else channels[i],
                 marker=None if markers is None else (float(markers[i, 0]), float(markers[i, 1])),
+                applied=c.applied,
             ),
             *(LayerMaps(part, w[i], f[i]) for part, (w, f) in extra.items()),
         ]

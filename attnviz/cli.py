@@ -634,21 +634,45 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 @app.command()
-def models() -> None:
-    """List the built-in models and where their weights come from.
+def models(
+    name: Annotated[str | None, typer.Argument(help="A model to describe in full.")] = None,
+) -> None:
+    """List the built-in models, one a line (* marks the default); NAME describes one.
 
-    Example: attnviz models
+    Example: attnviz models lite0-cbam
     """
-    from attnviz.models.registry import MODELS
+    from attnviz.models.registry import MODELS, get_spec
 
-    table = Table(title="built-in models", title_justify="left")
-    for column in ("name", "family", "input size", "weights", "description"):
-        table.add_column(column)
+    if name is not None:
+        try:
+            spec = get_spec(name)
+        except AttnvizError as exc:
+            raise _fail(exc) from None
+        default = " (the default)" if spec.name == DEFAULT_MODEL else ""
+        out_console.print(f"[bold]{spec.name}[/]{default}", highlight=False)
+        for label, value in (
+            ("family", spec.family), ("input size", str(spec.input_size)),
+            ("weights", spec.weights.value),
+            ("default layer", "the last" if spec.default_layer == "-1" else spec.default_layer),
+        ):  # fmt: skip
+            out_console.print(f"  {label + ':':15}{value}", highlight=False, soft_wrap=True)
+        out_console.print(spec.description, highlight=False)
+        return
+    # One line a model: names and sources are never cut (they are typed into --model);
+    # the description is, and `attnviz models NAME` gives it whole.
+    name_width = max(len(n) for n in MODELS) + 2
+    source_width = max(len(s.weights.value) for s in MODELS.values())
+    room = max(out_console.width - name_width - source_width - 4, 10)
     for spec in MODELS.values():
-        table.add_row(
-            spec.name, spec.family, str(spec.input_size), spec.weights.value, spec.description
-        )
-    out_console.print(table)
+        marker = "*" if spec.name == DEFAULT_MODEL else " "
+        text = spec.description if len(spec.description) <= room else (
+            spec.description[: room - 1].rstrip() + "…"
+        )  # fmt: skip
+        out_console.print(
+            f"{marker} {spec.name:{name_width}}{spec.weights.value:{source_width}}  {text}",
+            highlight=False, soft_wrap=True, markup=False,
+        )  # fmt: skip
+    out_console.print("* the default; attnviz models NAME describes one", highlight=False)
 
 
 @app.command(name="eval")
@@ -665,18 +689,28 @@ def eval_command(
     layer: Annotated[str, typer.Option(help="Attention layers to score (as in run).")] = "all",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Photos per forward pass.")] = 50,
+    size: Annotated[
+        int | None, typer.Option(help="Input size in pixels [default: the model's].", min=32)
+    ] = None,
+    per_photo: Annotated[
+        Path | None,
+        typer.Option(help="Also write each photo's scores and map range to this CSV file."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
 ) -> None:
-    """Score each attention map's localisation (pointing, energy, MaxBoxAccV2) vs baselines.
+    """Score each attention map's localisation (pointing, energy, MaxBoxAccV2) vs baselines,
+    and how much each layer's map varies on panel 2's absolute [0, 1] scale.
 
-    Example: attnviz eval ../shared/data/boxes-dev/images --boxes ../shared/data/boxes-dev/boxes.csv
+    Example: attnviz eval photos/ --boxes boxes.csv --per-photo scores.csv
     """
     import json
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from attnviz.evaluate import evaluate
+    from attnviz.evaluate import evaluate, write_per_photo_csv
 
+    if per_photo is not None and not per_photo.parent.is_dir():
+        raise _fail(UsageError(f"--per-photo: folder {per_photo.parent} does not exist"))
     progress = Progress(
         "eval", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
         transient=True, disable=as_json,
@@ -687,24 +721,34 @@ def eval_command(
             result = evaluate(
                 images, boxes, model, layer, max(1, batch_size),
                 lambda done, total: progress.update(task, completed=done, total=total),
-                weights=weights, device=device,
+                weights=weights, device=device, size=size,
             )  # fmt: skip
+        if per_photo is not None:
+            write_per_photo_csv(per_photo, result.per_photo)
     except AttnvizError as exc:
         raise _fail(exc) from None
+    if result.missing:
+        console.print(
+            f"[yellow]note[/]: {len(result.missing)} photo(s) named in {boxes} are not in "
+            f"{images} and were skipped, e.g. {result.missing[0].name}"
+        )
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
         return
     table = Table(
         title=f"{_printable(model)} on {result.photos} photos (%)", title_justify="left",
-        caption="--json adds the box accuracy at each IoU level", caption_justify="left",
+        caption="range: a map's max - min on each photo, on panel 2's [0, 1] scale; "
+        "--json adds the box accuracy at each IoU level", caption_justify="left",
         box=box.SIMPLE_HEAD,  # no column rules: fits 80 columns
     )  # fmt: skip
     columns = ("pointing", "energy", "maxboxacc_v2")
     table.add_column("map", no_wrap=True)
-    for column in ("pointing", "energy", "MaxBoxAccV2"):
+    # Two-line headers keep the table inside 80 columns.
+    for column in ("pointing", "energy", "MaxBox\nAccV2", "range\nmedian", "range\np10"):
         table.add_column(column, justify="right", no_wrap=True)
     for name, scores in result.scores.items():
-        table.add_row(_printable(name), *(f"{scores[c]:.1f}" for c in columns))
+        spans = [f"{scores[c]:.2f}" if c in scores else "-" for c in ("range_median", "range_p10")]
+        table.add_row(_printable(name), *(f"{scores[c]:.1f}" for c in columns), *spans)
     out_console.print(table)
 
     def pct(value: float | None) -> str:
@@ -762,6 +806,9 @@ def train(
         Path | None, typer.Option(help="File to keep the frozen trunk's features for reruns.")
     ] = None,
     holdout: Annotated[int, typer.Option(help="Photos kept aside to measure agreement.")] = 500,
+    holdout_per_folder: Annotated[
+        int, typer.Option(help="Keep aside at least this many from each data folder too.")
+    ] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train lite0-FAMILY's spatial gates (lite0-cbam's by default) by distilling the
@@ -779,7 +826,7 @@ def train(
     try:
         run, written = _training_run(
             data, family, out, steps, batch_size, lr, target_open, sparsity, evidence,
-            cache, holdout, seed,
+            cache, holdout, holdout_per_folder, seed,
         )  # fmt: skip
     except AttnvizError as exc:
         raise _fail(exc) from None
@@ -817,12 +864,13 @@ def train(
 def _training_run(
     data: list[Path], family: str, out: Path | None, steps: int, batch_size: int | None,
     lr: float | None, target_open: str | None, sparsity: float | None, evidence: float | None,
-    cache: Path | None, holdout: int, seed: int,
+    cache: Path | None, holdout: int, holdout_per_folder: int, seed: int,
 ) -> tuple[Callable[..., Any], Path]:  # fmt: skip
     """The training function of ``family`` with its settings bound, and the file it writes."""
     from functools import partial
 
-    common = {"data": data, "steps": steps, "holdout": holdout, "seed": seed, "cache": cache}
+    common = {"data": data, "steps": steps, "holdout": holdout, "seed": seed, "cache": cache,
+              "holdout_per_folder": holdout_per_folder}  # fmt: skip
     # Options left unset take the family's own default.
     given = {"batch_size": batch_size, "lr": lr, "evidence": evidence}
     common |= {k: v for k, v in given.items() if v is not None}

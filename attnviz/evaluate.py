@@ -6,14 +6,19 @@ on the trunk's last feature map (for the trunk's predicted class) are brought to
 photo's resolution (bilinear, min-max per photo) and scored with attnviz.localization:
 pointing game, energy-based pointing game and MaxBoxAccV2. Teacher agreement (the gated
 model's top-1 equals the bare trunk's) and top-1 accuracy against the labels come too.
+
+The scores min-max every map, so a map that barely varies can score well; each layer's
+range (its maximum minus its minimum on each photo, on the [0, 1] scale panel 2 draws)
+says whether the map a user sees really varies: its median and 10th percentile.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,7 @@ from attnviz.attention import capture_maps, select_layers
 from attnviz.errors import AttnvizError
 from attnviz.gradcam import has_trunk, trunk_grad_cam
 from attnviz.io import load_rgb
+from attnviz.io.write import atomic_write_bytes
 from attnviz.localization import Box, LocalizationScores, to_unit_map
 from attnviz.models import LoadedModel, load_model
 from attnviz.models.outputs import logits_of
@@ -80,17 +86,24 @@ def centred_gaussian(height: int, width: int, sigma: float = 0.25) -> np.ndarray
     return np.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma**2))
 
 
+PER_PHOTO_COLUMNS = ("file", "map", "pointing", "energy", "box_iou", "min", "max", "range")
+
+
 @dataclass
 class EvalResult:
     photos: int
-    scores: dict[str, dict[str, float]]  # map name -> pointing, energy, maxboxacc_v2, ...
+    # map name -> pointing, energy, maxboxacc_v2, ...; a layer's also range_median, range_p10
+    scores: dict[str, dict[str, float]]
     top1: float
     trunk_top1: float | None  # None when the model has no gates to switch off
     teacher_agreement: float | None
+    per_photo: list[dict[str, object]] = field(default_factory=list)  # PER_PHOTO_COLUMNS
+    missing: list[Path] = field(default_factory=list)  # photos the CSV names that are absent
 
     def as_dict(self) -> dict[str, object]:
         return {
             "photos": self.photos,
+            "missing": [str(p) for p in self.missing],
             "maps": self.scores,
             "model": {
                 "top1": self.top1,
@@ -110,18 +123,24 @@ def evaluate(
     *,
     weights: Path | None = None,
     device: str = "cpu",
+    size: int | None = None,
 ) -> EvalResult:
     """Every map's localisation on boxed photos, with the baselines; ``model`` in any form
-    ``run`` takes, with ``weights`` (a checkpoint or trained gates) and on ``device``."""
-    photos = read_boxes(boxes_csv, images)
-    missing = [p.path for p in photos if not p.path.is_file()]
-    if missing:
-        raise AttnvizError(
-            f"{len(missing)} photo(s) named in {boxes_csv} are not in {images}, e.g. {missing[0]}"
-        )
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device=device)
+    ``run`` takes, with ``weights`` (a checkpoint or trained gates), on ``device``, at input
+    ``size`` (None: the model's own). Photos the CSV names but ``images`` lacks are skipped
+    and listed in ``missing``."""
+    named = read_boxes(boxes_csv, images)
+    photos = [p for p in named if p.path.is_file()]
+    missing = [p.path for p in named if not p.path.is_file()]
+    if not photos:
+        raise AttnvizError(f"none of the {len(named)} photos named in {boxes_csv} is in {images}")
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        loaded = load_model(model, weights, device=device, size=size)
     names = select_layers(loaded.net, layers)
     scores: dict[str, LocalizationScores] = defaultdict(LocalizationScores)
+    ranges: dict[str, list[tuple[float, float]]] = defaultdict(list)  # per layer, (min, max)
     gradcam_layer: str | None = loaded.spec.gradcam_layer
     correct = trunk_correct = agree = 0
     for start in range(0, len(photos), batch_size):
@@ -144,6 +163,8 @@ def evaluate(
                     f"{photo.path}: is {w}x{h} (upright), but {boxes_csv} gives its boxes "
                     f"for {photo.size[0]}x{photo.size[1]}"
                 )
+            for name in names:
+                ranges[name].append((float(maps[name][i].min()), float(maps[name][i].max())))
             units = {name: to_unit_map(maps[name][i], h, w) for name in names}
             if len(names) > 1:
                 # Where every layer agrees: each gate's map, at the photo's size, multiplied.
@@ -155,10 +176,49 @@ def evaluate(
         progress(min(start + batch_size, len(photos)), len(photos))
     n = len(photos)
     gated = has_trunk(loaded.net)
+    summaries = {name: s.summary() for name, s in scores.items()}
+    for name, lows_highs in ranges.items():
+        spans = np.array([high - low for low, high in lows_highs])
+        summaries[name] |= {"range_median": float(np.median(spans)),
+                            "range_p10": float(np.percentile(spans, 10))}  # fmt: skip
+    per_photo = []
+    for name, s in scores.items():
+        for photo, hit, energy, iou, low_high in zip(
+            photos,
+            s.hits,
+            s.energies,
+            s.photo_ious(),
+            ranges.get(name, [(None, None)] * n),
+            strict=True,
+        ):
+            low, high = low_high
+            per_photo.append({
+                "file": photo.path.relative_to(images).as_posix(), "map": name,
+                "pointing": int(hit), "energy": 100.0 * energy, "box_iou": iou,
+                "min": low, "max": high, "range": None if low is None else high - low,
+            })  # fmt: skip
     return EvalResult(
         photos=n,
-        scores={name: s.summary() for name, s in scores.items()},
+        scores=summaries,
         top1=100.0 * correct / n,
         trunk_top1=100.0 * trunk_correct / n if gated else None,
         teacher_agreement=100.0 * agree / n if gated else None,
+        per_photo=per_photo,
+        missing=missing,
     )
+
+
+def write_per_photo_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
+    """``--per-photo``: one row per photo and map, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, PER_PHOTO_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+
+
+def _cell(value: object) -> object:
+    if value is None:
+        return ""  # a baseline has no absolute scale
+    return f"{value:.4f}" if isinstance(value, float) else value

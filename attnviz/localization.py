@@ -117,6 +117,14 @@ class LocalizationScores:
             result[level] = (100.0 * float(accuracy[best]), float(THRESHOLDS[best]))
         return result
 
+    def photo_ious(self, level: float = 0.5) -> list[float]:
+        """Each photo's best box IoU at the threshold MaxBoxAccV2 chose for ``level``."""
+        if not self.ious:
+            return []
+        threshold = self.max_box_acc()[level][1]
+        column = int(np.argmin(np.abs(THRESHOLDS - threshold)))
+        return [float(ious[column]) for ious in self.ious]
+
     def summary(self) -> dict[str, float]:
         if not self.hits:
             return {"pointing": 0.0, "energy": 0.0, "maxboxacc_v2": 0.0, "photos": 0}

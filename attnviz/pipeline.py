@@ -336,6 +336,7 @@ def _process(
         pending.append(entry)
         settle(in_flight)
 
+    flat_noted = False  # a flat map is noted once per run, on the first photo it shows on
     pool = ThreadPoolExecutor(opts.workers or io_workers(), thread_name_prefix="attnviz-io")
     try:
         with _torch_threads(forward_threads()):
@@ -356,7 +357,9 @@ def _process(
                     decoded, runner.run(images, sizes) if images else [], strict=True
                 ):
                     write = pool.submit(_write_outputs, item, d, result, opts, ranges)
-                    add((item, fingerprint, d.notes, write))
+                    flat = None if flat_noted else flat_map_note(result)
+                    flat_noted = flat_noted or flat is not None
+                    add((item, fingerprint, d.notes + ([flat] if flat else []), write))
                 if stop.requested:
                     break  # the files in flight are finished and recorded below
             settle(0)
@@ -365,6 +368,23 @@ def _process(
         # and record them, so the manifest never vouches for an output it does not describe.
         pool.shutdown(wait=True, cancel_futures=True)
         _record_finished(pending, settle)
+
+
+# Below this, a map's max - min on a photo is too small to see on panel 2's [0, 1] scale.
+FLAT_RANGE = 0.05
+
+
+def flat_map_note(result: ImageResult) -> str | None:
+    """A note for the first layer whose map barely varies, so a flat panel 2 is not taken
+    for a rendering bug."""
+    for layer in result.layers:
+        span = float(layer.weights.max() - layer.weights.min())
+        if span < FLAT_RANGE:
+            return (
+                f"{layer.name}: the gate barely varies on this photo (max - min {span:.3f} "
+                "on panel 2's [0, 1] scale), so its map looks flat; noted once per run"
+            )
+    return None
 
 
 # A video's outputs: the video (MJPG .avi where mp4 cannot be written) and the GIF.
@@ -835,11 +855,9 @@ def render_figure(
     """
     ranges = norm_ranges(opts.norm, _heat_maps(result), ranges)
     columns = math.ceil(math.sqrt(len(opts.panels))) if opts.layout == "grid" else None
-    layers = result.layers
-    if opts.layer == "all":  # rows coarse to fine: the fewest map cells first
-        layers = sorted(layers, key=lambda m: np.asarray(m.weights).size)
+    # Rows in the network's order, as `attnviz layers`, the manifest and the API list them.
     return render_triptych(
-        image, layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
+        image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
         panels=opts.panels, columns=columns, ranges=ranges, gradcam=result.gradcam,
         original_hw=original_hw,
     )  # fmt: skip

@@ -89,6 +89,7 @@ class TrainConfig:
     evidence: float = 0.1  # weight of (1 - correlation with the trunk's class evidence)
     size: int = 224
     holdout: int = 500  # training photos kept aside to measure agreement
+    holdout_per_folder: int = 0  # and at least this many from each data folder
     fill_until: float = 0.5  # mean fill decays from 1 to 0 over this share of the steps
     seed: int = 0
     cache: Path | None = None  # reuse the trunk's features across runs and families
@@ -123,6 +124,25 @@ def find_images(folders: Sequence[Path]) -> list[Path]:
     if not files:
         raise AttnvizError("no training images found in " + ", ".join(map(str, folders)))
     return files
+
+
+def split_holdout(
+    folders: Sequence[Path], holdout: int, seed: int, per_folder: int = 0
+) -> tuple[list[Path], list[Path]]:
+    """(held out, trained on): the first ``holdout`` photos of a seeded shuffle, then more
+    from any data folder with fewer than ``per_folder`` among them, so a folder of many
+    classes is measured on more than a few photos. Deterministic, so anyone can list it."""
+    files = find_images(folders)
+    random.Random(seed).shuffle(files)
+    held, rest = files[:holdout], files[holdout:]
+    for folder in folders:
+        short = per_folder - sum(p.is_relative_to(folder) for p in held)
+        extra = set([p for p in rest if p.is_relative_to(folder)][: max(short, 0)])
+        held += [p for p in rest if p in extra]
+        rest = [p for p in rest if p not in extra]
+    if not rest:
+        raise AttnvizError(f"need more than {len(held)} training images, found {len(files)}")
+    return held, rest
 
 
 def gates_of(model: EfficientNetLite) -> dict[str, Lite0Gate]:
@@ -352,14 +372,11 @@ def train_gates(
     on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
 ) -> TrainReport:
     torch.manual_seed(cfg.seed)
-    files = find_images(cfg.data)
-    random.Random(cfg.seed).shuffle(files)
-    holdout, train = files[: cfg.holdout], files[cfg.holdout :]
+    holdout, train = split_holdout(cfg.data, cfg.holdout, cfg.seed, cfg.holdout_per_folder)
+    files = holdout + train
     assert cfg.out is not None and cfg.target_open is not None  # set by __post_init__
     if len(cfg.target_open) != len(LITE0_GATES):
         raise AttnvizError(f"give one target opening per gate ({', '.join(LITE0_GATES)})")
-    if not train:
-        raise AttnvizError(f"need more than {cfg.holdout} training images, found {len(files)}")
 
     model = build_lite0(cfg.family, with_gates=False)
     assert isinstance(model, EfficientNetLite)

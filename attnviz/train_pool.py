@@ -13,13 +13,15 @@ no labels:
   evidence for the class. It binds the scores before the spread and the sigmoid, so it
   shapes where the map opens, while the area and KL terms decide how sharply.
 
-Photos are flipped left-right at random (the cached features with them). An interrupted
-run resumes where it stopped when given the same settings (``train.TrainingState``).
+The features are cached at several input sizes and each step draws its batch from one of
+them, so the map keeps its extent and the classifier its predictions when a user picks
+another ``--size``. Photos are flipped left-right at random (the cached features with
+them). An interrupted run resumes where it stopped when given the same settings
+(``train.TrainingState``).
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,9 +41,9 @@ from attnviz.train import (
     counter,
     distillation_kl,
     evidence_mismatch,
-    find_images,
     resume_path,
     run_key,
+    split_holdout,
     write_weights,
 )
 
@@ -55,8 +57,9 @@ class PoolTrainConfig:
     lr: float = 3e-3
     area: float = 0.6  # weight of the map's mean opening
     evidence: float = 1.0  # weight of (1 - correlation with the trunk's class evidence)
-    size: int = 224
+    sizes: tuple[int, ...] = (224, 160, 320)  # input sizes trained at; the first is measured
     holdout: int = 500  # training photos kept aside to measure agreement
+    holdout_per_folder: int = 0  # and at least this many from each data folder
     seed: int = 0
     cache: Path | None = None  # reuse the trunk's features across runs
 
@@ -83,11 +86,10 @@ class PoolCache:
 
 @torch.inference_mode()
 def cache_trunk(
-    model: Lite0AttentionPool, files: Sequence[Path], cfg: PoolTrainConfig,
-    tick: Callable[[int], None],
-) -> PoolCache:  # fmt: skip
+    model: Lite0AttentionPool, files: Sequence[Path], size: int, tick: Callable[[int], None]
+) -> PoolCache:
     # Decode and preprocess exactly as `attnviz run` does, so the gate sees what users see.
-    loaded = LoadedModel(model, get_spec("lite0-attnpool"), torch.device("cpu"), cfg.size)
+    loaded = LoadedModel(model, get_spec("lite0-attnpool"), torch.device("cpu"), size)
     inputs: list[list[Tensor]] = [[], [], []]
     logits = []
     for start in range(0, len(files), 50):
@@ -108,11 +110,10 @@ def train_attention_pool(
     on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
 ) -> TrainReport:
     torch.manual_seed(cfg.seed)
-    files = find_images(cfg.data)
-    random.Random(cfg.seed).shuffle(files)  # the split `attnviz train` uses for every family
-    holdout, train = files[: cfg.holdout], files[cfg.holdout :]
-    if not train:
-        raise AttnvizError(f"need more than {cfg.holdout} training images, found {len(files)}")
+    if not cfg.sizes:
+        raise AttnvizError("give at least one input size to train at")
+    holdout, train = split_holdout(cfg.data, cfg.holdout, cfg.seed, cfg.holdout_per_folder)
+    files = holdout + train
 
     model = build_lite0_attnpool(with_gate=False)
     assert isinstance(model, Lite0AttentionPool)
@@ -124,16 +125,18 @@ def train_attention_pool(
     for p in params:
         p.requires_grad_(True)
 
-    tick = counter(len(files), on_cache)
+    tick = counter(len(train) * len(cfg.sizes) + len(holdout), on_cache)
 
     def compute() -> dict[str, tuple[Tensor, ...]]:
-        parts = {"train": cache_trunk(model, train, cfg, tick),
-                 "holdout": cache_trunk(model, holdout, cfg, tick)}  # fmt: skip
+        parts = {f"train{size}": cache_trunk(model, train, size, tick) for size in cfg.sizes}
+        parts["holdout"] = cache_trunk(model, holdout, cfg.sizes[0], tick)
         return {name: (p.fine, p.local, p.head, p.logits) for name, p in parts.items()}
 
-    key = {"files": [str(p) for p in files], "size": cfg.size, "holdout": cfg.holdout, "v": 2}
+    key = {"holdout": [str(p) for p in holdout], "train": [str(p) for p in train],
+           "sizes": list(cfg.sizes), "v": 3}  # fmt: skip
     cached = cached_tensors(cfg.cache, key, compute)
-    train_set, hold_set = PoolCache(*cached["train"]), PoolCache(*cached["holdout"])
+    train_sets = [PoolCache(*cached[f"train{size}"]) for size in cfg.sizes]
+    hold_set = PoolCache(*cached["holdout"])
 
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
@@ -146,11 +149,12 @@ def train_attention_pool(
     gate.train()  # batch statistics in the gate's own BatchNorm
     kl = torch.tensor(0.0)
     for step in range(first_step, cfg.steps):
+        train_set = train_sets[int(torch.randint(len(train_sets), (), generator=generator))]
         index = torch.randint(len(train_set), (cfg.batch_size,), generator=generator)
         flip = bool(torch.rand((), generator=generator) < 0.5)
         fine, local, head, teacher = train_set.batch(index, flip)
         scores = gate.scores(local, head)
-        weights = torch.sigmoid(gate.spread(scores, fine))
+        weights = gate.squash(gate.spread(scores, fine))
         kl = distillation_kl(model.logits(gate.pool(head, weights)), teacher)
         opening = weights.mean()
         mismatch = evidence_mismatch([scores], model.trunk.class_evidence(head, teacher.argmax(1)))

@@ -37,8 +37,9 @@ def randomised(gate: AttentionGatedPooling) -> AttentionGatedPooling:
 
 def test_the_gate_computes_the_published_additive_attention_spread_by_affinity() -> None:
     gate = AttentionGatedPooling(
-        local_channels=6, global_channels=10, hidden=4, floor=0.25, temperature=0.5, spread_steps=2
-    )
+        local_channels=6, global_channels=10, hidden=4, floor=0.25, temperature=0.5, spread_steps=2,
+        sharpness=3.0, offset=-2.0,
+    )  # fmt: skip
     gate = randomised(gate)
     fine = torch.randn(2, 5, 8, 8)
     local, head = torch.randn(2, 6, 4, 4), torch.relu(torch.randn(2, 10, 2, 2))
@@ -62,7 +63,9 @@ def test_the_gate_computes_the_published_additive_attention_spread_by_affinity()
         cosine = (f.T @ f) / (f.norm(dim=0)[:, None] * f.norm(dim=0)[None, :])
         affinity = torch.exp(cosine / 0.5) / torch.exp(cosine / 0.5).sum(dim=1, keepdim=True)
         spread = torch.linalg.matrix_power(affinity, 2) @ up(scores, 8)[n].reshape(64)
-        expected_maps.append(torch.sigmoid(spread).reshape(1, 8, 8))
+        # Standardised over the photo's 64 positions (sample std), then squashed.
+        z = (spread - spread.mean()) / (spread.std() + 1e-3)
+        expected_maps.append(torch.sigmoid(3.0 * z - 2.0).reshape(1, 8, 8))
     expected_map = torch.stack(expected_maps)
     # The classifier averages the head's 2 x 2 cells, each weighted by the mean of the
     # applied map over the 4 x 4 fine positions it covers.
@@ -75,8 +78,10 @@ def test_the_gate_computes_the_published_additive_attention_spread_by_affinity()
         torch.testing.assert_close(gate(fine, local, head), expected_pooled)
     # The recipe of the map is saved with the weights, so a file says how it was made.
     saved = gate.state_dict()
-    recipe = float(saved["floor"]), float(saved["temperature"]), int(saved["spread_steps"])
-    assert recipe == (0.25, 0.5, 2)
+    recipe = [
+        float(saved[k]) for k in ("floor", "temperature", "spread_steps", "sharpness", "offset")
+    ]
+    assert recipe == [0.25, 0.5, 2, 3.0, -2.0]
 
 
 def test_with_the_gate_disabled_the_model_is_the_bare_trunk() -> None:
@@ -127,7 +132,7 @@ def photos_folder(tmp_path: Path) -> Path:
 def test_a_short_training_run_writes_loadable_weights(tmp_path: Path) -> None:
     out = tmp_path / "pool.safetensors"
     cfg = PoolTrainConfig(data=[photos_folder(tmp_path)], out=out, steps=3, batch_size=4,
-                          holdout=4, size=96)  # fmt: skip
+                          holdout=4, sizes=(96, 64))  # fmt: skip
     steps: list[dict[str, float]] = []
     report = train_attention_pool(cfg, on_step=lambda step, total, stats: steps.append(stats))
 
@@ -146,7 +151,7 @@ def test_an_interrupted_run_resumes_and_ends_as_if_never_stopped(tmp_path: Path)
 
     def config(out: Path) -> PoolTrainConfig:
         return PoolTrainConfig(data=[photos], out=out, steps=6, batch_size=4, holdout=4,
-                               size=96, cache=cache)  # fmt: skip
+                               sizes=(96, 64), cache=cache)  # fmt: skip
 
     straight = config(tmp_path / "straight.safetensors")
     train_attention_pool(straight)

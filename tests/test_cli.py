@@ -233,6 +233,27 @@ def test_layers_and_models_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "cbam-resnet50" in output and "needs --weights" in output
 
 
+def test_models_fits_an_80_column_screen_one_line_a_model_with_the_default_marked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from attnviz import DEFAULT_MODEL, cli
+    from attnviz.models.registry import MODELS
+
+    monkeypatch.setattr(cli.out_console, "width", 80)
+    code, output = attnviz("models")
+    assert code == 0
+    lines = output.splitlines()
+    assert len(lines) == len(MODELS) + 1 and all(len(line) <= 80 for line in lines)
+    for name, line in zip(MODELS, lines, strict=False):
+        assert line[2:].split()[0] == name  # whole, so it can be copied into --model
+    assert [line.split()[1] for line in lines[:-1] if line.startswith("*")] == [DEFAULT_MODEL]
+
+    code, output = attnviz("models", "lite0-cbam")
+    assert code == 0 and MODELS["lite0-cbam"].description in " ".join(output.split())
+    code, output = attnviz("models", "lite0-cbm")
+    assert code == 2 and "did you mean lite0-cbam" in output
+
+
 def test_help_does_not_import_torch() -> None:
     code = (
         "import sys; sys.argv = ['attnviz', '--help']\n"

@@ -251,3 +251,51 @@ def test_layers_never_cuts_a_name_in_an_80_column_terminal(
     code, output = attnviz("layers", "--model", f"{long}:build")
     assert code == 0, output
     assert "block.a_rather_long_name_for_a_spatial_attention_gate (default)" in output
+
+
+FAINT_GATE = """\
+import torch
+from torch import nn
+
+class FaintGate(nn.Module):
+    \"\"\"CBAM's spatial gate with its conv scaled down: sigma(~0), 0.5 nearly everywhere.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 7, padding=3)
+        with torch.no_grad():
+            self.conv.weight.mul_(1e-3)
+            self.conv.bias.zero_()
+
+    def forward(self, x):
+        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.conv(pooled))
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.gate = FaintGate()
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.gate(torch.relu(self.stem(x))).mean((2, 3)))
+"""
+
+
+def test_a_map_that_barely_varies_is_noted_once_so_a_flat_panel_is_not_taken_for_a_bug(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "faint.py").write_text(FAINT_GATE)
+    photos = tmp_path / "photos"
+    for name in ("a.jpg", "b.jpg"):
+        write_photo(photos / name, (120, 90))
+    out = tmp_path / "out"
+
+    code, output = attnviz("run", photos, "--model", f"{tmp_path / 'faint.py'}:Net", "--out", out)
+
+    assert code == 0, output
+    assert " ".join(output.split()).count("barely varies") == 1
+    records = sorted(manifest(out), key=lambda r: r["input"])
+    assert records[0]["maps"]["gate"]["max"] - records[0]["maps"]["gate"]["min"] < 0.05
+    assert "barely varies" in records[0]["notes"][0] and "notes" not in records[1]

@@ -244,7 +244,7 @@ def test_stats_csv_has_one_row_per_image_and_layer(photos: Path) -> None:
     assert len(list(csv.DictReader(table.open()))) == 12
 
 
-def test_layer_all_stacks_rows_coarse_to_fine() -> None:
+def test_layer_all_stacks_rows_in_the_networks_order_as_layers_and_the_manifest_list_them() -> None:
     from attnviz.pipeline import ImageResult, RunOptions, render_figure
     from attnviz.render import render_triptych
 
@@ -256,7 +256,7 @@ def test_layer_all_stacks_rows_coarse_to_fine() -> None:
     image = np.full((60, 80, 3), 100, np.uint8)
     result = ImageResult(top5=[], layers=[fine, mid, coarse])
     drawn = render_figure(image, result, RunOptions(inputs=[], layer="all", panel_height=64))
-    expected = render_triptych(image, [coarse, mid, fine], panel_height=64)
+    expected = render_triptych(image, [fine, mid, coarse], panel_height=64)
     assert np.array_equal(drawn, expected)
 
 

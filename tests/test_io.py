@@ -770,3 +770,13 @@ def test_a_line_torn_inside_a_character_costs_only_that_line(tmp_path: Path) -> 
 
     assert note is not None and f"{MANIFEST_NAME}:2: invalid manifest line" in note
     assert previous.up_to_date(_stat("a.jpg"), "k") is not None
+
+
+def test_the_public_readers_and_writers_take_a_str_path_as_well_as_a_path(tmp_path: Path) -> None:
+    from attnviz.io import load_rgb, write_image, write_npz
+
+    image = np.full((8, 12, 3), 200, dtype=np.uint8)
+    write_image(str(tmp_path / "figure.png"), image, "png")
+    assert np.array_equal(load_rgb(str(tmp_path / "figure.png")), image)
+    write_npz(str(tmp_path / "maps.npz"), {"m": np.ones((2, 2))})
+    assert np.load(tmp_path / "maps.npz")["m"].shape == (2, 2)

@@ -56,3 +56,18 @@ def test_library_api_renders_a_triptych() -> None:
     figure = attnviz.triptych(photo, maps, panel_height=200)
     assert figure.dtype == np.uint8 and figure.ndim == 3 and figure.shape[2] == 3
     assert figure.shape[0] > 200 and figure.shape[1] > 3 * 200 * photo.shape[1] / photo.shape[0]
+
+
+def test_the_default_map_spans_its_scale_on_every_example_at_every_size() -> None:
+    """A map that is flat on panel 2's absolute scale is no picture of attention, however
+    it scores after min-max: the default's opens (near 1) and shuts (near 0) on each photo."""
+    photos = [load_rgb(p) for p in sorted(EXAMPLES.glob("*.jpg"))]
+    for size in (160, 224, 448):
+        model = attnviz.load_model(attnviz.DEFAULT_MODEL, device="cpu", size=size)
+        with torch.inference_mode(), attnviz.capture(model) as maps:
+            model(model.preprocess(photos))
+        weights = next(iter(maps.values())).weights[:, 0]
+        spans = weights.amax(dim=(1, 2)) - weights.amin(dim=(1, 2))
+        assert spans.min() > 0.9, (size, spans)
+        # and it is not all open: the object is a part of the photo
+        assert (weights.mean(dim=(1, 2)) < 0.5).all(), (size, weights.mean(dim=(1, 2)))

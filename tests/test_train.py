@@ -17,6 +17,7 @@ from attnviz.train import (
     evidence_mismatch,
     resume_path,
     seed_gates,
+    split_holdout,
     train_gates,
 )
 from tests.conftest import write_photo
@@ -128,3 +129,27 @@ def monkeypatch_resume_every(steps: int):
         yield
     finally:
         attnviz.train.RESUME_EVERY = saved
+
+
+def test_the_hold_out_takes_the_shuffles_first_photos_then_tops_up_each_folder(
+    tmp_path: Path,
+) -> None:
+    few_classes, many_classes = tmp_path / "few", tmp_path / "many"
+    for i in range(20):
+        (few_classes / f"f{i:02d}.jpg").parent.mkdir(exist_ok=True)
+        (few_classes / f"f{i:02d}.jpg").write_bytes(b"")
+    for i in range(5):
+        (many_classes / f"m{i}.jpg").parent.mkdir(exist_ok=True)
+        (many_classes / f"m{i}.jpg").write_bytes(b"")
+    folders = [few_classes, many_classes]
+
+    plain, _ = split_holdout(folders, 4, seed=0)
+    held, trained = split_holdout(folders, 4, seed=0, per_folder=3)
+
+    assert held[:4] == plain  # topping up never changes the photos held out without it
+    assert sum(p.parent == many_classes for p in held) >= 3
+    assert sum(p.parent == few_classes for p in held) >= 3
+    assert not set(held) & set(trained) and len(held) + len(trained) == 25
+    assert split_holdout(folders, 4, seed=0, per_folder=3) == (held, trained)  # deterministic
+    with pytest.raises(AttnvizError, match="need more than"):
+        split_holdout(folders, 4, seed=0, per_folder=20)

@@ -35,6 +35,8 @@ class AttentionCapture:
               this map (CBAM's), drawn as a strip under the map.
     marker:   the point the map was read from, (N, 2) as (x, y) fractions of the map's
               width and height (a non-local block's query), marked on the map panel.
+    applied:  what multiplies the features when that is not M itself, in terms of M
+              (``"0.5 + 0.5 M"``, ``"1 + M"``), for the caption; None: F_out = M * F.
     """
 
     weights: Tensor
@@ -42,11 +44,15 @@ class AttentionCapture:
     parts: Mapping[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
     channels: Tensor | None = None
     marker: Tensor | None = None
+    applied: str | None = None
 
     @classmethod
-    def from_weighted(cls, weights: Tensor, weighted_features: Tensor) -> AttentionCapture:
+    def from_weighted(
+        cls, weights: Tensor, weighted_features: Tensor, applied: str | None = None
+    ) -> AttentionCapture:
         # Reduce over channels at once: a capture keeps two small maps, never a feature map.
-        return cls(weights.detach(), weighted_features.detach().abs().mean(dim=1, keepdim=True))
+        weighted = weighted_features.detach().abs().mean(dim=1, keepdim=True)
+        return cls(weights.detach(), weighted, applied=applied)
 
     @classmethod
     def of_gate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +142,6 @@ def decode_image(
     return Decoded(np.ascontiguousarray(np.array(rgb, dtype=np.uint8)), notes, size)
 
 
-def load_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_rgb(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The photo of decode_image(), for callers that need no notes."""
-    return decode_image(path, max_pixels).rgb
+    return decode_image(Path(path), max_pixels).rgb

@@ -232,12 +232,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.close(fd)
 
 
-def write_image(path: Path, image: np.ndarray, fmt: str) -> None:
+def write_image(path: str | os.PathLike[str], image: np.ndarray, fmt: str) -> None:
     """Encode an RGB uint8 image as `fmt` and write it atomically to `path`."""
-    atomic_write_bytes(path, encode_image(image, fmt))
+    atomic_write_bytes(Path(path), encode_image(image, fmt))
 
 
-def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
     """Write arrays as float32 to a compressed .npz, readable with np.load, atomically.
 
     Built by hand rather than with np.savez_compressed: that takes names as keyword
@@ -251,4 +251,4 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
             with zf.open(info, "w", force_zip64=True) as member:
                 arr = np.ascontiguousarray(value, dtype=np.float32)
                 np.lib.format.write_array(member, arr, allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(Path(path), buf.getvalue())

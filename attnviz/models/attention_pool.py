@@ -9,15 +9,20 @@ class maps (Ahn and Kwak, CVPR 2018):
 
     s = psi(ReLU(W_x x + up(W_g g)))          x: block 10, 14 x 14; g: head, 7 x 7
     A = softmax_j(cos(f_i, f_j) / T)          f: block 4, 28 x 28 (stride 8)
-    M = sigmoid(A^k up(s))                    what attnviz shows
+    z = standardise(A^k up(s))                per photo, over the fine grid's positions
+    M = sigmoid(sharpness z + offset)         what attnviz shows
     pooled = mean(avg(floor + (1 - floor) M) * g)    logits = fc(gain * pooled)
 
 where avg averages the map over each head cell. ``M`` is a stride-8 map: the coarse scores
 say where the class evidence is, the affinities carry it to the whole region that looks
-alike, so the map follows the object's extent rather than its most telling part. The trunk
-itself is untouched; the gate only re-weights which positions the classifier averages.
-``floor`` keeps part of the plain average, so the trunk's context still reaches the
-classifier while ``M`` picks the object (see ``train_pool``).
+alike, so the map follows the object's extent rather than its most telling part.
+Standardising the spread scores on each photo before the sigmoid means every map runs from
+near 0 to near 1 whatever the photo and the input size (a change of size shifts the
+scores' level, which closed an unstandardised gate at 448 px), so panel 2's absolute
+scale shows where the gate opens. The trunk itself is untouched; the gate only re-weights
+which positions the classifier averages. ``floor`` keeps part of the plain average, so the
+trunk's context still reaches the classifier and its predictions hold while ``M`` picks
+the object (see ``train_pool``).
 """
 
 from __future__ import annotations
@@ -66,19 +71,25 @@ class AttentionGatedPooling(nn.Module):
         global_channels: int = HEAD_CHANNELS,
         hidden: int = 64,
         context: int = 3,
-        floor: float = 0.5,
+        floor: float = 0.7,
         temperature: float = 0.1,
         spread_steps: int = 3,
+        sharpness: float = 4.0,
+        offset: float = -4.0,
     ) -> None:
         super().__init__()
         self.local = nn.Sequential(nn.Conv2d(local_channels, hidden, 1), nn.BatchNorm2d(hidden))
         self.gating = nn.Sequential(nn.Conv2d(global_channels, hidden, 1), nn.BatchNorm2d(hidden))
         self.psi = nn.Conv2d(hidden, 1, context, padding=context // 2)
         # Saved with the weights, so a file says how its map was made: how much of the plain
-        # average is kept, and how sharply and how far the scores spread.
+        # average is kept, how sharply and how far the scores spread, and how the
+        # standardised scores become M (sigmoid(sharpness z + offset): with the defaults
+        # M passes 0.5 one standard deviation above the photo's mean score).
         self.register_buffer("floor", torch.tensor(float(floor)))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         self.register_buffer("spread_steps", torch.tensor(int(spread_steps)))
+        self.register_buffer("sharpness", torch.tensor(float(sharpness)))
+        self.register_buffer("offset", torch.tensor(float(offset)))
 
     def scores(self, local: Tensor, head: Tensor) -> Tensor:
         """s, the coarse logits on the local features' grid, (N, 1, h, w)."""
@@ -89,9 +100,17 @@ class AttentionGatedPooling(nn.Module):
         """A^k up(s) on the fine grid, (N, 1, H, W)."""
         return spread_along(scores, fine, float(self.temperature), int(self.spread_steps))
 
+    def squash(self, spread: Tensor) -> Tensor:
+        """M = sigmoid(sharpness z + offset), z the spread scores standardised over each
+        photo's positions; a photo whose scores do not vary gets sigmoid(offset) everywhere."""
+        mean = spread.mean(dim=(2, 3), keepdim=True)
+        std = spread.std(dim=(2, 3), keepdim=True)
+        z = (spread - mean) / (std + 1e-3)
+        return torch.sigmoid(self.sharpness * z + self.offset)
+
     def attention_map(self, fine: Tensor, local: Tensor, head: Tensor) -> Tensor:
         """M, (N, 1, H, W) on the fine features' grid, in (0, 1)."""
-        return torch.sigmoid(self.spread(self.scores(local, head), fine))
+        return self.squash(self.spread(self.scores(local, head), fine))
 
     def weighted(self, head: Tensor, weights: Tensor) -> Tensor:
         """The head's features times the applied weights, floor + (1 - floor) M, averaged
@@ -113,7 +132,9 @@ class AttentionGatedPooling(nn.Module):
         kept = kept_maps(self, fine)
         weights = kept["weights"] if kept else self.attention_map(fine, local, head)
         # Panel 3 shows what the classifier averages: the applied weights times the features.
-        return AttentionCapture.from_weighted(weights, self.weighted(head, weights))
+        floor = float(self.floor)
+        applied = f"{floor:g} + {1 - floor:g} M" if floor else None
+        return AttentionCapture.from_weighted(weights, self.weighted(head, weights), applied)
 
 
 class Lite0AttentionPool(Switchable, nn.Module):

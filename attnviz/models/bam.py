@@ -91,7 +91,10 @@ class BAM(nn.Module):
         # The module's own output is the weighted feature map; recompute it only if the
         # model handed on something else (it never does in the authors' layout).
         weighted = output if isinstance(output, Tensor) else self.forward(features)
-        return AttentionCapture.from_weighted(torch.sigmoid(spatial), weighted)
+        # What scales F is 1 + sigmoid(c * s), c the channel branch: say so under the map.
+        return AttentionCapture.from_weighted(
+            torch.sigmoid(spatial), weighted, "1 + sigmoid(c * s)"
+        )
 
 
 class BAMGate(BAM):

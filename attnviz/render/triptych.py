@@ -60,12 +60,14 @@ class LayerMaps:
     weighted: np.ndarray
     weights_label: str = "weights"
     weights_key: str = "weights"
-    weighted_label: str = "weighted |F_out|"
+    weighted_label: str = "weighted features"
     weighted_key: str = "|F_out|"
     # A channel gate's weights (C,) in [0, 1] that ran with this map (CBAM's), or None.
     channels: np.ndarray | None = None
     # The point the map was read from, (x, y) fractions of its width and height, or None.
     marker: tuple[float, float] | None = None
+    # What multiplies the features, in terms of M, when it is not M itself ("0.5 + 0.5 M").
+    applied: str | None = None
 
 
 @dataclass(frozen=True)
@@ -322,9 +324,13 @@ def draw_panels(
             # stretch would make a flat 0.5 map look as decisive as a 0-vs-1 one.
             lo, hi = float(weights.min()), float(weights.max())
             rgb = apply_colormap(np.clip(upsample(weights, size), 0.0, 1.0), cmap)
-            text = f"{layer.name}\n{layer.weights_label} [{lo:.3g}, {hi:.3g}]"
+            # Two decimals: the scale is [0, 1], and 3.84e-06 says no more than 0.00.
+            label = layer.weights_label + (" M" if layer.applied is not None else "")
+            text = f"{layer.name}\n{label} [{lo:.2f}, {hi:.2f}]"
             if layer.marker is not None:
                 text += " at the ring"
+            if layer.applied is not None:
+                text += f", applied as {layer.applied}"
             out.append(Panel(kind, _mark(rgb, layer.marker), text, (layer.weights_key, 0.0, 1.0)))
         elif kind == "channels":
             if layer.channels is None:
