@@ -243,8 +243,9 @@ def figure_rows(rows: Sequence[Row], results: Sequence[ImageResult]) -> list[Lay
             top1 = result.top5[0]
             verdict = f": {top1['label']} ({float(top1['prob']):.0%})"  # type: ignore[arg-type]
         for layer in result.layers:
-            where = layer.name.removeprefix("gradcam:")
-            maps.append(replace(layer, name=f"{row.label} {where}{verdict}"))
+            # The row's own caption replaces the layer's, Grad-CAM's title included.
+            where = layer.title or layer.name.removeprefix("gradcam:")
+            maps.append(replace(layer, name=f"{row.label} {where}{verdict}", title=None))
     return maps
 
 

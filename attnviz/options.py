@@ -57,6 +57,15 @@ class RunOptions:
     query: tuple[float, float] | None = None  # (x, y) pixel read by point attention (non-local)
 
 
+def drawn_panels(opts: RunOptions) -> tuple[str, ...]:
+    """The panels a figure draws. With ``--method gradcam`` the map and weighted panels are
+    one map (Grad-CAM over its maximum, and Grad-CAM on its own range over the photo), so
+    the overlay is drawn alone rather than the same map twice."""
+    if opts.method == "gradcam" and {"map", "weighted"} <= set(opts.panels):
+        return tuple(p for p in opts.panels if p != "map")
+    return opts.panels
+
+
 def check_options(opts: RunOptions) -> None:
     """Usage errors before any work starts: a bad flag never costs a model load."""
     resolve_colormap(opts.cmap)

@@ -53,7 +53,7 @@ from attnviz.io.write import atomic_write_bytes
 from attnviz.models import LoadedModel, load_model
 from attnviz.models.outputs import logits_of, not_class_scores, top_classes
 from attnviz.models.user import is_user_model
-from attnviz.options import RunOptions, check_options, parse_norm
+from attnviz.options import RunOptions, check_options, drawn_panels, parse_norm
 from attnviz.render import LayerMaps, render_triptych
 from attnviz.render.panels import colorbar
 from attnviz.render.triptych import Range, draw_panels
@@ -673,6 +673,7 @@ class GradCamRunner(BatchRunner):
     ) -> None:
         super().__init__(model, [], forward_batch=forward_batch)
         self.target = layer or model.spec.gradcam_layer or _last_feature_layer(model)
+        self.title = f"Grad-CAM at {layer}" if layer else "Grad-CAM, last conv layer"
 
     @property
     def map_names(self) -> list[str]:
@@ -691,10 +692,11 @@ class GradCamRunner(BatchRunner):
                 f"gradcam:{self.target}",
                 cam / peak if peak > 0 else cam,
                 cam,
-                weights_label=f"Grad-CAM of '{label}' / max",
+                weights_label=f"for '{label}' / max",
                 weights_key="/ max",
-                weighted_label="Grad-CAM overlay",
+                weighted_label=f"for '{label}'",
                 weighted_key="Grad-CAM",
+                title=self.title,
             )
             results.append(ImageResult(top5[i], [layer], cam, note))
         return results
@@ -854,11 +856,12 @@ def render_figure(
     when it was decoded smaller.
     """
     ranges = norm_ranges(opts.norm, _heat_maps(result), ranges)
-    columns = math.ceil(math.sqrt(len(opts.panels))) if opts.layout == "grid" else None
+    panels = drawn_panels(opts)
+    columns = math.ceil(math.sqrt(len(panels))) if opts.layout == "grid" else None
     # Rows in the network's order, as `attnviz layers`, the manifest and the API list them.
     return render_triptych(
         image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
-        panels=opts.panels, columns=columns, ranges=ranges, gradcam=result.gradcam,
+        panels=panels, columns=columns, ranges=ranges, gradcam=result.gradcam,
         original_hw=original_hw,
     )  # fmt: skip
 
@@ -882,7 +885,7 @@ def output_suffixes(opts: RunOptions, layers: Sequence[str]) -> dict[str, str]:
         names = [n for n in layers if n != "gradcam"] or list(layers)
         for layer in names:
             prefix = f".{_file_part(layer)}" if len(names) > 1 else ""
-            for panel in opts.panels:
+            for panel in drawn_panels(opts):
                 tag = f"{layer}:{panel}" if len(names) > 1 else panel
                 suffixes[tag] = f"{prefix}.{panel}{fmt}"
                 if panel in ("map", "weighted", "gradcam", "channels"):  # panels with a key
@@ -904,7 +907,7 @@ def _separate_panels(
     several = len(result.layers) > 1
     for layer in result.layers:
         panels = draw_panels(
-            image, layer, panels=opts.panels, cmap=opts.cmap, alpha=opts.alpha,
+            image, layer, panels=drawn_panels(opts), cmap=opts.cmap, alpha=opts.alpha,
             panel_height=opts.panel_height, ranges=ranges, gradcam=result.gradcam,
             original_hw=original_hw, auto_channels=False,
         )  # fmt: skip

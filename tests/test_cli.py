@@ -273,7 +273,9 @@ def test_python_dash_m_runs_the_cli() -> None:
     assert result.returncode == 0 and "layers" in result.stdout
 
 
-def test_method_gradcam_puts_the_trunks_gradcam_in_place_of_the_weight_map(tmp_path: Path) -> None:
+def test_method_gradcam_draws_the_trunks_gradcam_once_in_place_of_the_attention(
+    tmp_path: Path,
+) -> None:
     photo = write_photo(tmp_path / "p.jpg", (120, 80))
     code, output = attnviz("run", photo, "--model", "lite0-cbam", "--method", "gradcam",
                            "--save-raw", "--out", tmp_path / "g")  # fmt: skip
@@ -284,8 +286,14 @@ def test_method_gradcam_puts_the_trunks_gradcam_in_place_of_the_weight_map(tmp_p
     assert attnviz("run", photo, "--out", tmp_path / "a")[0] == 0
     gradcam_figure = np.asarray(Image.open(tmp_path / "g" / "p.png"))
     attention_figure = np.asarray(Image.open(tmp_path / "a" / "p.png"))
-    assert gradcam_figure.shape == attention_figure.shape
-    assert not np.array_equal(gradcam_figure, attention_figure)
+    # The map and weighted panels would be one map twice: the overlay is drawn alone, with
+    # its key; asked for by name, the map panel is drawn.
+    assert gradcam_figure.shape[0] == attention_figure.shape[0]
+    assert gradcam_figure.shape[1] < attention_figure.shape[1]
+    code, _ = attnviz("run", photo, "--model", "lite0-cbam", "--method", "gradcam",
+                      "--panels", "original,map", "--out", tmp_path / "m")  # fmt: skip
+    assert code == 0
+    assert Image.open(tmp_path / "m" / "p.png").width == gradcam_figure.shape[1]
 
     code, output = attnviz(
         "run", photo, "--method", "gradcam", "--layer", "_blocks.99", "--out", tmp_path / "x"

@@ -68,6 +68,12 @@ class LayerMaps:
     marker: tuple[float, float] | None = None
     # What multiplies the features, in terms of M, when it is not M itself ("0.5 + 0.5 M").
     applied: str | None = None
+    # The captions' first line when the name is not what a reader needs (Grad-CAM's).
+    title: str | None = None
+
+    @property
+    def heading(self) -> str:
+        return self.title or self.name
 
 
 @dataclass(frozen=True)
@@ -326,7 +332,7 @@ def draw_panels(
             rgb = apply_colormap(np.clip(upsample(weights, size), 0.0, 1.0), cmap)
             # Two decimals: the scale is [0, 1], and 3.84e-06 says no more than 0.00.
             label = layer.weights_label + (" M" if layer.applied is not None else "")
-            text = f"{layer.name}\n{label} [{lo:.2f}, {hi:.2f}]"
+            text = f"{layer.heading}\n{label} [{lo:.2f}, {hi:.2f}]"
             if layer.marker is not None:
                 text += " at the ring"
             if layer.applied is not None:
@@ -345,7 +351,7 @@ def draw_panels(
             # Relative scale: features have no natural unit, so stretch them (or use the run's).
             unit, lo, hi = scale_to_range(_check_map(layer, "weighted"), ranges.get(layer.name))
             rgb = blend(base, apply_colormap(upsample(unit, size), cmap), alpha)
-            text = f"{layer.name}\n{layer.weighted_label} [{lo:.3g}, {hi:.3g}]"
+            text = f"{layer.heading}\n{layer.weighted_label} [{lo:.3g}, {hi:.3g}]"
             out.append(Panel(kind, _mark(rgb, layer.marker), text, (layer.weighted_key, lo, hi)))
         elif kind == "gradcam":
             assert gradcam is not None
@@ -356,7 +362,7 @@ def draw_panels(
         else:  # contours
             level = (float(weights.min()) + float(weights.max())) / 2.0
             rgb = _outline(base, upsample(weights, size), level)
-            out.append(Panel(kind, rgb, f"{layer.name}\n{layer.weights_label} >= {level:.3g}"))
+            out.append(Panel(kind, rgb, f"{layer.heading}\n{layer.weights_label} >= {level:.3g}"))
     return out
 
 
