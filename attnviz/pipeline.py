@@ -153,7 +153,7 @@ def run(
     progress: Progress = lambda done, total: None,
     frame_progress: FrameProgress = lambda name, done, total: None,
 ) -> RunSummary:
-    """Process every input of ``opts``; see the README for the guarantees on failures.
+    """Process every input of ``opts``; see docs/reliability.md for the guarantees on failures.
 
     ``progress`` hears (inputs done, inputs total) after each input; ``frame_progress``
     hears (video, frames done, frames expected or None) while a video is processed.
