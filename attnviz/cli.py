@@ -656,20 +656,18 @@ def models(
             ("default layer", "the last" if spec.default_layer == "-1" else spec.default_layer),
         ):  # fmt: skip
             out_console.print(f"  {label + ':':15}{value}", highlight=False, soft_wrap=True)
-        out_console.print(spec.description, highlight=False)
+        out_console.print(spec.description, highlight=False, markup=False)
         return
-    # One line a model: names and sources are never cut (they are typed into --model);
-    # the description is, and `attnviz models NAME` gives it whole.
+    # One line a model, nothing cut: names are typed into --model; `attnviz models NAME`
+    # gives the description.
     name_width = max(len(n) for n in MODELS) + 2
-    source_width = max(len(s.weights.value) for s in MODELS.values())
-    room = max(out_console.width - name_width - source_width - 4, 10)
+    source_width = max(len(s.weights.value) for s in MODELS.values()) + 2
+    header = f"  {'name':{name_width}}{'weights':{source_width}}attention"
+    out_console.print(header, style="bold", highlight=False, markup=False)
     for spec in MODELS.values():
         marker = "*" if spec.name == DEFAULT_MODEL else " "
-        text = spec.description if len(spec.description) <= room else (
-            spec.description[: room - 1].rstrip() + "…"
-        )  # fmt: skip
         out_console.print(
-            f"{marker} {spec.name:{name_width}}{spec.weights.value:{source_width}}  {text}",
+            f"{marker} {spec.name:{name_width}}{spec.weights.value:{source_width}}{spec.family}",
             highlight=False, soft_wrap=True, markup=False,
         )  # fmt: skip
     out_console.print("* the default; attnviz models NAME describes one", highlight=False)
@@ -729,8 +727,10 @@ def eval_command(
         raise _fail(exc) from None
     if result.missing:
         console.print(
-            f"[yellow]note[/]: {len(result.missing)} photo(s) named in {boxes} are not in "
-            f"{images} and were skipped, e.g. {result.missing[0].name}"
+            f"[yellow]note:[/] {len(result.missing)} photo(s) named in {_printable(str(boxes))} "
+            f"are not in {_printable(str(images))} and were skipped, e.g. "
+            f"{_printable(result.missing[0].name)}",
+            highlight=False,
         )
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))

@@ -46,6 +46,7 @@ class BoxedPhoto:
     label: int
     boxes: tuple[Box, ...]
     size: tuple[int, int] | None = None  # (width, height) the boxes are given for
+    name: str = ""  # as the CSV writes it, so per-photo rows join back to the boxes
 
 
 def read_boxes(csv_path: Path, images: Path) -> list[BoxedPhoto]:
@@ -71,7 +72,7 @@ def read_boxes(csv_path: Path, images: Path) -> list[BoxedPhoto]:
     if not boxes:
         raise AttnvizError(f"{csv_path}: no boxes")
     return [
-        BoxedPhoto(images / name, labels[name], tuple(boxes[name]), sizes.get(name))
+        BoxedPhoto(images / name, labels[name], tuple(boxes[name]), sizes.get(name), name)
         for name in sorted(boxes)
     ]
 
@@ -135,6 +136,8 @@ def evaluate(
     if not photos:
         raise AttnvizError(f"none of the {len(named)} photos named in {boxes_csv} is in {images}")
     if isinstance(model, LoadedModel):
+        if size is not None and size != model.size:
+            raise ValueError("size applies to a model given by name; this one is loaded")
         loaded = model
     else:
         loaded = load_model(model, weights, device=device, size=size)
@@ -193,7 +196,7 @@ def evaluate(
         ):
             low, high = low_high
             per_photo.append({
-                "file": photo.path.relative_to(images).as_posix(), "map": name,
+                "file": photo.name, "map": name,
                 "pointing": int(hit), "energy": 100.0 * energy, "box_iou": iou,
                 "min": low, "max": high, "range": None if low is None else high - low,
             })  # fmt: skip

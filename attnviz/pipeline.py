@@ -357,7 +357,8 @@ def _process(
                     decoded, runner.run(images, sizes) if images else [], strict=True
                 ):
                     write = pool.submit(_write_outputs, item, d, result, opts, ranges)
-                    flat = None if flat_noted else flat_map_note(result)
+                    attention = opts.method == "attention"  # Grad-CAM is no gate
+                    flat = None if flat_noted or not attention else flat_map_note(result)
                     flat_noted = flat_noted or flat is not None
                     add((item, fingerprint, d.notes + ([flat] if flat else []), write))
                 if stop.requested:
@@ -375,8 +376,8 @@ FLAT_RANGE = 0.05
 
 
 def flat_map_note(result: ImageResult) -> str | None:
-    """A note for the first layer whose map barely varies, so a flat panel 2 is not taken
-    for a rendering bug."""
+    """A note for the first layer whose map barely varies on a photo, so a flat panel 2 is
+    not taken for a rendering bug (videos, whose frames go by in their own loop, get none)."""
     for layer in result.layers:
         span = float(layer.weights.max() - layer.weights.min())
         if span < FLAT_RANGE:

@@ -132,7 +132,7 @@ def split_holdout(
     """(held out, trained on): the first ``holdout`` photos of a seeded shuffle, then more
     from any data folder with fewer than ``per_folder`` among them, so a folder of many
     classes is measured on more than a few photos. Deterministic, so anyone can list it."""
-    files = find_images(folders)
+    files = list(dict.fromkeys(find_images(folders)))  # nested folders name a photo twice
     random.Random(seed).shuffle(files)
     held, rest = files[:holdout], files[holdout:]
     for folder in folders:
@@ -140,6 +140,10 @@ def split_holdout(
         extra = set([p for p in rest if p.is_relative_to(folder)][: max(short, 0)])
         held += [p for p in rest if p in extra]
         rest = [p for p in rest if p not in extra]
+        if per_folder and not any(p.is_relative_to(folder) for p in rest):
+            raise AttnvizError(
+                f"{folder}: every photo would be held out (at least {per_folder} per folder)"
+            )
     if not rest:
         raise AttnvizError(f"need more than {len(held)} training images, found {len(files)}")
     return held, rest

@@ -63,8 +63,8 @@ def test_the_gate_computes_the_published_additive_attention_spread_by_affinity()
         cosine = (f.T @ f) / (f.norm(dim=0)[:, None] * f.norm(dim=0)[None, :])
         affinity = torch.exp(cosine / 0.5) / torch.exp(cosine / 0.5).sum(dim=1, keepdim=True)
         spread = torch.linalg.matrix_power(affinity, 2) @ up(scores, 8)[n].reshape(64)
-        # Standardised over the photo's 64 positions (sample std), then squashed.
-        z = (spread - spread.mean()) / (spread.std() + 1e-3)
+        # Standardised over the photo's 64 positions (population std), then squashed.
+        z = (spread - spread.mean()) / (spread.std(correction=0) + 1e-3)
         expected_maps.append(torch.sigmoid(3.0 * z - 2.0).reshape(1, 8, 8))
     expected_map = torch.stack(expected_maps)
     # The classifier averages the head's 2 x 2 cells, each weighted by the mean of the

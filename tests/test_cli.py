@@ -242,7 +242,7 @@ def test_models_fits_an_80_column_screen_one_line_a_model_with_the_default_marke
     monkeypatch.setattr(cli.out_console, "width", 80)
     code, output = attnviz("models")
     assert code == 0
-    lines = output.splitlines()
+    lines = output.splitlines()[1:]  # under the header
     assert len(lines) == len(MODELS) + 1 and all(len(line) <= 80 for line in lines)
     for name, line in zip(MODELS, lines, strict=False):
         assert line[2:].split()[0] == name  # whole, so it can be copied into --model

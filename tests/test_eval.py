@@ -177,3 +177,22 @@ def test_per_photo_into_a_folder_that_does_not_exist_is_a_usage_error(tmp_path: 
         "eval", str(tmp_path), "--boxes", str(boxes), "--per-photo", str(tmp_path / "no" / "x.csv"),
     ])  # fmt: skip
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_per_photo_rows_name_each_photo_as_the_csv_does_absolute_paths_too(
+    tmp_path: Path,
+) -> None:
+    boxes = _boxed_set(tmp_path, count=1)
+    rows = boxes.read_text().splitlines()
+    absolute = str(tmp_path / "photo0.png")
+    boxes.write_text("\n".join([rows[0], rows[1].replace("photo0.png", absolute, 1)]) + "\n")
+    per_photo = tmp_path / "scores.csv"
+
+    result = CliRunner().invoke(app, [
+        "eval", "relative/folder/ignored", "--boxes", str(boxes), "--layer", "-1",
+        "--per-photo", str(per_photo),
+    ])  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    with open(per_photo, newline="") as f:
+        assert {r["file"] for r in csv.DictReader(f)} == {absolute}

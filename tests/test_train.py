@@ -134,22 +134,24 @@ def monkeypatch_resume_every(steps: int):
 def test_the_hold_out_takes_the_shuffles_first_photos_then_tops_up_each_folder(
     tmp_path: Path,
 ) -> None:
-    few_classes, many_classes = tmp_path / "few", tmp_path / "many"
-    for i in range(20):
-        (few_classes / f"f{i:02d}.jpg").parent.mkdir(exist_ok=True)
-        (few_classes / f"f{i:02d}.jpg").write_bytes(b"")
-    for i in range(5):
-        (many_classes / f"m{i}.jpg").parent.mkdir(exist_ok=True)
-        (many_classes / f"m{i}.jpg").write_bytes(b"")
-    folders = [few_classes, many_classes]
+    big, small = tmp_path / "big", tmp_path / "small"
+    for folder, count in ((big, 40), (small, 8)):
+        folder.mkdir()
+        for i in range(count):
+            (folder / f"{folder.name}{i:02d}.jpg").write_bytes(b"")
+    folders = [big, small]
 
     plain, _ = split_holdout(folders, 4, seed=0)
     held, trained = split_holdout(folders, 4, seed=0, per_folder=3)
 
     assert held[:4] == plain  # topping up never changes the photos held out without it
-    assert sum(p.parent == many_classes for p in held) >= 3
-    assert sum(p.parent == few_classes for p in held) >= 3
-    assert not set(held) & set(trained) and len(held) + len(trained) == 25
+    assert sum(p.parent == small for p in plain) < 3  # so the small folder needed topping up
+    assert sum(p.parent == small for p in held) == 3
+    assert not set(held) & set(trained) and len(held) + len(trained) == 48
     assert split_holdout(folders, 4, seed=0, per_folder=3) == (held, trained)  # deterministic
-    with pytest.raises(AttnvizError, match="need more than"):
-        split_holdout(folders, 4, seed=0, per_folder=20)
+    # A folder given inside another is not counted twice, so no photo is on both sides.
+    nested_held, nested_trained = split_holdout([tmp_path, small], 4, seed=0, per_folder=3)
+    assert not set(nested_held) & set(nested_trained)
+    assert len(nested_held) + len(nested_trained) == 48
+    with pytest.raises(AttnvizError, match="every photo would be held out"):
+        split_holdout(folders, 4, seed=0, per_folder=8)

@@ -15,11 +15,13 @@ class maps (Ahn and Kwak, CVPR 2018):
 
 where avg averages the map over each head cell. ``M`` is a stride-8 map: the coarse scores
 say where the class evidence is, the affinities carry it to the whole region that looks
-alike, so the map follows the object's extent rather than its most telling part.
-Standardising the spread scores on each photo before the sigmoid means every map runs from
-near 0 to near 1 whatever the photo and the input size (a change of size shifts the
-scores' level, which closed an unstandardised gate at 448 px), so panel 2's absolute
-scale shows where the gate opens. The trunk itself is untouched; the gate only re-weights
+alike, so the map covers more of the object than its most telling part.
+Standardising the spread scores on each photo before the sigmoid fixes their level, which
+moves from photo to photo and with the input size (it closed an unstandardised gate at
+448 px), so panel 2's absolute scale shows where the gate opens. The price: M passes 0.5
+one standard deviation above the photo's mean score, so only the part of the photo that
+stands out reads near 1 (a sixth of it, were the scores normal); on a photo the object
+fills, that is its most distinct part. The trunk itself is untouched; the gate only re-weights
 which positions the classifier averages. ``floor`` keeps part of the plain average, so the
 trunk's context still reaches the classifier and its predictions hold while ``M`` picks
 the object (see ``train_pool``).
@@ -104,7 +106,7 @@ class AttentionGatedPooling(nn.Module):
         """M = sigmoid(sharpness z + offset), z the spread scores standardised over each
         photo's positions; a photo whose scores do not vary gets sigmoid(offset) everywhere."""
         mean = spread.mean(dim=(2, 3), keepdim=True)
-        std = spread.std(dim=(2, 3), keepdim=True)
+        std = spread.std(dim=(2, 3), keepdim=True, correction=0)  # a 1 x 1 grid: 0, not NaN
         z = (spread - mean) / (std + 1e-3)
         return torch.sigmoid(self.sharpness * z + self.offset)
 

@@ -92,9 +92,8 @@ class BAM(nn.Module):
         # model handed on something else (it never does in the authors' layout).
         weighted = output if isinstance(output, Tensor) else self.forward(features)
         # What scales F is 1 + sigmoid(c * s), c the channel branch: say so under the map.
-        return AttentionCapture.from_weighted(
-            torch.sigmoid(spatial), weighted, "1 + sigmoid(c * s)"
-        )
+        applied = "1 + sigmoid(c s), M = sigmoid(s)"
+        return AttentionCapture.from_weighted(torch.sigmoid(spatial), weighted, applied)
 
 
 class BAMGate(BAM):
