@@ -785,7 +785,8 @@ def train(
         str | None,
         typer.Option(
             help="Share of positions each gate keeps open (block4,10,15,head) "
-            "[default: 0.995,0.99,0.98,0.5; BAM, residual: 0.005,0.01,0.02,0.5]; not attnpool."
+            "[default: 0.995,0.99,0.98,0.5; BAM, residual: 0.005,0.01,0.02,0.5; cbam, whose "
+            "maps are standardised: none]; not attnpool."
         ),
     ] = None,
     sparsity: Annotated[
@@ -799,7 +800,7 @@ def train(
         float | None,
         typer.Option(
             help="Weight of the agreement with the trunk's class evidence [default: 0.1; "
-            "attnpool 1]."
+            "cbam and attnpool 1]."
         ),
     ] = None,
     cache: Annotated[

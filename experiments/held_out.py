@@ -1,13 +1,13 @@
-"""The default model on the photos its training held out, at several input sizes (not a test).
+"""A Lite0 model on the photos its training held out, at several input sizes (not a test).
 
-    uv run python experiments/held_out.py [--sizes 160,224,288,448] [--weights FILE]
+    uv run python experiments/held_out.py [--model lite0-cbam] [--sizes 160,224] [--weights F]
 
-The hold-out is `attnviz train --family attnpool --holdout-per-folder 250`'s: the first 500
+The hold-out is `attnviz train --holdout-per-folder 250`'s (every family): the first 500
 photos of the seed-0 shuffle of imagenette-train and imagenet-sample, then imagenet-sample
 photos until 250 of its classes are in. Per size and per folder it prints the gated
 model's top-1 and the trunk's (labels: Imagenette's folder names, imagenet-sample's index
-file), teacher agreement, and panel 2's range (per-photo max - min of the map): median and
-10th percentile.
+file), teacher agreement, and panel 2's range (per-photo max - min of the model's default
+map): median and 10th percentile.
 """
 
 from __future__ import annotations
@@ -42,13 +42,14 @@ def label_of(path: Path, known: dict[str, int]) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=attnviz.DEFAULT_MODEL)
     parser.add_argument("--sizes", default="160,224,288,448")
     parser.add_argument("--weights", type=Path, default=None)
     args = parser.parse_args()
     held, _ = split_holdout(FOLDERS, 500, 0, per_folder=250)
     known = labels()
     for size in (int(s) for s in args.sizes.split(",")):
-        model = attnviz.load_model("lite0-attnpool", args.weights, device="cpu", size=size)
+        model = attnviz.load_model(args.model, args.weights, device="cpu", size=size)
         rows = []  # (folder, gated top-1 ok, trunk top-1 ok, agree, range)
         for start in range(0, len(held), 25):
             batch = held[start : start + 25]

@@ -278,6 +278,27 @@ def test_gated_is_the_forward_pass_and_fill_refills_what_is_suppressed(family: s
         torch.testing.assert_close(gate.gated(features, weights), expected)
 
 
+def test_lite0s_cbam_gate_standardises_its_logits_and_applies_its_floor() -> None:
+    """M = sigmoid(4 z - 4), z the conv's logits standardised over the photo's positions;
+    F_out = (floor + (1 - floor) M) F, and the capture's caption says so."""
+    gate = randomised(build_gate("cbam", 8), seed=4)
+    gate.floor.fill_(0.9)  # type: ignore[operator]
+    features = torch.randn(2, 8, 6, 6)
+    conv = gate.spatial.conv  # type: ignore[union-attr]
+    with torch.no_grad():
+        weights = gate.attention_map(features)  # type: ignore[operator]
+        for n in range(2):
+            logits = conv_by_hand(pooled_by_hand(features[n]), conv.weight[0]) + conv.bias[0]
+            z = (logits - logits.mean()) / (logits.std(correction=0) + 1e-3)
+            torch.testing.assert_close(weights[n, 0], torch.sigmoid(4 * z - 4), atol=1e-5, rtol=0)
+        torch.testing.assert_close(gate(features), features * (0.9 + 0.1 * weights))
+        capture = gate.capture_attention((features,), None)  # type: ignore[operator]
+    assert capture.applied == "0.9 + 0.1 M"
+    # Both ends of the scale are used on each photo, whatever the logits' level.
+    spans = weights.amax(dim=(1, 2, 3)) - weights.amin(dim=(1, 2, 3))
+    assert (spans > 0.5).all()
+
+
 def seeded_start(v: Tensor, bias: float) -> Tensor:
     return torch.sigmoid(SEED_SLOPE * standardised(v) + bias)
 
@@ -291,6 +312,10 @@ def test_seeded_gates_start_from_the_standardised_channel_mean(family: str) -> N
     with torch.no_grad():
         weights = gate.attention_map(features)  # type: ignore[operator]
     expected = seeded_start(features[0].mean(0), 1.5)
+    if family == "cbam":  # its logits are standardised per photo, then sigmoid(4 z - 4)
+        logits = SEED_SLOPE * standardised(features[0].mean(0))  # the bias is standardised away
+        z = (logits - logits.mean()) / (logits.std(correction=0) + 1e-3)
+        expected = torch.sigmoid(4 * z - 4)
     # The dynamic gate's kernels are spread a little around the seed (see SEED_JITTER).
     atol = 0.05 if family == "dynamic" else 1e-5
     torch.testing.assert_close(weights[0, 0], expected, atol=atol, rtol=0)
@@ -348,7 +373,10 @@ def test_default_outputs_and_targets_follow_the_family(tmp_path: Path) -> None:
     assert TrainConfig(data=[tmp_path], family="psa").out == Path(
         "pretrained/lite0-psa.safetensors"
     )
-    assert TrainConfig(data=[tmp_path]).target_open == (0.995, 0.99, 0.98, 0.5)
+    assert TrainConfig(data=[tmp_path], family="psa").target_open == (0.995, 0.99, 0.98, 0.5)
+    # CBAM's gates standardise their logits: their maps span the scale without a budget.
+    cbam = TrainConfig(data=[tmp_path])
+    assert cbam.target_open == () and cbam.evidence == 1.0
     # BAM's residual gate leaves the trunk alone where its map is closed: mirrored budgets.
     bam = TrainConfig(data=[tmp_path], family="bam").target_open
     assert bam is not None

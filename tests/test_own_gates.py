@@ -100,11 +100,16 @@ def test_another_built_ins_gate_file_is_named_and_exits_2(tmp_path: Path) -> Non
     from attnviz.models.registry import pretrained_file
 
     photo = write_photo(tmp_path / "p.jpg")
-    cbam_file = pretrained_file("lite0-cbam.safetensors")  # written before metadata existed
-    code, output = attnviz("run", photo, "--model", "lite0-psa", "--weights", cbam_file,
+    psa_file = pretrained_file("lite0-psa.safetensors")  # written before metadata existed
+    code, output = attnviz("run", photo, "--model", "lite0-cbam", "--weights", psa_file,
                            "--out", tmp_path / "o")  # fmt: skip
     assert code == 2
-    assert "closest built-in model: lite0-cbam" in output
+    assert "closest built-in model: lite0-psa" in output
+    # A file that says what it was trained for is named by that.
+    cbam_file = pretrained_file("lite0-cbam.safetensors")
+    code, output = attnviz("run", photo, "--model", "lite0-psa", "--weights", cbam_file,
+                           "--out", tmp_path / "o")  # fmt: skip
+    assert code == 2 and "gates trained for lite0-cbam (family cbam), not lite0-psa" in output
 
 
 def _commands() -> dict[str, object]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import attnviz
@@ -22,13 +23,16 @@ def test_gate_weights_are_shipped_as_safetensors() -> None:
     shipped = load_file(str(pretrained_file(LITE0_GATES_FILE)))
     gates = {k for k in shipped if k.startswith("attention.")}
     assert gates == {
-        f"attention.{g}.spatial.conv.{p}"
+        f"attention.{g}.{p}"
         for g in ("block4", "block10", "block15", "head")
-        for p in ("weight", "bias")
+        for p in ("spatial.conv.weight", "spatial.conv.bias", "floor", "sharpness", "offset")
     }
     # Anything else shipped is a fine-tuned part of the trunk, under the trunk's own keys.
     assert set(shipped) - gates <= set(EfficientNetLite().state_dict())
-    assert all(shipped[k].abs().sum() > 0 for k in gates)
+    assert all(shipped[k].abs().sum() > 0 for k in gates if k.endswith(("weight", "bias")))
+    # How much each gate may change the features: a twentieth after a block, 0.3 on the head.
+    floors = [float(shipped[f"attention.{g}.floor"]) for g in ("block4", "block10", "head")]
+    assert floors == pytest.approx([0.95, 0.95, 0.7])
 
 
 def test_maps_are_not_constant_and_differ_across_photos() -> None:
@@ -37,15 +41,16 @@ def test_maps_are_not_constant_and_differ_across_photos() -> None:
     assert len(photos) >= 3
     with torch.inference_mode(), attnviz.capture(model, "all") as maps:
         model(model.preprocess(photos))
-    # The default (head) map is strongly graded; the block gates stay 99 % open by design
-    # (their budget), so their maps vary only slightly, but they must still vary.
+    # Every gate standardises its logits per photo, so each map uses the scale on every
+    # photo, block gates included (they change the features through their floor). The
+    # head's 7 x 7 map spans least where the object fills the photo (chelsea: 0.42).
     for name, capture in maps.items():
-        least_range, least_spread = (0.05, 0.01) if name == "attention.head" else (0.002, 3e-4)
         weights = capture.weights[:, 0]
         per_photo_range = weights.amax(dim=(1, 2)) - weights.amin(dim=(1, 2))
-        assert (per_photo_range > least_range).all(), f"{name} is constant over a photo"
+        least = 0.3 if name == "attention.head" else 0.9
+        assert (per_photo_range > least).all(), f"{name} barely varies over a photo"
         spread = (weights[0] - weights[1]).abs().mean()
-        assert spread > least_spread, f"{name} gave the same map for two photos"
+        assert spread > 0.01, f"{name} gave the same map for two photos"
 
 
 def test_library_api_renders_a_triptych() -> None:

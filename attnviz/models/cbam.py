@@ -69,11 +69,21 @@ class SpatialGate(nn.Module):
         pool_order: PoolOrder = "avg-max",
         batch_norm: bool = False,
         standardize: bool = False,
+        squash: bool = False,
     ) -> None:
         super().__init__()
         self.pool_order: PoolOrder = pool_order
         self.standardize = standardize
         self.spatial = ConvBN(2, 1, kernel_size, batch_norm)
+        self.squash = squash
+        if squash:
+            # attnviz's Lite0 gates: the logits are standardised per photo, so M uses the
+            # whole [0, 1] scale (M = sigmoid(sharpness z + offset)), and the features are
+            # scaled by floor + (1 - floor) M, so a gate can shut without starving the
+            # layers after it. Buffers: a weights file says how its maps were made.
+            self.register_buffer("floor", torch.tensor(0.0))
+            self.register_buffer("sharpness", torch.tensor(4.0))
+            self.register_buffer("offset", torch.tensor(-4.0))
         # Share of the spatial mean that fills suppressed positions: 0 is CBAM's plain product.
         # Only training raises it, so early gates can suppress without starving later layers.
         self.fill = 0.0
@@ -83,10 +93,18 @@ class SpatialGate(nn.Module):
         pooled = channel_pool(x, self.pool_order)
         if self.standardize:
             pooled = standardize_per_image(pooled)
-        return torch.sigmoid(self.spatial(pooled))
+        logits = self.spatial(pooled)
+        if self.squash:
+            z = standardize_per_image(logits, eps=1e-3)
+            return torch.sigmoid(self.sharpness * z + self.offset)
+        return torch.sigmoid(logits)
+
+    def applied(self, weights: Tensor) -> Tensor:
+        """What multiplies the features: M, or floor + (1 - floor) M for a squashed gate."""
+        return self.floor + (1.0 - self.floor) * weights if self.squash else weights
 
     def gated(self, x: Tensor, weights: Tensor) -> Tensor:
-        return mean_filled(x, weights, self.fill)
+        return mean_filled(x, self.applied(weights), self.fill)
 
     def seed(self, slope: float, bias: float) -> None:
         seed_centre_tap(self.spatial.conv, 0 if self.pool_order == "avg-max" else 1, slope)
@@ -107,7 +125,9 @@ class SpatialGate(nn.Module):
         features = inputs[0]
         kept = kept_maps(self, features)
         weights = kept["weights"] if kept else self.attention_map(features)
-        return AttentionCapture.from_weighted(weights, weights * features)
+        floor = float(self.floor) if self.squash else 0.0
+        applied = f"{floor:g} + {1 - floor:g} M" if floor else None
+        return AttentionCapture.from_weighted(weights, self.applied(weights) * features, applied)
 
 
 class ChannelGate(nn.Module):

@@ -96,7 +96,7 @@ def seed_centre_tap(conv: nn.Conv2d, input_channel: int, slope: float) -> None:
 def _cbam(channels: int) -> nn.Module:
     from attnviz.models.cbam import SpatialGate
 
-    return SpatialGate(7, standardize=True)
+    return SpatialGate(7, standardize=True, squash=True)
 
 
 def _psa(channels: int) -> nn.Module:
