@@ -857,7 +857,7 @@ def train(
         out_console.print(f"resumed an interrupted run at step {report.resumed_from}")
     out_console.print(
         f"wrote {written}: hold-out agreement {report.holdout_agreement:.1%} on "
-        f"{report.holdout_images} photos; mean gate opening "
+        f"{report.holdout_images} photos; mean of each map "
         + ", ".join(f"{o:.2f}" for o in report.holdout_opening)
     )
 
@@ -884,8 +884,10 @@ def _training_run(
         pool = PoolTrainConfig(**common, **chosen)
         return partial(train_attention_pool, pool), pool.out
 
-    from attnviz.train import TrainConfig, train_gates
+    from attnviz.train import SQUASHED_FAMILIES, TrainConfig, train_gates
 
+    if family in SQUASHED_FAMILIES and sparsity is not None:
+        raise UsageError(f"--sparsity weighs the opening budget, which {family}'s gates lack")
     try:
         targets = None if target_open is None else tuple(float(v) for v in target_open.split(","))
     except ValueError:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import attnviz
-from attnviz.errors import AttnvizError
+from attnviz.errors import AttnvizError, UsageError
 from attnviz.io import IMAGE_SUFFIXES, atomic_write_bytes, load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.efficientnet_lite import EfficientNetLite
@@ -104,6 +104,7 @@ class TrainConfig:
     size: int = 224
     holdout: int = 500  # training photos kept aside to measure agreement
     holdout_per_folder: int = 0  # and at least this many from each data folder
+    floors: tuple[float, ...] | None = None  # squashed families: SQUASHED_FLOORS by default
     fill_until: float = 0.5  # mean fill decays from 1 to 0 over this share of the steps
     seed: int = 0
     cache: Path | None = None  # reuse the trunk's features across runs and families
@@ -118,6 +119,12 @@ class TrainConfig:
             self.target_open = default_targets(self.family)
         if self.evidence is None:
             self.evidence = 1.0 if self.family in SQUASHED_FAMILIES else 0.1
+        if self.family in SQUASHED_FAMILIES:
+            if self.target_open:
+                # sigmoid(4z - 4) of standardised logits averages about 0.2 on any photo
+                raise UsageError(f"{self.family}'s maps are standardised: no opening targets")
+            if self.floors is None:
+                self.floors = SQUASHED_FLOORS
 
 
 @dataclass
@@ -403,8 +410,8 @@ def train_gates(
     model.eval().to(memory_format=torch.channels_last)  # BatchNorm stays frozen
     for p in model.parameters():
         p.requires_grad_(False)
-    if cfg.family in SQUASHED_FAMILIES:
-        for gate, floor in zip(gates_of(model).values(), SQUASHED_FLOORS, strict=True):
+    if cfg.floors is not None:
+        for gate, floor in zip(gates_of(model).values(), cfg.floors, strict=True):
             gate.floor.fill_(floor)  # type: ignore[attr-defined]
     seed_gates(model)
     gate_params = [p for gate in model.attention.values() for p in gate.parameters()]

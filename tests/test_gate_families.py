@@ -377,6 +377,10 @@ def test_default_outputs_and_targets_follow_the_family(tmp_path: Path) -> None:
     # CBAM's gates standardise their logits: their maps span the scale without a budget.
     cbam = TrainConfig(data=[tmp_path])
     assert cbam.target_open == () and cbam.evidence == 1.0
+    assert cbam.floors == (0.95, 0.95, 0.95, 0.7)
+    for budget in (["--target-open", "0.99,0.99,0.98,0.5"], ["--sparsity", "3"]):
+        code, output = run_cli("train", tmp_path, "--family", "cbam", *budget)
+        assert code == 2 and "cbam" in output, output
     # BAM's residual gate leaves the trunk alone where its map is closed: mirrored budgets.
     bam = TrainConfig(data=[tmp_path], family="bam").target_open
     assert bam is not None

@@ -31,8 +31,9 @@ def test_gate_weights_are_shipped_as_safetensors() -> None:
     assert set(shipped) - gates <= set(EfficientNetLite().state_dict())
     assert all(shipped[k].abs().sum() > 0 for k in gates if k.endswith(("weight", "bias")))
     # How much each gate may change the features: a twentieth after a block, 0.3 on the head.
-    floors = [float(shipped[f"attention.{g}.floor"]) for g in ("block4", "block10", "head")]
-    assert floors == pytest.approx([0.95, 0.95, 0.7])
+    slots = ("block4", "block10", "block15", "head")
+    floors = [float(shipped[f"attention.{g}.floor"]) for g in slots]
+    assert floors == pytest.approx([0.95, 0.95, 0.95, 0.7])
 
 
 def test_maps_are_not_constant_and_differ_across_photos() -> None:
