@@ -7,7 +7,9 @@ trunk's own prediction rests on.
 The loss has three parts, none using labels:
 
 - KL(trunk || gated): the gated network must still predict what the trunk predicts;
-- a budget on each gate's mean opening over the batch, so that gates do close;
+- a budget on each gate's mean opening over the batch, so that gates do close (not for
+  the squashed families, CBAM's: their standardised maps use the scale by construction,
+  and a floor per gate bounds how much they change the features);
 - evidence: each gate's map should correlate with the trunk's class evidence, the
   contribution of every position to the logit of the trunk's top-1 class (its class
   activation map). KL alone is as happy with gates that close on arbitrary context as
@@ -185,7 +187,8 @@ def seed_gates(model: EfficientNetLite) -> None:
 
 @torch.no_grad()
 def flat_gain(gate: Lite0Gate, channels: int = 1280) -> float:
-    """How much a seeded gate scales a flat feature map (1/2 for CBAM's half-open head).
+    """How much a seeded gate scales a flat feature map (about 0.7 for CBAM's head, whose
+    standardised map is sigmoid(-4) on a flat map, applied above its 0.7 floor).
 
     ``pool_gain`` starts at its inverse, so the gated head starts as the trunk's head up
     to the map's shape, whatever the family does to a flat map.
