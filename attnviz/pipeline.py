@@ -336,7 +336,8 @@ def _process(
         pending.append(entry)
         settle(in_flight)
 
-    flat_noted = False  # a flat map is noted once per run, on the first photo it shows on
+    # A flat map is noted once per run, on the first photo it shows on (Grad-CAM is no gate).
+    flat_noted = opts.method != "attention"
     pool = ThreadPoolExecutor(opts.workers or io_workers(), thread_name_prefix="attnviz-io")
     try:
         with _torch_threads(forward_threads()):
@@ -357,8 +358,7 @@ def _process(
                     decoded, runner.run(images, sizes) if images else [], strict=True
                 ):
                     write = pool.submit(_write_outputs, item, d, result, opts, ranges)
-                    attention = opts.method == "attention"  # Grad-CAM is no gate
-                    flat = None if flat_noted or not attention else flat_map_note(result)
+                    flat = None if flat_noted else flat_map_note(result)
                     flat_noted = flat_noted or flat is not None
                     add((item, fingerprint, d.notes + ([flat] if flat else []), write))
                 if stop.requested:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnviz.attention.protocol import AttentionCapture, keep_maps, kept_maps
+from attnviz.models.cbam import applied_caption, floored, standardised_sigmoid
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.gates import Switchable
 
@@ -104,11 +105,8 @@ class AttentionGatedPooling(nn.Module):
 
     def squash(self, spread: Tensor) -> Tensor:
         """M = sigmoid(sharpness z + offset), z the spread scores standardised over each
-        photo's positions; a photo whose scores do not vary gets sigmoid(offset) everywhere."""
-        mean = spread.mean(dim=(2, 3), keepdim=True)
-        std = spread.std(dim=(2, 3), keepdim=True, correction=0)  # a 1 x 1 grid: 0, not NaN
-        z = (spread - mean) / (std + 1e-3)
-        return torch.sigmoid(self.sharpness * z + self.offset)
+        photo's positions."""
+        return standardised_sigmoid(spread, self.sharpness, self.offset)
 
     def attention_map(self, fine: Tensor, local: Tensor, head: Tensor) -> Tensor:
         """M, (N, 1, H, W) on the fine features' grid, in (0, 1)."""
@@ -117,8 +115,7 @@ class AttentionGatedPooling(nn.Module):
     def weighted(self, head: Tensor, weights: Tensor) -> Tensor:
         """The head's features times the applied weights, floor + (1 - floor) M, averaged
         over each head cell: what the classifier averages."""
-        applied = self.floor + (1.0 - self.floor) * weights
-        return F.adaptive_avg_pool2d(applied, head.shape[-2:]) * head
+        return F.adaptive_avg_pool2d(floored(weights, self.floor), head.shape[-2:]) * head
 
     def pool(self, head: Tensor, weights: Tensor) -> Tensor:
         """(N, C): what the classifier gets, the weighted features averaged."""
@@ -134,9 +131,8 @@ class AttentionGatedPooling(nn.Module):
         kept = kept_maps(self, fine)
         weights = kept["weights"] if kept else self.attention_map(fine, local, head)
         # Panel 3 shows what the classifier averages: the applied weights times the features.
-        floor = float(self.floor)
-        applied = f"{floor:g} + {1 - floor:g} M" if floor else None
-        return AttentionCapture.from_weighted(weights, self.weighted(head, weights), applied)
+        caption = applied_caption(float(self.floor))
+        return AttentionCapture.from_weighted(weights, self.weighted(head, weights), caption)
 
 
 class Lite0AttentionPool(Switchable, nn.Module):

@@ -53,6 +53,24 @@ def standardize_per_image(x: Tensor, eps: float = 1e-5) -> Tensor:
     return (x - mean) / (std + eps)
 
 
+def standardised_sigmoid(logits: Tensor, sharpness: Tensor, offset: Tensor) -> Tensor:
+    """M = sigmoid(sharpness z + offset), z the logits standardised over each photo's
+    positions: the map uses the [0, 1] scale whatever the logits' level, which moves with
+    the photo and the input size. Logits that do not vary give sigmoid(offset) everywhere."""
+    return torch.sigmoid(sharpness * standardize_per_image(logits, eps=1e-3) + offset)
+
+
+def floored(weights: Tensor, floor: Tensor | float) -> Tensor:
+    """What multiplies the features: floor + (1 - floor) M, so a gate can shut without
+    starving what comes after it."""
+    return floor + (1.0 - floor) * weights
+
+
+def applied_caption(floor: float) -> str | None:
+    """How a floored map is applied, for panel 2's caption (None: the plain M)."""
+    return f"{floor:g} + {1 - floor:g} M" if floor else None
+
+
 class SpatialGate(nn.Module):
     """CBAM spatial attention: a k x k conv over [mean; max] channel pools, then a sigmoid.
 
@@ -95,13 +113,12 @@ class SpatialGate(nn.Module):
             pooled = standardize_per_image(pooled)
         logits = self.spatial(pooled)
         if self.squash:
-            z = standardize_per_image(logits, eps=1e-3)
-            return torch.sigmoid(self.sharpness * z + self.offset)
+            return standardised_sigmoid(logits, self.sharpness, self.offset)
         return torch.sigmoid(logits)
 
     def applied(self, weights: Tensor) -> Tensor:
         """What multiplies the features: M, or floor + (1 - floor) M for a squashed gate."""
-        return self.floor + (1.0 - self.floor) * weights if self.squash else weights
+        return floored(weights, self.floor) if self.squash else weights
 
     def gated(self, x: Tensor, weights: Tensor) -> Tensor:
         return mean_filled(x, self.applied(weights), self.fill)
@@ -125,9 +142,8 @@ class SpatialGate(nn.Module):
         features = inputs[0]
         kept = kept_maps(self, features)
         weights = kept["weights"] if kept else self.attention_map(features)
-        floor = float(self.floor) if self.squash else 0.0
-        applied = f"{floor:g} + {1 - floor:g} M" if floor else None
-        return AttentionCapture.from_weighted(weights, self.applied(weights) * features, applied)
+        caption = applied_caption(float(self.floor)) if self.squash else None
+        return AttentionCapture.from_weighted(weights, self.applied(weights) * features, caption)
 
 
 class ChannelGate(nn.Module):
