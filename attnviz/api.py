@@ -45,7 +45,8 @@ def layer_maps(name: str, c: AttentionCapture, parts: bool = False) -> list[list
                 marker=None if markers is None else (float(markers[i, 0]), float(markers[i, 1])),
                 applied=c.applied,
             ),
-            *(LayerMaps(part, w[i], f[i]) for part, (w, f) in extra.items()),
+            # A part is applied as its layer's map is: the same caption.
+            *(LayerMaps(part, w[i], f[i], applied=c.applied) for part, (w, f) in extra.items()),
         ]
         for i in range(len(weights))
     ]

@@ -767,7 +767,8 @@ def train(
         str,
         typer.Option(
             help="Gate family: cbam, psa, multiscale, lightweight, dynamic or bam (lite0-FAMILY's "
-            "four gates), or attnpool (lite0-attnpool's attention-gated pooling)."
+            "four gates), attnpool (lite0-attnpool's attention-gated pooling), nonlocal or "
+            "deform (lite0-FAMILY's block after block 10)."
         ),
     ] = "cbam",
     out: Annotated[
@@ -779,32 +780,30 @@ def train(
         int | None, typer.Option(help="Photos per step [default: 32; attnpool 64].")
     ] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Adam learning rate [default: 0.02; attnpool 0.003].")
+        float | None,
+        typer.Option(help="Learning rate [default: 0.02; attnpool 0.003; nonlocal, deform 0.001]."),
     ] = None,
-    target_open: Annotated[
+    floors: Annotated[
         str | None,
         typer.Option(
-            help="Share of positions each gate keeps open (block4,10,15,head) "
-            "[default: 0.995,0.99,0.98,0.5; BAM, residual: 0.005,0.01,0.02,0.5; cbam, whose "
-            "maps are standardised: none]; not attnpool."
+            help="What each gate keeps where its map is 0 (block4,10,15,head) "
+            "[default: 0.95,0.95,0.95,0.7]; not attnpool."
         ),
     ] = None,
-    sparsity: Annotated[
+    area: Annotated[
         float | None,
-        typer.Option(
-            help="Weight of the opening penalty: squared distance to the targets [default: 10], "
-            "or attnpool's map mean [default: 0.6]."
-        ),
+        typer.Option(help="attnpool only: weight of the map's mean [default: 0.6]."),
     ] = None,
     evidence: Annotated[
         float | None,
-        typer.Option(
-            help="Weight of the agreement with the trunk's class evidence [default: 0.1; "
-            "cbam and attnpool 1]."
-        ),
+        typer.Option(help="Weight of the agreement with the trunk's class evidence [default: 1]."),
     ] = None,
     cache: Annotated[
         Path | None, typer.Option(help="File to keep the frozen trunk's features for reruns.")
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="nonlocal and deform only: start from this block's weights."),
     ] = None,
     holdout: Annotated[int, typer.Option(help="Photos kept aside to measure agreement.")] = 500,
     holdout_per_folder: Annotated[
@@ -812,12 +811,12 @@ def train(
     ] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Train lite0-FAMILY's spatial gates (lite0-cbam's by default) by distilling the
+    """Train lite0-FAMILY's attention (lite0-cbam's gates by default) by distilling the
     frozen trunk.
 
     Interrupted runs resume: the same command continues from the last saved step.
-    --cache keeps the trunk's features for reruns (the gate families share one file;
-    attnpool caches other features and needs its own).
+    --cache keeps the trunk's features for reruns (the gate families, nonlocal and
+    deform share one file; attnpool caches other features and needs its own).
 
     Example: attnviz train ../shared/data/imagenette-train ../shared/data/imagenet-sample
     --family attnpool
@@ -826,8 +825,8 @@ def train(
 
     try:
         run, written = _training_run(
-            data, family, out, steps, batch_size, lr, target_open, sparsity, evidence,
-            cache, holdout, holdout_per_folder, seed,
+            data, family, out, steps, batch_size, lr, floors, area, evidence,
+            cache, init, holdout, holdout_per_folder, seed,
         )  # fmt: skip
     except AttnvizError as exc:
         raise _fail(exc) from None
@@ -855,17 +854,17 @@ def train(
         raise typer.Exit(130) from None
     if report.resumed_from:
         out_console.print(f"resumed an interrupted run at step {report.resumed_from}")
+    means = ", ".join(f"{o:.2f}" for o in report.holdout_map_means)
     out_console.print(
         f"wrote {written}: hold-out agreement {report.holdout_agreement:.1%} on "
-        f"{report.holdout_images} photos; mean of each map "
-        + ", ".join(f"{o:.2f}" for o in report.holdout_opening)
+        f"{report.holdout_images} photos" + (f"; mean of each map {means}" if means else "")
     )
 
 
 def _training_run(
     data: list[Path], family: str, out: Path | None, steps: int, batch_size: int | None,
-    lr: float | None, target_open: str | None, sparsity: float | None, evidence: float | None,
-    cache: Path | None, holdout: int, holdout_per_folder: int, seed: int,
+    lr: float | None, floors: str | None, area: float | None, evidence: float | None,
+    cache: Path | None, init: Path | None, holdout: int, holdout_per_folder: int, seed: int,
 ) -> tuple[Callable[..., Any], Path]:  # fmt: skip
     """The training function of ``family`` with its settings bound, and the file it writes."""
     from functools import partial
@@ -875,27 +874,40 @@ def _training_run(
     # Options left unset take the family's own default.
     given = {"batch_size": batch_size, "lr": lr, "evidence": evidence}
     common |= {k: v for k, v in given.items() if v is not None}
+    from attnviz.models.registry import LITE0_BLOCKS
+
+    if init is not None and family not in LITE0_BLOCKS:
+        raise UsageError("--init starts a nonlocal or deform block from a file")
     if family == "attnpool":
         from attnviz.train_pool import PoolTrainConfig, train_attention_pool
 
-        if target_open is not None:
-            raise UsageError("--target-open sets the gate families' budgets, not attnpool's")
-        chosen = {k: v for k, v in (("out", out), ("area", sparsity)) if v is not None}
+        if floors is not None:
+            raise UsageError("--floors sets the gate families' floors, not attnpool's")
+        chosen = {k: v for k, v in (("out", out), ("area", area)) if v is not None}
         pool = PoolTrainConfig(**common, **chosen)
         return partial(train_attention_pool, pool), pool.out
 
-    from attnviz.train import SQUASHED_FAMILIES, TrainConfig, train_gates
+    if area is not None:
+        raise UsageError("--area weighs attnpool's map mean; the gate families have none")
+    if floors is not None:
+        try:
+            common["floors"] = tuple(float(v) for v in floors.split(","))
+        except ValueError:
+            raise UsageError(
+                f"--floors needs numbers like 0.95,0.95,0.95,0.7, got {floors!r}"
+            ) from None
+    if family in LITE0_BLOCKS:
+        from attnviz.train_block import BlockTrainConfig, train_block
 
-    if family in SQUASHED_FAMILIES and sparsity is not None:
-        raise UsageError(f"--sparsity weighs the opening budget, which {family}'s gates lack")
-    try:
-        targets = None if target_open is None else tuple(float(v) for v in target_open.split(","))
-    except ValueError:
-        raise UsageError(f"--target-open needs numbers like 0.9,0.5, got {target_open!r}") from None
-    cfg = TrainConfig(
-        **common, family=family, out=out, target_open=targets,
-        **({} if sparsity is None else {"sparsity": sparsity}),
-    )  # fmt: skip
+        if floors is not None:
+            raise UsageError(f"--floors sets the gate families' floors, not {family}'s")
+        block = BlockTrainConfig(**common, family=family, out=out, init=init)
+        assert block.out is not None  # set by __post_init__
+        return partial(train_block, block), block.out
+
+    from attnviz.train import TrainConfig, train_gates
+
+    cfg = TrainConfig(**common, family=family, out=out)
     assert cfg.out is not None  # set by __post_init__
     return partial(train_gates, cfg), cfg.out
 

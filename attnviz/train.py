@@ -1,24 +1,21 @@
-"""Training attnviz's Lite0 spatial gates (any family of ``gates.GATE_FAMILIES``; CBAM's
-by default) by self-distillation on a frozen trunk.
+"""Training attnviz's Lite0 spatial gates (any family of ``gate_families.GATE_FAMILIES``;
+CBAM's by default) by self-distillation on a frozen trunk.
 
-The gates start from the channel-mean map (block gates almost open, the head gate half
-open with its scale given back; see ``seed_gates``) and learn to keep the evidence the
-trunk's own prediction rests on.
-The loss has three parts, none using labels:
+Every gate's map is a standardised sigmoid (``gates.StandardisedGate``), so it uses the
+[0, 1] scale by construction, and applies floor + (1 - floor) M, so a floor per gate
+bounds how much it changes the features. The gates start from the channel-mean map
+(``seed_gates``) and learn to keep the evidence the trunk's own prediction rests on.
+The loss has two parts, neither using labels:
 
 - KL(trunk || gated): the gated network must still predict what the trunk predicts;
-- a budget on each gate's mean opening over the batch, so that gates do close (not for
-  the squashed families, CBAM's: their standardised maps use the scale by construction,
-  and a floor per gate bounds how much they change the features);
 - evidence: each gate's map should correlate with the trunk's class evidence, the
   contribution of every position to the logit of the trunk's top-1 class (its class
   activation map). KL alone is as happy with gates that close on arbitrary context as
   with gates that close on the background; this term says which positions to keep.
 
 One learned scalar (``pool_gain``) rescales the pooled features of the gated network, so
-a gate that keeps half of each position costs no confidence. The trunk is frozen, so
-everything up to the first gate is computed once per image and cached; each step runs
-only the gated part.
+the head gate's floor costs no confidence. The trunk is frozen, so everything up to the
+first gate is computed once per image and cached; each step runs only the gated part.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +36,8 @@ from attnviz.errors import AttnvizError, UsageError
 from attnviz.io import IMAGE_SUFFIXES, atomic_write_bytes, load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.efficientnet_lite import EfficientNetLite
-from attnviz.models.gates import GATE_FAMILIES, RESIDUAL_FAMILIES, Lite0Gate
+from attnviz.models.gate_families import GATE_FAMILIES
+from attnviz.models.gates import Lite0Gate
 from attnviz.models.registry import (
     LITE0_GATE_BLOCKS,
     LITE0_GATES,
@@ -49,41 +47,16 @@ from attnviz.models.registry import (
 )
 from attnviz.models.weights import TRAINED_FAMILY, TRAINED_FOR
 
-# Gates start from the feature's standardised channel mean, gently (slope 1/2): that is
-# where the evidence usually is. Starting from flat maps instead (all conv weights zero)
-# ends in a 0/1 cut-out: Adam moves all 98 weights at the same rate, so the map's slope
-# explodes before its shape is learnt (measured: teacher agreement 94 % against 99 %).
+# Gates start from the feature's standardised channel mean (slope 1/2), where the evidence
+# usually is. (Before the maps were standardised, starting from flat maps instead ended in
+# 0/1 cut-outs: teacher agreement 94 % against 99 %.)
 SEED_SLOPE = 0.5
-# Block gates start almost open (sigmoid(4) = 0.982), so the trunk's later layers see
-# what they were trained on. The head gate starts half open, sigmoid(0), and the pooled
-# features are doubled: the classifier sees what the trunk gives it, up to the map's shape.
-BLOCK_BIAS, HEAD_BIAS = 4.0, 0.0
-# Each gate's share of positions left open is pulled towards its target: a budget that
-# makes the gate choose where the evidence is, without collapsing shut or staying open.
-BLOCK_TARGETS, HEAD_TARGET = (0.995, 0.99, 0.98), 0.5
 
-
-# Families whose gates standardise their logits per photo and apply floor + (1 - floor) M
-# (cbam.SpatialGate's ``squash``): their maps use the whole [0, 1] scale by construction,
-# so they need no opening budget, and the floor says how much a gate may change the
-# features: a twentieth after a block, where later layers must see what they were trained
-# on (at 0.9 the trained gates agreed with the trunk on 91.9 % of the hold-out), and 0.3
-# on the head, whose features the classifier only averages.
-SQUASHED_FAMILIES = frozenset({"cbam"})
-SQUASHED_FLOORS = (0.95, 0.95, 0.95, 0.7)
-
-
-def default_targets(family: str) -> tuple[float, ...]:
-    """The opening targets of block4, block10, block15 and head for a gate family (none for
-    the squashed families).
-
-    A residual gate (BAM's F * (1 + ...)) changes the trunk where its map is open, so its
-    block maps get the mirror image of the multiplicative gates' budgets.
-    """
-    if family in SQUASHED_FAMILIES:
-        return ()
-    blocks = tuple(1.0 - t for t in BLOCK_TARGETS) if family in RESIDUAL_FAMILIES else BLOCK_TARGETS
-    return (*blocks, HEAD_TARGET)
+# How much each gate may change the features (block4, block10, block15, head): a
+# twentieth after a block, where later layers must see what they were trained on (at 0.9
+# CBAM's trained gates agreed with the trunk on 91.9 % of the hold-out), and 0.3 on the
+# head, whose features the classifier only averages.
+FLOORS = (0.95, 0.95, 0.95, 0.7)
 
 
 def default_out(family: str) -> Path:
@@ -93,20 +66,17 @@ def default_out(family: str) -> Path:
 @dataclass
 class TrainConfig:
     data: Sequence[Path]
-    family: str = "cbam"  # the kind of gate (gates.GATE_FAMILIES)
+    family: str = "cbam"  # the kind of gate (gate_families.GATE_FAMILIES)
     out: Path | None = None  # None: pretrained/lite0-FAMILY.safetensors
     steps: int = 600
     batch_size: int = 32
     lr: float = 0.02
-    target_open: tuple[float, ...] | None = None  # None: default_targets(family)
-    sparsity: float = 10.0  # weight of the squared distance to the targets
     shape_lr: float = 0.1  # learning rate of the gates' conv weights, relative to lr
-    evidence: float | None = None  # weight of (1 - corr. with the class evidence); None: 0.1,
-    # or 1 for the squashed families, whose maps the evidence alone places
+    evidence: float = 1.0  # weight of (1 - corr. with the class evidence)
     size: int = 224
     holdout: int = 500  # training photos kept aside to measure agreement
     holdout_per_folder: int = 0  # and at least this many from each data folder
-    floors: tuple[float, ...] | None = None  # squashed families: SQUASHED_FLOORS by default
+    floors: tuple[float, ...] = FLOORS  # one per gate: what it keeps where its map is 0
     fill_until: float = 0.5  # mean fill decays from 1 to 0 over this share of the steps
     seed: int = 0
     cache: Path | None = None  # reuse the trunk's features across runs and families
@@ -117,16 +87,8 @@ class TrainConfig:
             raise AttnvizError(f"unknown gate family {self.family!r}; known: {known}")
         if self.out is None:
             self.out = default_out(self.family)
-        if self.target_open is None:
-            self.target_open = default_targets(self.family)
-        if self.evidence is None:
-            self.evidence = 1.0 if self.family in SQUASHED_FAMILIES else 0.1
-        if self.family in SQUASHED_FAMILIES:
-            if self.target_open:
-                # sigmoid(4z - 4) of standardised logits averages about 0.2 on any photo
-                raise UsageError(f"{self.family}'s maps are standardised: no opening targets")
-            if self.floors is None:
-                self.floors = SQUASHED_FLOORS
+        if len(self.floors) != len(LITE0_GATES) or not all(0 <= f <= 1 for f in self.floors):
+            raise UsageError(f"give one floor in [0, 1] per gate ({', '.join(LITE0_GATES)})")
 
 
 @dataclass
@@ -135,7 +97,7 @@ class TrainReport:
     train_images: int
     holdout_images: int
     holdout_agreement: float
-    holdout_opening: list[float] = field(default_factory=list)
+    holdout_map_means: list[float] = field(default_factory=list)
     final_kl: float = 0.0
     resumed_from: int = 0  # the step an interrupted run was continued from (0: fresh)
 
@@ -178,16 +140,21 @@ def gates_of(model: EfficientNetLite) -> dict[str, Lite0Gate]:
     return dict(model.attention.items())  # type: ignore[arg-type]
 
 
-def seed_gates(model: EfficientNetLite) -> None:
+def seed_gates(model: EfficientNetLite, floors: Sequence[float] = FLOORS) -> None:
+    """Each gate's floor and starting map, and ``pool_gain`` at the inverse of what the
+    seeded head gate does to a flat map. ``floors`` are given for every slot of
+    ``LITE0_GATES``, whichever of them the model has."""
+    floor_of = dict(zip(LITE0_GATES, floors, strict=True))
     for name, gate in gates_of(model).items():
-        gate.seed(SEED_SLOPE, HEAD_BIAS if name == "head" else BLOCK_BIAS)
+        gate.floor.fill_(floor_of[name])
+        gate.seed(SEED_SLOPE)
     if "head" in model.attention:
         torch.nn.init.constant_(model.pool_gain, 1.0 / flat_gain(gates_of(model)["head"]))
 
 
 @torch.no_grad()
 def flat_gain(gate: Lite0Gate, channels: int = 1280) -> float:
-    """How much a seeded gate scales a flat feature map (about 0.7 for CBAM's head, whose
+    """How much a seeded gate scales a flat feature map (about 0.7 for a head gate: its
     standardised map is sigmoid(-4) on a flat map, applied above its 0.7 floor).
 
     ``pool_gain`` starts at its inverse, so the gated head starts as the trunk's head up
@@ -228,7 +195,7 @@ class TrunkCache:
 
 @torch.inference_mode()
 def cache_trunk(
-    model: EfficientNetLite, files: Sequence[Path], cfg: TrainConfig, tick: Callable[[int], None]
+    model: EfficientNetLite, files: Sequence[Path], cfg: TrunkSettings, tick: Callable[[int], None]
 ) -> TrunkCache:
     # Decode and preprocess exactly as `attnviz run` does, so the gates see what users see.
     loaded = LoadedModel(model, get_spec("lite0-cbam"), torch.device("cpu"), cfg.size)
@@ -396,46 +363,80 @@ class TrainingState:
         return int(state["step"])
 
 
+class TrunkSettings(Protocol):
+    """What caching the frozen trunk's features depends on (every training config has it)."""
+
+    data: Sequence[Path]
+    holdout: int
+    holdout_per_folder: int
+    seed: int
+    size: int
+    batch_size: int
+    cache: Path | None
+
+
+@dataclass
+class TrunkSplit:
+    """The photos held out and trained on, and the frozen trunk's cache of each."""
+
+    holdout: list[Path]
+    train: list[Path]
+    held_set: TrunkCache
+    train_set: TrunkCache
+    key: dict[str, Any]  # what the cache depends on (part of a resumable run's key)
+
+    @property
+    def files(self) -> list[Path]:
+        return self.holdout + self.train
+
+
+def cached_trunk(
+    cfg: TrunkSettings, trunk: EfficientNetLite, on_cache: Callable[[int, int], None]
+) -> TrunkSplit:
+    """The hold-out split of ``cfg.data`` and the bare ``trunk``'s cache of both parts,
+    read from ``cfg.cache`` when a run with the same photos and size saved it there (the
+    gate families and the hosted blocks share one file)."""
+    holdout, train = split_holdout(cfg.data, cfg.holdout, cfg.seed, cfg.holdout_per_folder)
+    files = holdout + train
+    tick = counter(len(files), on_cache)
+
+    def compute() -> dict[str, Any]:
+        parts = {"train": cache_trunk(trunk, train, cfg, tick),
+                 "holdout": cache_trunk(trunk, holdout, cfg, tick)}  # fmt: skip
+        return {name: part.tensors() for name, part in parts.items()}
+
+    # v3: features of the bare trunk (v2 had the seeded block-4 gate applied to them).
+    key = {"files": [str(p) for p in files], "size": cfg.size, "holdout": cfg.holdout, "v": 3}
+    cached = cached_tensors(cfg.cache, key, compute)
+    return TrunkSplit(
+        holdout, train, TrunkCache(*cached["holdout"]), TrunkCache(*cached["train"]), key
+    )
+
+
 def train_gates(
     cfg: TrainConfig,
     on_cache: Callable[[int, int], None] = lambda done, total: None,
     on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
 ) -> TrainReport:
     torch.manual_seed(cfg.seed)
-    holdout, train = split_holdout(cfg.data, cfg.holdout, cfg.seed, cfg.holdout_per_folder)
-    files = holdout + train
-    assert cfg.out is not None and cfg.target_open is not None  # set by __post_init__
-    if cfg.target_open and len(cfg.target_open) != len(LITE0_GATES):
-        raise AttnvizError(f"give one target opening per gate ({', '.join(LITE0_GATES)})")
+    assert cfg.out is not None  # set by __post_init__
 
     model = build_lite0(cfg.family, with_gates=False)
     assert isinstance(model, EfficientNetLite)
     model.eval().to(memory_format=torch.channels_last)  # BatchNorm stays frozen
     for p in model.parameters():
         p.requires_grad_(False)
-    if cfg.floors is not None:
-        for gate, floor in zip(gates_of(model).values(), cfg.floors, strict=True):
-            gate.floor.fill_(floor)  # type: ignore[attr-defined]
-    seed_gates(model)
+    seed_gates(model, cfg.floors)
     gate_params = [p for gate in model.attention.values() for p in gate.parameters()]
     gate_params.append(model.pool_gain)
     for p in gate_params:
         p.requires_grad_(True)
 
-    tick = counter(len(files), on_cache)
+    split = cached_trunk(cfg, model, on_cache)
+    train_set, hold_set = split.train_set, split.held_set
 
-    def compute() -> dict[str, Any]:
-        parts = {"train": cache_trunk(model, train, cfg, tick),
-                 "holdout": cache_trunk(model, holdout, cfg, tick)}  # fmt: skip
-        return {name: part.tensors() for name, part in parts.items()}
-
-    # v3: features of the bare trunk (v2 had the seeded block-4 gate applied to them).
-    key = {"files": [str(p) for p in files], "size": cfg.size, "holdout": cfg.holdout, "v": 3}
-    cached = cached_tensors(cfg.cache, key, compute)
-    train_set, hold_set = TrunkCache(*cached["train"]), TrunkCache(*cached["holdout"])
-
-    # The maps' shape (conv weights) is learnt more slowly than their level (biases, gain):
-    # a fast slope turns the maps into 0/1 cut-outs that cost the trunk its context.
+    # The maps' shape (conv weights) is learnt more slowly than the rest (kept from before
+    # the maps were standardised, when a fast slope turned them into 0/1 cut-outs).
     weights = [p for gate in gates_of(model).values() for p in gate.shape_parameters()]
     levels = [p for p in gate_params if all(p is not w for w in weights)]
     optimizer = torch.optim.Adam(
@@ -445,7 +446,7 @@ def train_gates(
     generator = torch.Generator().manual_seed(cfg.seed)
     progress = TrainingState(gate_params, optimizer, schedule, generator)
     resume_file = resume_path(cfg.out)
-    this_run = run_key(cfg, key, files)
+    this_run = run_key(cfg, split.key, split.files)
     first_step = progress.restore(resume_file, this_run)
     kl = torch.tensor(0.0)
     for step in range(first_step, cfg.steps):
@@ -455,20 +456,12 @@ def train_gates(
         logits, maps = gated_forward(model, batch.features)
         kl = distillation_kl(logits, batch.logits)
         mismatch = evidence_mismatch(maps, batch.evidence)
-        # The budget binds the batch, not each photo: a photo filled by its object may keep
-        # everything open, one with a small object very little.
-        opening = torch.stack([m.mean() for m in maps])
-        assert cfg.evidence is not None  # set by __post_init__
-        loss = kl + cfg.evidence * mismatch
-        if cfg.target_open:
-            loss = loss + cfg.sparsity * (opening - torch.tensor(cfg.target_open)).pow(2).sum()
-        progress.step(loss, step + 1, cfg.steps, resume_file, this_run)
+        progress.step(kl + cfg.evidence * mismatch, step + 1, cfg.steps, resume_file, this_run)
         stats = {"kl": kl.item(), "mismatch": mismatch.item()}
-        stats |= {f"open{i}": o.item() for i, o in enumerate(opening)}
         on_step(step + 1, cfg.steps, stats)
 
     set_fill(model, 0.0)
-    agreement, openings = holdout_scores(model, hold_set, cfg.batch_size)
+    agreement, map_means = holdout_scores(model, hold_set, cfg.batch_size)
     state = model.attention.state_dict()
     gates = {f"attention.{k}": v.detach().contiguous() for k, v in state.items()}
     gates["pool_gain"] = model.pool_gain.detach().clone()
@@ -476,10 +469,10 @@ def train_gates(
     return TrainReport(
         resumed_from=first_step,
         config={k: str(v) for k, v in asdict(cfg).items()},
-        train_images=len(train),
-        holdout_images=len(holdout),
+        train_images=len(split.train),
+        holdout_images=len(split.holdout),
         holdout_agreement=agreement,
-        holdout_opening=openings,
+        holdout_map_means=map_means,
         final_kl=kl.item(),
     )
 
@@ -488,12 +481,12 @@ def train_gates(
 def holdout_scores(
     model: EfficientNetLite, photos: TrunkCache, batch_size: int
 ) -> tuple[float, list[float]]:
-    """Top-1 agreement with the trunk, and each gate's mean opening, on held-out photos."""
-    agree, openings = 0, torch.zeros(len(model.attention))
+    """Top-1 agreement with the trunk, and the mean of each gate's map, on held-out photos."""
+    agree, means = 0, torch.zeros(len(model.attention))
     for start in range(0, len(photos), batch_size):
         batch = photos[start : start + batch_size]
         logits, maps = gated_forward(model, batch.features)
         agree += int((logits.argmax(1) == batch.logits.argmax(1)).sum())
-        openings += torch.stack([m.mean(dim=(1, 2, 3)).sum() for m in maps])
+        means += torch.stack([m.mean(dim=(1, 2, 3)).sum() for m in maps])
     n = max(len(photos), 1)
-    return agree / n, (openings / n).tolist()
+    return agree / n, (means / n).tolist()

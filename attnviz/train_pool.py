@@ -177,7 +177,7 @@ def train_attention_pool(
         train_images=len(train),
         holdout_images=len(holdout),
         holdout_agreement=agreement,
-        holdout_opening=[opening_held],
+        holdout_map_means=[opening_held],
         final_kl=kl.item(),
     )
 

@@ -1,7 +1,7 @@
 """How much the shipped non-local block learnt, and how peaked its attention is.
 
 - parameters of the block, and how far θ, φ, g and W_z moved from the initialisation the
-  fine-tuning started from (seed 0, as ``attnviz.finetune`` builds it);
+  label fine-tuning (step 1 of the model card's recipe) started from (seed 0);
 - on each photo given: the mean over queries of the largest attention weight (uniform
   attention over 14×14 would give 1/196), and how many distinct positions are some
   query's most attended one; the same largest weight for the block the fine-tuning

@@ -174,13 +174,13 @@ def test_an_interrupted_run_resumes_and_ends_as_if_never_stopped(tmp_path: Path)
         torch.testing.assert_close(a[key], b[key])
 
 
-def test_attnviz_train_family_attnpool_runs_and_refuses_the_gate_families_budgets(
+def test_attnviz_train_family_attnpool_runs_and_refuses_the_gate_families_floors(
     tmp_path: Path,
 ) -> None:
     photos, out = photos_folder(tmp_path), tmp_path / "pool.safetensors"
     runner = CliRunner()
     refused = runner.invoke(
-        app, ["train", str(photos), "--family", "attnpool", "--target-open", "0.5"]
+        app, ["train", str(photos), "--family", "attnpool", "--floors", "0.9,0.9,0.9,0.5"]
     )
     assert refused.exit_code == 2 and "not attnpool's" in refused.output
     result = runner.invoke(

@@ -1,6 +1,8 @@
-"""The Lite0 gate families (psa, multiscale, lightweight, dynamic, BAM's residual form):
-each module against its definition computed by hand, the capture protocol, the seeds
-training starts from, a short real training run that resumes, and the shipped weights."""
+"""The Lite0 gate families (cbam, psa, multiscale, lightweight, dynamic, BAM's residual
+form): each module against its definition computed by hand (logits, standardised per
+photo, M = sigmoid(4 z - 4), features scaled by floor + (1 - floor) M), the capture
+protocol, the seeds training starts from, a short real training run that resumes, and the
+shipped weights."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from attnviz.io import load_rgb
 from attnviz.models.bam import BAM, BAMGate
 from attnviz.models.dynamic import DynamicKernelGate
 from attnviz.models.efficientnet_lite import EfficientNetLite
-from attnviz.models.gates import GATE_FAMILIES, Lite0Gate, build_gate
+from attnviz.models.gate_families import GATE_FAMILIES, build_gate
+from attnviz.models.gates import Lite0Gate
 from attnviz.models.lightweight import DepthwiseSeparableGate
 from attnviz.models.multiscale import DilatedSpatialAttention
 from attnviz.models.psa import PyramidSpatialAttention
@@ -32,7 +35,7 @@ from attnviz.models.registry import (
     lite0_gates_file,
     pretrained_file,
 )
-from attnviz.train import SEED_SLOPE, TrainConfig, resume_path, seed_gates, train_gates
+from attnviz.train import FLOORS, SEED_SLOPE, TrainConfig, resume_path, seed_gates, train_gates
 from tests.conftest import attnviz as run_cli
 from tests.conftest import write_photo
 from tests.toy_models import hook_count
@@ -67,9 +70,14 @@ class Toy(nn.Module):
 # --- the definitions, written out position by position -------------------------------
 
 
-def standardised(v: Tensor) -> Tensor:
+def standardised(v: Tensor, eps: float = 1e-5) -> Tensor:
     """One map (H, W) to zero mean and unit (population) variance, as the modules do."""
-    return (v - v.mean()) / (v.std(unbiased=False) + 1e-5)
+    return (v - v.mean()) / (v.std(unbiased=False) + eps)
+
+
+def squashed(logits: Tensor) -> Tensor:
+    """A Lite0 gate's map from its logits (H, W): sigmoid(4 z - 4), z standardised."""
+    return torch.sigmoid(4 * standardised(logits, eps=1e-3) - 4)
 
 
 def pooled_by_hand(f: Tensor) -> Tensor:
@@ -107,12 +115,12 @@ def psa_by_hand(gate: PyramidSpatialAttention, f: Tensor) -> tuple[Tensor, list[
     logits = []
     for d, conv in zip(gate.divisors, gate.scales, strict=True):
         coarse = p.reshape(2, h // d, d, w // d, d).mean(dim=(2, 4))  # d x d block means
-        logit = conv_by_hand(coarse, conv.weight[0]) + conv.bias[0]
+        logit = conv_by_hand(coarse, conv.weight[0])
         logits.append(
             F.interpolate(logit[None, None], (h, w), mode="bilinear", align_corners=False)[0, 0]
         )
     fused = sum(gate.fuse.weight[0, s, 0, 0] * logits[s] for s in range(len(logits)))
-    return torch.sigmoid(fused + gate.fuse.bias[0]), [torch.sigmoid(lg) for lg in logits]
+    return squashed(fused), [squashed(lg) for lg in logits]
 
 
 def multiscale_by_hand(gate: DilatedSpatialAttention, f: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -121,16 +129,13 @@ def multiscale_by_hand(gate: DilatedSpatialAttention, f: Tensor) -> tuple[Tensor
         conv_by_hand(p, conv.weight[0], d)
         for d, conv in zip(gate.dilations, gate.branches, strict=True)
     ]
-    parts = [torch.sigmoid(b + gate.bias) for b in branches]
-    return torch.sigmoid(sum(branches) + gate.bias), parts
+    return squashed(sum(branches)), [squashed(b) for b in branches]
 
 
 def lightweight_by_hand(gate: DepthwiseSeparableGate, f: Tensor) -> Tensor:
     c = f.shape[0]
     depthwise = [conv_by_hand(f[i : i + 1], gate.depthwise.weight[i]) for i in range(c)]
-    pointwise = sum(gate.pointwise.weight[0, i, 0, 0] * depthwise[i] for i in range(c))
-    affine = gate.affine.weight[0, 0, 0, 0] * standardised(pointwise) + gate.affine.bias[0]
-    return torch.sigmoid(affine)
+    return squashed(sum(gate.pointwise.weight[0, i, 0, 0] * depthwise[i] for i in range(c)))
 
 
 def dynamic_by_hand(gate: DynamicKernelGate, f: Tensor) -> Tensor:
@@ -141,8 +146,7 @@ def dynamic_by_hand(gate: DynamicKernelGate, f: Tensor) -> Tensor:
     scores = (last.weight @ hidden + last.bias) / gate.temperature
     a = torch.exp(scores) / torch.exp(scores).sum()
     kernel = sum(a[k] * gate.weight[k] for k in range(len(a)))
-    bias = sum(a[k] * gate.bias[k] for k in range(len(a)))
-    return torch.sigmoid(conv_by_hand(pooled_by_hand(f), kernel) + bias)
+    return squashed(conv_by_hand(pooled_by_hand(f), kernel))
 
 
 # --- each family against its definition --------------------------------------------
@@ -150,6 +154,7 @@ def dynamic_by_hand(gate: DynamicKernelGate, f: Tensor) -> Tensor:
 
 def test_psa_fused_map_and_scale_parts_match_the_definition() -> None:
     gate = randomised(PyramidSpatialAttention())
+    gate.floor.fill_(0.8)
     features = torch.randn(2, 6, 8, 8)
     with torch.no_grad(), capture_maps(nn.Sequential(gate), "all") as maps:
         out = gate(features)
@@ -163,7 +168,8 @@ def test_psa_fused_map_and_scale_parts_match_the_definition() -> None:
             assert weights.shape == weighted.shape == (2, 1, 8, 8)
             assert 0.0 <= weights.min() and weights.max() <= 1.0
             torch.testing.assert_close(weights[n, 0], expected, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(out, capture.weights * features)
+    torch.testing.assert_close(out, (0.8 + 0.2 * capture.weights) * features)
+    assert capture.applied == "0.8 + 0.2 M"
     # The scales do differ: a pyramid whose levels all said the same would show nothing.
     assert (capture.parts["scale 1"][0] - capture.parts["scale 1/4"][0]).abs().max() > 0.01
 
@@ -198,10 +204,10 @@ def test_lightweight_map_matches_the_definition_and_is_far_smaller_than_bam() ->
     for n in range(2):
         expected = lightweight_by_hand(gate, features[n])
         torch.testing.assert_close(maps["0"].weights[n, 0], expected, atol=1e-5, rtol=1e-4)
-    # On the head's 1280 channels: C * (9 + 1) + 2 weights, against BAM's spatial branch.
+    # On the head's 1280 channels: C * (9 + 1) weights, against BAM's spatial branch.
     light = sum(p.numel() for p in DepthwiseSeparableGate(1280).parameters())
     bam = sum(p.numel() for p in BAM(1280).spatial_att.parameters())
-    assert light == 1280 * 10 + 2 and bam > 15 * light
+    assert light == 1280 * 10 and bam > 15 * light
 
 
 def test_dynamic_kernel_is_chosen_per_photo_as_defined() -> None:
@@ -219,23 +225,33 @@ def test_dynamic_kernel_is_chosen_per_photo_as_defined() -> None:
     assert list(maps["0"].parts) == ["kernel 1", "kernel 2", "kernel 3"]
 
 
-def test_bam_gate_applies_bams_residual_form_and_shows_its_spatial_branch() -> None:
+def test_bam_gate_applies_bams_residual_form_above_its_floor_and_shows_its_spatial_map() -> None:
+    """BAM's (1 + sigmoid(c s)) F is 2 (0.5 + 0.5 sigmoid(c s)) F; the Lite0 slot makes the
+    0.5 a floor, and standardises the spatial logits: s = 4 z - 4, M = sigmoid(s)."""
     gate = randomised(BAMGate(32))
+    gate.floor.fill_(0.5)
     plain = BAM(32).eval()
-    plain.load_state_dict(gate.state_dict())  # the authors' module, same weights
+    plain.load_state_dict(gate.state_dict(), strict=False)  # the authors' module, same weights
     features = torch.randn(2, 32, 6, 6)
     with torch.no_grad(), capture_maps(nn.Sequential(gate), "all") as maps:
         out = gate(features)
-        expected = plain(features)
         spatial = plain.spatial_att(features)
         channel = plain.channel_att(features)
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(out, (1 + torch.sigmoid(channel * spatial)) * features)
-    torch.testing.assert_close(maps["0"].weights, torch.sigmoid(spatial))
-    # BAM only amplifies: the mean fill of multiplicative gates changes nothing.
+    s = torch.stack([4 * standardised(spatial[n, 0], eps=1e-3) - 4 for n in range(2)])[:, None]
+    torch.testing.assert_close(maps["0"].weights, torch.sigmoid(s))
+    torch.testing.assert_close(out, (0.5 + 0.5 * torch.sigmoid(channel * s)) * features)
+    assert maps["0"].applied == "0.5 + 0.5 sigmoid(c s), M = sigmoid(s)"
+    # With the authors' logits (no standardisation), floor 0.5 is their module halved.
+    gate.sharpness.fill_(1.0)
+    gate.offset.fill_(0.0)
+    with torch.no_grad():
+        unit = torch.stack([standardised(spatial[n, 0], eps=1e-3) for n in range(2)])[:, None]
+        authors = (1 + torch.sigmoid(channel * unit)) * features
+        torch.testing.assert_close(2 * gate.gated(features, torch.sigmoid(unit)), authors)
+    # BAM only scales up from its floor: the mean fill of multiplicative gates does nothing.
     gate.fill = 0.7
     with torch.no_grad():
-        torch.testing.assert_close(gate(features), expected)
+        torch.testing.assert_close(gate.gated(features, torch.sigmoid(unit)), authors / 2)
 
 
 # --- the interface every family shares -----------------------------------------------
@@ -266,15 +282,18 @@ def test_every_family_is_attention_with_unit_maps_and_leaves_no_hooks(family: st
 @pytest.mark.parametrize("family", sorted(GATE_FAMILIES))
 def test_gated_is_the_forward_pass_and_fill_refills_what_is_suppressed(family: str) -> None:
     gate = randomised(build_gate(family, 8), seed=2)
+    gate.floor.fill_(0.6)
     features = torch.randn(2, 8, 6, 6)
     with torch.no_grad():
         weights = gate.attention_map(features)
         torch.testing.assert_close(gate.gated(features, weights), gate(features))
         if family == "bam":
             return  # residual: checked against the authors' module above
+        torch.testing.assert_close(gate(features), (0.6 + 0.4 * weights) * features)
         gate.fill = 0.5
+        applied = 0.6 + 0.4 * weights
         mean = features.mean(dim=(2, 3), keepdim=True)
-        expected = features * weights + (1 - weights) * 0.5 * mean
+        expected = features * applied + (1 - applied) * 0.5 * mean
         torch.testing.assert_close(gate.gated(features, weights), expected)
 
 
@@ -299,54 +318,50 @@ def test_lite0s_cbam_gate_standardises_its_logits_and_applies_its_floor() -> Non
     assert (spans > 0.5).all()
 
 
-def seeded_start(v: Tensor, bias: float) -> Tensor:
-    return torch.sigmoid(SEED_SLOPE * standardised(v) + bias)
-
-
 @pytest.mark.parametrize("family", ["cbam", "multiscale", "lightweight", "dynamic"])
 def test_seeded_gates_start_from_the_standardised_channel_mean(family: str) -> None:
     gate = randomised(build_gate(family, 8), seed=3)
     torch.manual_seed(0)
-    gate.seed(SEED_SLOPE, 1.5)  # type: ignore[operator]
+    gate.seed(SEED_SLOPE)  # type: ignore[operator]
     features = torch.randn(1, 8, 6, 6)
     with torch.no_grad():
         weights = gate.attention_map(features)  # type: ignore[operator]
-    expected = seeded_start(features[0].mean(0), 1.5)
-    if family == "cbam":  # its logits are standardised per photo, then sigmoid(4 z - 4)
-        logits = SEED_SLOPE * standardised(features[0].mean(0))  # the bias is standardised away
-        z = (logits - logits.mean()) / (logits.std(correction=0) + 1e-3)
-        expected = torch.sigmoid(4 * z - 4)
-    # The dynamic gate's kernels are spread a little around the seed (see SEED_JITTER).
-    atol = 0.05 if family == "dynamic" else 1e-5
-    torch.testing.assert_close(weights[0, 0], expected, atol=atol, rtol=0)
+    mean = features[0].mean(0)
+    # The lightweight gate sees the channels themselves; the others their standardised pools.
+    expected = squashed(SEED_SLOPE * (mean if family == "lightweight" else standardised(mean)))
+    if family == "dynamic":
+        # Its kernels are spread a little around the seed (SEED_JITTER), which the
+        # standardisation magnifies: the map follows the channel mean, not exactly.
+        a, b = weights[0, 0].flatten(), expected.flatten()
+        assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9
+    else:
+        torch.testing.assert_close(weights[0, 0], expected, atol=1e-5, rtol=0)
 
 
 def test_seeded_psa_starts_from_the_channel_mean_at_every_scale() -> None:
     gate = randomised(PyramidSpatialAttention())
-    gate.seed(SEED_SLOPE, 1.5)
+    gate.seed(SEED_SLOPE)
     features = torch.randn(1, 8, 8, 8)
     with torch.no_grad():
-        _, scales = gate.maps(features)
+        scales = [gate.squashed(lg) for lg in gate.part_logits(features).values()]
     full = pooled_by_hand(features[0])[0]
-    torch.testing.assert_close(scales[0][0, 0], torch.sigmoid(SEED_SLOPE * full), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scales[0][0, 0], squashed(SEED_SLOPE * full), atol=1e-5, rtol=0)
     coarse = full.reshape(2, 4, 2, 4).mean(dim=(1, 3))  # the 1/4 scale's 2x2 block means
     up = F.interpolate(coarse[None, None], (8, 8), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(
-        scales[2][0, 0], torch.sigmoid(SEED_SLOPE * up[0, 0]), atol=1e-5, rtol=0
-    )
+    torch.testing.assert_close(scales[2][0, 0], squashed(SEED_SLOPE * up[0, 0]), atol=1e-5, rtol=0)
 
 
-def test_seeded_bam_block_gate_barely_changes_the_features() -> None:
+def test_seeded_bam_block_gate_starts_flat_just_above_its_floor() -> None:
     gate = randomised(BAMGate(40))
-    gate.seed(SEED_SLOPE, 4.0)
+    gate.seed(SEED_SLOPE)
+    gate.floor.fill_(FLOORS[0])
     features = torch.randn(2, 40, 6, 6)
     with torch.no_grad():
         weights = gate.attention_map(features)
         out = gate(features)
-    torch.testing.assert_close(
-        weights, torch.full_like(weights, torch.sigmoid(torch.tensor(-4.0)).item())
-    )
-    torch.testing.assert_close(out, features * (1 + weights))
+    closed = torch.sigmoid(torch.tensor(-4.0)).item()  # a flat map's standardised sigmoid
+    torch.testing.assert_close(weights, torch.full_like(weights, closed))
+    torch.testing.assert_close(out, features * (FLOORS[0] + (1 - FLOORS[0]) * closed))
 
 
 @pytest.mark.parametrize("family", sorted(GATE_FAMILIES))
@@ -359,7 +374,10 @@ def test_seeded_head_gate_and_gain_leave_a_flat_head_unchanged(family: str) -> N
         gated = model.head(flat)
         with model.gates_disabled():
             bare = model.head(flat)
-    torch.testing.assert_close(gated, bare, atol=1e-3, rtol=1e-3)
+    # The dynamic gate's jittered kernels (SEED_JITTER) turn the rounding left in a flat
+    # map's standardisation into a faint pattern (M from 0.01 to 0.07 instead of 0.018).
+    tolerance = 0.02 if family == "dynamic" else 1e-3
+    torch.testing.assert_close(gated, bare, atol=tolerance, rtol=tolerance)
 
 
 def test_an_unknown_family_is_a_clear_error(tmp_path: Path) -> None:
@@ -369,22 +387,17 @@ def test_an_unknown_family_is_a_clear_error(tmp_path: Path) -> None:
     assert code != 0 and "unknown gate family 'nope'" in output and "Traceback" not in output
 
 
-def test_default_outputs_and_targets_follow_the_family(tmp_path: Path) -> None:
+def test_default_outputs_and_floors_and_the_options_each_family_refuses(tmp_path: Path) -> None:
     assert TrainConfig(data=[tmp_path], family="psa").out == Path(
         "pretrained/lite0-psa.safetensors"
     )
-    assert TrainConfig(data=[tmp_path], family="psa").target_open == (0.995, 0.99, 0.98, 0.5)
-    # CBAM's gates standardise their logits: their maps span the scale without a budget.
     cbam = TrainConfig(data=[tmp_path])
-    assert cbam.target_open == () and cbam.evidence == 1.0
-    assert cbam.floors == (0.95, 0.95, 0.95, 0.7)
-    for budget in (["--target-open", "0.99,0.99,0.98,0.5"], ["--sparsity", "3"]):
-        code, output = run_cli("train", tmp_path, "--family", "cbam", *budget)
-        assert code == 2 and "cbam" in output, output
-    # BAM's residual gate leaves the trunk alone where its map is closed: mirrored budgets.
-    bam = TrainConfig(data=[tmp_path], family="bam").target_open
-    assert bam is not None
-    torch.testing.assert_close(torch.tensor(bam), torch.tensor([0.005, 0.01, 0.02, 0.5]))
+    assert cbam.floors == (0.95, 0.95, 0.95, 0.7) and cbam.evidence == 1.0
+    for floors in ("0.9,0.9,0.5", "0.9,0.9,0.9,1.5", "0.9,x,0.9,0.5"):
+        code, output = run_cli("train", tmp_path, "--family", "psa", "--floors", floors)
+        assert code == 2 and "floor" in output and "Traceback" not in output, output
+    code, output = run_cli("train", tmp_path, "--family", "bam", "--area", "0.5")
+    assert code == 2 and "attnpool" in output, output
 
 
 # --- training: a short real run per family, interrupted and resumed ------------------
@@ -427,7 +440,7 @@ def test_a_short_run_trains_and_resumes_each_family(
     logged: list[dict[str, float]] = []
     report = train_gates(straight, on_step=lambda step, total, stats: logged.append(stats))
     assert len(logged) == 4 and all(s["kl"] >= 0 for s in logged)
-    assert 0.0 <= report.holdout_agreement <= 1.0 and len(report.holdout_opening) == 4
+    assert 0.0 <= report.holdout_agreement <= 1.0 and len(report.holdout_map_means) == 4
 
     def stop_after_step_2(step: int, total: int, stats: dict[str, float]) -> None:
         if step == 2:
@@ -450,12 +463,18 @@ def test_a_short_run_trains_and_resumes_each_family(
     assert not unexpected
     assert {k.split(".")[1] for k in a if k.startswith("attention.")} == set(LITE0_GATES)
     assert not [k for k in missing if k.startswith("attention.") or k == "pool_gain"]
-    # Training moved the gates away from their seed.
+    # Training moved the gates' shape away from where train_gates seeded it.
+    torch.manual_seed(straight.seed)
     seeded = build_lite0(family, with_gates=False)
-    torch.manual_seed(0)
     seed_gates(seeded)  # type: ignore[arg-type]
     seeded_state = seeded.state_dict()
-    assert any(not torch.equal(a[k], seeded_state[k]) for k in a if "weight" in k)
+    shapes = {
+        f"attention.{name}.{key}"
+        for name, gate in seeded.attention.items()
+        for key, p in gate.named_parameters()
+        if any(p is shape for shape in gate.shape_parameters())
+    }
+    assert shapes and any(not torch.equal(a[k], seeded_state[k]) for k in shapes)
 
 
 # --- the shipped weights -------------------------------------------------------------
@@ -488,17 +507,13 @@ def test_shipped_family_loads_strictly_and_gives_graded_maps(family: str) -> Non
     for name, capture in maps.items():
         weights = capture.weights[:, 0]
         assert 0.0 <= weights.min() and weights.max() <= 1.0
-        least_range = 0.05 if name == "attention.head" else 0.002
-        if family == "bam":
-            # BAM's residual maps are faint (model card): on these photos the head map spans
-            # 0.02-0.04 around 0.49, the block maps 0.0002-0.002 around their budgets.
-            least_range = 0.01 if name == "attention.head" else 1e-4
-        least_spread = 3e-5 if family == "bam" else 3e-4
-        if family == "lightweight" and name != "attention.head":
-            # Its block gates learnt to stay open (model card): the maps span 3e-5 (block 10)
-            # to 6e-3 (block 15) on these photos; still not constant.
-            least_range, least_spread = 1e-5, 1e-6
+        # Every map uses its scale: a gate that stays open everywhere is not attention.
         per_photo_range = weights.amax(dim=(1, 2)) - weights.amin(dim=(1, 2))
-        assert (per_photo_range > least_range).all(), f"{name} is constant over a photo"
+        assert (per_photo_range > 0.3).all(), f"{name} spans {per_photo_range.tolist()}"
+        # Half the scale on a typical photo; BAM's block-10 plateaus reach 0.45 (model card).
+        typical = 0.4 if (family, name) == ("bam", "attention.block10") else 0.5
+        assert per_photo_range.quantile(0.5) >= typical, f"{name}: {per_photo_range.tolist()}"
         spread = (weights[0] - weights[1]).abs().mean()
-        assert spread > least_spread, f"{name}: same map for two photos"
+        assert spread > 0.01, f"{name}: same map for two photos"
+        floor = float(model.net.get_submodule(name).floor)
+        assert capture.applied is not None and capture.applied.startswith(f"{floor:g} + ")

@@ -97,10 +97,14 @@ def test_gates_for_another_model_are_refused_in_one_line(trained: Path, tmp_path
 
 
 def test_another_built_ins_gate_file_is_named_and_exits_2(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
     from attnviz.models.registry import pretrained_file
 
     photo = write_photo(tmp_path / "p.jpg")
-    psa_file = pretrained_file("lite0-psa.safetensors")  # written before metadata existed
+    # Without the metadata that says what it was trained for, as older files were written.
+    psa_file = tmp_path / "psa-gates.safetensors"
+    save_file(load_file(str(pretrained_file("lite0-psa.safetensors"))), str(psa_file))
     code, output = attnviz("run", photo, "--model", "lite0-cbam", "--weights", psa_file,
                            "--out", tmp_path / "o")  # fmt: skip
     assert code == 2

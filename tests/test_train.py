@@ -48,7 +48,8 @@ def test_evidence_mismatch_is_zero_for_a_matching_map_and_two_for_its_opposite()
 
 
 def test_seeded_head_gate_leaves_the_logits_of_a_flat_feature_map_unchanged() -> None:
-    """Where the channel mean is flat, the seeded head gate is 1/2 and the gain gives it back."""
+    """Where the channel mean is flat, the seeded head gate scales the features by about
+    0.7 + 0.3 sigmoid(-4) and the gain gives that back."""
     torch.manual_seed(0)
     model = EfficientNetLite(gate_head=True).eval()
     seed_gates(model)
@@ -72,7 +73,7 @@ def test_a_short_training_run_writes_loadable_gates(tmp_path: Path) -> None:
     assert len(steps) == 3 and all(s["kl"] >= 0 and 0 <= s["mismatch"] <= 8 for s in steps)
     assert report.train_images == 8 and report.holdout_images == 4
     assert 0.0 <= report.holdout_agreement <= 1.0
-    assert len(report.holdout_opening) == len(LITE0_GATES)
+    assert len(report.holdout_map_means) == len(LITE0_GATES)
     shipped = load_file(str(out))
     assert "pool_gain" in shipped
     assert {k.split(".")[1] for k in shipped if k.startswith("attention.")} == set(LITE0_GATES)

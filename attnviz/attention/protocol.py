@@ -56,18 +56,26 @@ class AttentionCapture:
 
     @classmethod
     def of_gate(
-        cls, weights: Tensor, features: Tensor, parts: Mapping[str, Tensor] | None = None
+        cls,
+        weights: Tensor,
+        features: Tensor,
+        parts: Mapping[str, Tensor] | None = None,
+        applied: Callable[[Tensor], Tensor] | None = None,
+        caption: str | None = None,
     ) -> AttentionCapture:
-        """A multiplicative gate's capture: its map M and |M * F|, and each part's map M_p
-        (N, 1, h, w) with its own |M_p * F|."""
+        """A gate's capture: its map M and |applied(M) * F|, and each part's map M_p
+        (N, 1, h, w) with its own |applied(M_p) * F|. ``applied`` is what multiplies the
+        features given a map (M itself by default), ``caption`` says it in words."""
 
         def weighted(m: Tensor) -> Tensor:
-            return (m * features).detach().abs().mean(dim=1, keepdim=True)
+            scale = m if applied is None else applied(m)
+            return (scale * features).detach().abs().mean(dim=1, keepdim=True)
 
         return cls(
             weights.detach(),
             weighted(weights),
             parts={name: (m.detach(), weighted(m)) for name, m in (parts or {}).items()},
+            applied=caption,
         )
 
 

@@ -34,9 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnviz.attention.protocol import AttentionCapture, keep_maps, kept_maps
-from attnviz.models.cbam import applied_caption, floored, standardised_sigmoid
 from attnviz.models.efficientnet_lite import EfficientNetLite
-from attnviz.models.gates import Switchable
+from attnviz.models.gates import Switchable, applied_caption, floored, standardised_sigmoid
 
 FINE_BLOCK = 4  # the last block of the stride-8 stage: 40 channels, 28 x 28 at 224 px
 LOCAL_BLOCK = 10  # the last block of the stride-16 stage: 112 channels, 14 x 14 at 224 px

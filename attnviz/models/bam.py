@@ -18,6 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from attnviz.attention.protocol import AttentionCapture
+from attnviz.models.gates import (
+    add_map_buffers,
+    applied_caption,
+    captured_map,
+    computed_map,
+    floored,
+    standardised_sigmoid,
+)
 
 
 class BAMChannelGate(nn.Module):
@@ -97,39 +105,55 @@ class BAM(nn.Module):
 
 
 class BAMGate(BAM):
-    """BAM in a Lite0 gate slot (``lite0-bam``): the authors' residual form, unchanged.
+    """BAM in a Lite0 gate slot (``lite0-bam``): BAM's residual form with a floor.
 
-    ``attention_map`` is the map attnviz shows, sigmoid(s); ``gated`` applies what BAM
-    applies, ``(1 + sigmoid(c * s)) * F``, recovering s from the map (exact wherever the
-    map is not saturated in float32, |s| < 16). BAM only amplifies, so ``fill`` (which
-    refills what a multiplicative gate suppresses) has nothing to do here.
-
-    A residual gate leaves the features as they are where its map is *closed*: training
-    seeds it mirrored (``seed`` negates the bias a multiplicative gate would get, so the
-    block gates start at sigmoid(-4) = 0.018, adding 2 % to F) and pulls the block maps'
-    mean towards 1 minus the multiplicative gates' targets (``gates.RESIDUAL_FAMILIES``).
+    The authors' ``(1 + sigmoid(c * s)) * F`` is twice ``(0.5 + 0.5 sigmoid(c * s)) * F``;
+    here the floor is a setting, as for the other Lite0 gates:
+    ``F_out = (floor + (1 - floor) sigmoid(c * s)) * F``, and the spatial logits are
+    standardised per photo as theirs are (``gates.StandardisedGate``):
+    ``s = sharpness z + offset``. ``attention_map`` is the map attnviz shows,
+    M = sigmoid(s); ``gated`` recovers s from it (approximately where M saturates in
+    float32, |s| > 16: what is applied there is off by less than 0.003). BAM only scales
+    up from its floor, so ``fill`` (which refills what a multiplicative gate suppresses)
+    has nothing to do here.
     """
+
+    floor: Tensor
+    sharpness: Tensor
+    offset: Tensor
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         # The authors' r = 16 leaves block 4's 40 channels 2 hidden units; fewer than one
         # would leave none, so the reduction never goes below one unit.
         super().__init__(channels, min(reduction, channels))
+        add_map_buffers(self)
         self.fill = 0.0
 
     def attention_map(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(self.spatial_att(x))
+        return standardised_sigmoid(self.spatial_att(x), self.sharpness, self.offset)
 
     def gated(self, x: Tensor, weights: Tensor) -> Tensor:
         spatial = torch.logit(weights, eps=1e-7)
-        return (1.0 + torch.sigmoid(self.channel_att(x) * spatial)) * x
+        return floored(torch.sigmoid(self.channel_att(x) * spatial), self.floor) * x
 
-    def seed(self, slope: float, bias: float) -> None:
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gated(x, computed_map(self, x))
+
+    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
+        features = inputs[0]
+        weights = captured_map(self, features)
+        weighted = output if isinstance(output, Tensor) else self.gated(features, weights)
+        applied = applied_caption(float(self.floor), "sigmoid(c s)") or "sigmoid(c s)"
+        return AttentionCapture.from_weighted(weights, weighted, f"{applied}, M = sigmoid(s)")
+
+    def seed(self, slope: float) -> None:
         # BAM's spatial branch sees the raw channels through a learnt 1x1 reduction, not
         # their mean: it starts flat (final conv zero) and learns its shape; the channel
-        # branch starts at c = 1 for every channel, so the output starts as (1 + map) * F.
+        # branch starts at c = 1 for every channel, so the output starts as
+        # (floor + (1 - floor) M) * F.
         spatial_final = self.spatial_att.gate_s.gate_s_conv_final
         nn.init.zeros_(spatial_final.weight)
-        nn.init.constant_(spatial_final.bias, -bias)
+        nn.init.zeros_(spatial_final.bias)
         channel_final = self.channel_att.gate_c.gate_c_fc_final
         nn.init.zeros_(channel_final.weight)
         nn.init.ones_(channel_final.bias)

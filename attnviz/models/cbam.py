@@ -9,15 +9,24 @@ Submodule names follow the CBAM authors' ImageNet code (``ChannelGate.mlp.{1,3}`
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from attnviz.attention.protocol import AttentionCapture, keep_maps, kept_maps
-from attnviz.models.gates import mean_filled, seed_centre_tap
-
-PoolOrder = Literal["avg-max", "max-avg"]
+from attnviz.attention.protocol import AttentionCapture
+from attnviz.models.gates import (
+    PoolOrder,
+    add_map_buffers,
+    applied_caption,
+    captured_map,
+    channel_pool,
+    computed_map,
+    floored,
+    mean_filled,
+    seed_centre_tap,
+    standardised_sigmoid,
+    standardize_per_image,
+)
 
 
 class ConvBN(nn.Module):
@@ -33,42 +42,6 @@ class ConvBN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
         return self.bn(x) if self.bn is not None else x
-
-
-def channel_pool(x: Tensor, order: PoolOrder) -> Tensor:
-    """Stack the channel-wise mean and max of ``x`` (N, C, H, W) into (N, 2, H, W)."""
-    avg = x.mean(dim=1, keepdim=True)
-    mx = x.amax(dim=1, keepdim=True)
-    return torch.cat([avg, mx] if order == "avg-max" else [mx, avg], dim=1)
-
-
-def standardize_per_image(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """Zero mean, unit variance per image and channel over the spatial positions.
-
-    The raw pooled maps of a deep layer have a large, image-dependent scale; without this
-    the gate's convolution sees wildly varying inputs and training diverges.
-    """
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    std = x.std(dim=(2, 3), keepdim=True, unbiased=False)
-    return (x - mean) / (std + eps)
-
-
-def standardised_sigmoid(logits: Tensor, sharpness: Tensor, offset: Tensor) -> Tensor:
-    """M = sigmoid(sharpness z + offset), z the logits standardised over each photo's
-    positions: the map uses the [0, 1] scale whatever the logits' level, which moves with
-    the photo and the input size. Logits that do not vary give sigmoid(offset) everywhere."""
-    return torch.sigmoid(sharpness * standardize_per_image(logits, eps=1e-3) + offset)
-
-
-def floored(weights: Tensor, floor: Tensor | float) -> Tensor:
-    """What multiplies the features: floor + (1 - floor) M, so a gate can shut without
-    starving what comes after it."""
-    return floor + (1.0 - floor) * weights
-
-
-def applied_caption(floor: float) -> str | None:
-    """How a floored map is applied, for panel 2's caption (None: the plain M)."""
-    return f"{floor:g} + {1 - floor:g} M" if floor else None
 
 
 class SpatialGate(nn.Module):
@@ -99,9 +72,7 @@ class SpatialGate(nn.Module):
             # whole [0, 1] scale (M = sigmoid(sharpness z + offset)), and the features are
             # scaled by floor + (1 - floor) M, so a gate can shut without starving the
             # layers after it. Buffers: a weights file says how its maps were made.
-            self.register_buffer("floor", torch.tensor(0.0))
-            self.register_buffer("sharpness", torch.tensor(4.0))
-            self.register_buffer("offset", torch.tensor(-4.0))
+            add_map_buffers(self)
         # Share of the spatial mean that fills suppressed positions: 0 is CBAM's plain product.
         # Only training raises it, so early gates can suppress without starving later layers.
         self.fill = 0.0
@@ -123,25 +94,22 @@ class SpatialGate(nn.Module):
     def gated(self, x: Tensor, weights: Tensor) -> Tensor:
         return mean_filled(x, self.applied(weights), self.fill)
 
-    def seed(self, slope: float, bias: float) -> None:
+    def seed(self, slope: float) -> None:
         seed_centre_tap(self.spatial.conv, 0 if self.pool_order == "avg-max" else 1, slope)
         # The authors' layout has no conv bias: BatchNorm's shift plays its part.
         shift = self.spatial.conv.bias if self.spatial.bn is None else self.spatial.bn.bias
         assert shift is not None
-        nn.init.constant_(shift, bias)
+        nn.init.zeros_(shift)
 
     def shape_parameters(self) -> list[nn.Parameter]:
         return [self.spatial.conv.weight]
 
     def forward(self, x: Tensor) -> Tensor:
-        weights = self.attention_map(x)
-        keep_maps(self, x, weights=weights)  # its capture reads it instead of recomputing
-        return self.gated(x, weights)
+        return self.gated(x, computed_map(self, x))
 
     def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
         features = inputs[0]
-        kept = kept_maps(self, features)
-        weights = kept["weights"] if kept else self.attention_map(features)
+        weights = captured_map(self, features)
         caption = applied_caption(float(self.floor)) if self.squash else None
         return AttentionCapture.from_weighted(weights, self.applied(weights) * features, caption)
 

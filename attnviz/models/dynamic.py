@@ -1,13 +1,15 @@
 """A dynamic-kernel spatial gate: the conv over the channel pools is chosen per input.
 
 As in dynamic convolution (Chen et al., CVPR 2020) and CondConv (Yang et al., 2019): K
-kernels W_1..W_K (k x k over [mean_c F; max_c F], standardised per image) are mixed with
-weights a(F) = softmax(MLP(global mean of F) / T) into one kernel per photo,
-``M = sigmoid(conv(P, sum_k a_k W_k) + sum_k a_k b_k)``, ``F_out = M * F``.
-A photo whose global content calls for a wider or a sharper map gets one.
+kernels W_1..W_K (k x k over P = [mean_c F; max_c F], standardised per image) are mixed
+with weights a(F) = softmax(MLP(global mean of F) / T) into one kernel per photo; the
+logits are ``l = conv(P, sum_k a_k W_k)``, M is their standardised sigmoid
+(``gates.StandardisedGate``) and ``F_out = (floor + (1 - floor) M) * F``. A photo whose
+global content calls for a wider or a sharper map gets one.
 
-The capture's weights are M; its parts hold each of the K kernels' own map, named
-"kernel k", so a figure can show what the mixture chose between.
+The capture's weights are M; its parts hold each of the K kernels' own map (its logits
+through the same standardised sigmoid), named "kernel k", so a figure can show what the
+mixture chose between.
 """
 
 from __future__ import annotations
@@ -16,16 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnviz.attention.protocol import AttentionCapture
-from attnviz.models.cbam import channel_pool, standardize_per_image
-from attnviz.models.gates import MultiplicativeGate
+from attnviz.models.gates import StandardisedGate, channel_pool, standardize_per_image
 
 # Spread of the kernels around the seed: identical kernels would get identical gradients
 # and the router none at all, so the mixture could never learn to choose.
 SEED_JITTER = 0.01
 
 
-class DynamicKernelGate(MultiplicativeGate):
+class DynamicKernelGate(StandardisedGate):
     """Spatial gate whose k x k kernel is a per-photo softmax mixture of K kernels."""
 
     attention_family = "dynamic-spatial"
@@ -41,8 +41,8 @@ class DynamicKernelGate(MultiplicativeGate):
         super().__init__()
         self.kernel_size = kernel_size
         self.temperature = temperature
+        # No biases: the standardisation removes the logits' level.
         self.weight = nn.Parameter(torch.zeros(kernels, 2, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(kernels))
         nn.init.kaiming_uniform_(self.weight.view(kernels, -1), a=5**0.5)
         self.router = nn.Sequential(
             nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, kernels)
@@ -52,31 +52,36 @@ class DynamicKernelGate(MultiplicativeGate):
         """Each photo's kernel weights a(F), (N, K), rows summing to 1."""
         return torch.softmax(self.router(x.mean(dim=(2, 3))) / self.temperature, dim=1)
 
-    def logits_with(self, pooled: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """Conv of each photo's pooled maps with its own kernel: weight (N, 2, k, k), bias (N,)."""
+    def logits_with(self, pooled: Tensor, weight: Tensor) -> Tensor:
+        """Conv of each photo's pooled maps with its own kernel, weight (N, 2, k, k)."""
         n, _, h, w = pooled.shape
         # One grouped conv, one group per photo, instead of a Python loop over the batch.
         out = F.conv2d(
-            pooled.reshape(1, n * 2, h, w), weight, bias, padding=self.kernel_size // 2, groups=n
+            pooled.reshape(1, n * 2, h, w), weight, padding=self.kernel_size // 2, groups=n
         )
         return out.view(n, 1, h, w)
 
     def pooled(self, x: Tensor) -> Tensor:
         return standardize_per_image(channel_pool(x, "avg-max"))
 
-    def attention_map(self, x: Tensor) -> Tensor:
-        a = self.mixture(x)
-        weight = torch.einsum("nk,kchw->nchw", a, self.weight)
-        return torch.sigmoid(self.logits_with(self.pooled(x), weight, a @ self.bias))
+    def logits(self, x: Tensor) -> Tensor:
+        weight = torch.einsum("nk,kchw->nchw", self.mixture(x), self.weight)
+        return self.logits_with(self.pooled(x), weight)
 
-    def seed(self, slope: float, bias: float) -> None:
+    def part_logits(self, x: Tensor) -> dict[str, Tensor]:
+        pooled, n = self.pooled(x), len(x)
+        return {
+            f"kernel {k + 1}": self.logits_with(pooled, self.weight[k].expand(n, -1, -1, -1))
+            for k in range(len(self.weight))
+        }
+
+    def seed(self, slope: float) -> None:
         # Every kernel starts near the channel mean's centre tap and the router's last layer
         # at zero, so the mixture is uniform and the gate starts as a seeded CBAM gate.
         k = self.kernel_size // 2
         with torch.no_grad():
             self.weight.normal_(0.0, SEED_JITTER)
             self.weight[:, 0, k, k] += slope
-        nn.init.constant_(self.bias, bias)
         last = self.router[-1]
         assert isinstance(last, nn.Linear)
         nn.init.zeros_(last.weight)
@@ -84,18 +89,3 @@ class DynamicKernelGate(MultiplicativeGate):
 
     def shape_parameters(self) -> list[nn.Parameter]:
         return [self.weight]
-
-    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
-        features = inputs[0]
-        weights = self.attention_map(features)
-        pooled = self.pooled(features)
-        n = len(features)
-        parts = {
-            f"kernel {k + 1}": torch.sigmoid(
-                self.logits_with(
-                    pooled, self.weight[k].expand(n, -1, -1, -1), self.bias[k].expand(n)
-                )
-            )
-            for k in range(len(self.weight))
-        }
-        return AttentionCapture.of_gate(weights, features, parts)

