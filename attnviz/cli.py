@@ -688,7 +688,7 @@ def eval_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Photos per forward pass.")] = 50,
     size: Annotated[
-        int | None, typer.Option(help="Input size in pixels [default: the model's].", min=32)
+        int | None, typer.Option(help="Input size in pixels (default: the model's).", min=32)
     ] = None,
     per_photo: Annotated[
         Path | None,
@@ -773,30 +773,30 @@ def train(
     ] = "cbam",
     out: Annotated[
         Path | None,
-        typer.Option(help="Where to write the gate weights [default: pretrained/lite0-FAMILY]."),
+        typer.Option(help="Where to write the gate weights (default: pretrained/lite0-FAMILY)."),
     ] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 600,
     batch_size: Annotated[
-        int | None, typer.Option(help="Photos per step [default: 32; attnpool 64].")
+        int | None, typer.Option(help="Photos per step (default: 32; attnpool 64).")
     ] = None,
     lr: Annotated[
         float | None,
-        typer.Option(help="Learning rate [default: 0.02; attnpool 0.003; nonlocal, deform 0.001]."),
+        typer.Option(help="Learning rate (default: 0.02; attnpool 0.003; nonlocal, deform 0.001)."),
     ] = None,
     floors: Annotated[
         str | None,
         typer.Option(
             help="What each gate keeps where its map is 0 (block4,10,15,head) "
-            "[default: 0.95,0.95,0.95,0.7]; not attnpool."
+            "(default: 0.95,0.95,0.95,0.7); not attnpool."
         ),
     ] = None,
     area: Annotated[
         float | None,
-        typer.Option(help="attnpool only: weight of the map's mean [default: 0.6]."),
+        typer.Option(help="attnpool only: weight of the map's mean (default: 0.6)."),
     ] = None,
     evidence: Annotated[
         float | None,
-        typer.Option(help="Weight of the agreement with the trunk's class evidence [default: 1]."),
+        typer.Option(help="Weight of the agreement with the trunk's class evidence (default: 1)."),
     ] = None,
     cache: Annotated[
         Path | None, typer.Option(help="File to keep the frozen trunk's features for reruns.")

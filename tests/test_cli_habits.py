@@ -307,3 +307,23 @@ def test_doctor_reports_a_broken_config_file(project: Path) -> None:
     code, output = attnviz("doctor")
     assert code == 1, output
     assert re.search(r"config\s*│\s*fail", output), output
+
+
+def test_no_help_text_has_square_brackets_that_rich_would_swallow() -> None:
+    """Rich reads '[default: 32]' in a help text as a markup tag and prints nothing: the
+    defaults a help text names go in parentheses."""
+    group = typer.main.get_command(app)
+    swallowed = [
+        f"{name} {param.name}: {param.help}"
+        for name, command in group.commands.items()  # type: ignore[attr-defined]
+        for param in command.params
+        if re.search(r"\[[a-z]", getattr(param, "help", None) or "")
+    ]
+    assert not swallowed, swallowed
+
+
+def test_train_help_shows_its_defaults() -> None:
+    code, output = attnviz("train", "--help")
+    assert code == 0
+    text = " ".join(output.replace("│", " ").split())
+    assert "(default: pretrained/lite0-FAMILY)" in text and "(default: 0.95,0.95,0.95,0.7)" in text
