@@ -47,6 +47,15 @@ def summary_count(output: str, row: str) -> int:
     return int(match.group(1))
 
 
+@pytest.fixture(scope="module")
+def training_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twelve small synthetic photos: enough for short real training runs."""
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(12):
+        write_photo(folder / f"p{i}.png", size=(80, 64), seed=i)
+    return folder
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -37,7 +37,6 @@ from attnviz.models.registry import (
 )
 from attnviz.train import FLOORS, SEED_SLOPE, TrainConfig, resume_path, seed_gates, train_gates
 from tests.conftest import attnviz as run_cli
-from tests.conftest import write_photo
 from tests.toy_models import hook_count
 
 NEW_FAMILIES = ("psa", "multiscale", "lightweight", "dynamic", "bam")
@@ -404,14 +403,6 @@ def test_default_outputs_and_floors_and_the_options_each_family_refuses(tmp_path
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for i in range(12):
-        write_photo(folder / f"p{i}.png", size=(80, 64), seed=i)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def trunk_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One trunk cache for every family: the cached features do not depend on the gates."""
     return tmp_path_factory.mktemp("cache") / "trunk.pt"
@@ -430,10 +421,10 @@ def resume_every(steps: int) -> Iterator[None]:
 
 @pytest.mark.parametrize("family", NEW_FAMILIES)
 def test_a_short_run_trains_and_resumes_each_family(
-    family: str, photos: Path, trunk_cache: Path, tmp_path: Path
+    family: str, training_photos: Path, trunk_cache: Path, tmp_path: Path
 ) -> None:
     def config(name: str) -> TrainConfig:
-        return TrainConfig(data=[photos], family=family, out=tmp_path / name, steps=4,
+        return TrainConfig(data=[training_photos], family=family, out=tmp_path / name, steps=4,
                            batch_size=4, holdout=4, size=96, cache=trunk_cache)  # fmt: skip
 
     straight = config("straight.safetensors")

@@ -15,15 +15,6 @@ from attnviz.models.weights import read_state_dict
 from attnviz.train import RESUME_EVERY
 from attnviz.train_block import BlockTrainConfig, block_maps, train_block, where_it_looks
 from tests.conftest import attnviz as run_cli
-from tests.conftest import write_photo
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for i in range(12):
-        write_photo(folder / f"p{i}.png", size=(80, 64), seed=i)
-    return folder
 
 
 def test_the_trained_maps_are_the_ones_attnviz_shows() -> None:
@@ -52,7 +43,7 @@ def test_the_trained_maps_are_the_ones_attnviz_shows() -> None:
 
 @pytest.mark.parametrize("kind", ["nonlocal", "deform"])
 def test_a_short_run_writes_the_block_moves_it_and_resumes_exactly(
-    kind: str, photos: Path, tmp_path: Path
+    kind: str, training_photos: Path, tmp_path: Path
 ) -> None:
     steps = RESUME_EVERY + 2
 
@@ -64,9 +55,9 @@ def test_a_short_run_writes_the_block_moves_it_and_resumes_exactly(
     save_file(start, str(init))
 
     def config(name: str) -> BlockTrainConfig:
-        return BlockTrainConfig(data=[photos], family=kind, out=tmp_path / name, steps=steps,
-                                batch_size=4, holdout=4, size=96, lr=1e-2, init=init,
-                                cache=tmp_path / "trunk.pt")  # fmt: skip
+        return BlockTrainConfig(data=[training_photos], family=kind, out=tmp_path / name,
+                                steps=steps, batch_size=4, holdout=4, size=96, lr=1e-2,
+                                init=init, cache=tmp_path / "trunk.pt")  # fmt: skip
 
     logged: list[dict[str, float]] = []
     report = train_block(config("whole.safetensors"), on_step=lambda s, t, st: logged.append(st))
@@ -101,19 +92,19 @@ def test_a_short_run_writes_the_block_moves_it_and_resumes_exactly(
 
 
 def test_attnviz_train_trains_a_block_and_refuses_the_gates_floors(
-    photos: Path, tmp_path: Path
+    training_photos: Path, tmp_path: Path
 ) -> None:
-    code, output = run_cli("train", photos, "--family", "deform", "--floors", "1,1,1,1")
+    code, output = run_cli("train", training_photos, "--family", "deform", "--floors", "1,1,1,1")
     assert code == 2 and "not deform's" in output, output
     out = tmp_path / "nl.safetensors"
-    code, output = run_cli("train", photos, "--family", "nonlocal", "--out", out, "--steps",
-                           "2", "--batch-size", "4", "--holdout", "4")  # fmt: skip
+    code, output = run_cli("train", training_photos, "--family", "nonlocal", "--out", out,
+                           "--steps", "2", "--batch-size", "4", "--holdout", "4")  # fmt: skip
     assert code == 0, output
     assert f"wrote {out}" in output.replace("\n", "") and out.is_file()
 
 
 def test_init_starts_from_a_blocks_weights_and_refuses_other_files(
-    photos: Path, tmp_path: Path
+    training_photos: Path, tmp_path: Path
 ) -> None:
     """A block whose residual branch already changes the features keeps doing so: KL
     alone gives the zero-scale branch of a fresh block no gradient."""
@@ -127,14 +118,14 @@ def test_init_starts_from_a_blocks_weights_and_refuses_other_files(
 
     save_file(start, str(init))
     out = tmp_path / "from-init.safetensors"
-    cfg = BlockTrainConfig(data=[photos], out=out, steps=2, batch_size=4, holdout=4, size=96,
-                           init=init, cache=tmp_path / "trunk.pt")  # fmt: skip
+    cfg = BlockTrainConfig(data=[training_photos], out=out, steps=2, batch_size=4, holdout=4,
+                           size=96, init=init, cache=tmp_path / "trunk.pt")  # fmt: skip
     train_block(cfg)
     trained = read_state_dict(out)["attention.block10.bn.weight"]
     assert trained.abs().min() > 0.05  # started at 0.1, not at the identity's 0
-    code, output = run_cli("train", photos, "--family", "deform", "--init", init)
+    code, output = run_cli("train", training_photos, "--family", "deform", "--init", init)
     assert code == 2 and "not the weights of lite0-deform's block" in output, output
-    code, output = run_cli("train", photos, "--family", "psa", "--init", init)
+    code, output = run_cli("train", training_photos, "--family", "psa", "--init", init)
     assert code == 2 and "--init" in output, output
 
 
