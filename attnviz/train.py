@@ -59,6 +59,11 @@ SEED_SLOPE = 0.5
 FLOORS = (0.95, 0.95, 0.95, 0.7)
 
 
+# Progress callbacks every trainer takes: (photos cached, total), and (step, steps, stats).
+OnCache = Callable[[int, int], None]
+OnStep = Callable[[int, int, dict[str, float]], None]
+
+
 def default_out(family: str) -> Path:
     return Path("pretrained") / lite0_gates_file(family)
 
@@ -134,6 +139,15 @@ def split_holdout(
     if not rest:
         raise AttnvizError(f"need more than {len(held)} training images, found {len(files)}")
     return held, rest
+
+
+def frozen(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in eval mode (its BatchNorm statistics stay as they are) with no gradients;
+    a trainer then switches on the parameters it learns."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def gates_of(model: EfficientNetLite) -> dict[str, Lite0Gate]:
@@ -264,7 +278,7 @@ def write_weights(out: Path, state: dict[str, Tensor], cfg: Any, model: str, fam
     resume_path(out).unlink(missing_ok=True)
 
 
-def counter(total: int, on_cache: Callable[[int, int], None]) -> Callable[[int], None]:
+def counter(total: int, on_cache: OnCache) -> Callable[[int], None]:
     """A ``tick(n)`` that reports the photos cached so far, out of ``total``."""
     done = 0
 
@@ -390,9 +404,7 @@ class TrunkSplit:
         return self.holdout + self.train
 
 
-def cached_trunk(
-    cfg: TrunkSettings, trunk: EfficientNetLite, on_cache: Callable[[int, int], None]
-) -> TrunkSplit:
+def cached_trunk(cfg: TrunkSettings, trunk: EfficientNetLite, on_cache: OnCache) -> TrunkSplit:
     """The hold-out split of ``cfg.data`` and the bare ``trunk``'s cache of both parts,
     read from ``cfg.cache`` when a run with the same photos and size saved it there (the
     gate families and the hosted blocks share one file)."""
@@ -415,17 +427,15 @@ def cached_trunk(
 
 def train_gates(
     cfg: TrainConfig,
-    on_cache: Callable[[int, int], None] = lambda done, total: None,
-    on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
+    on_cache: OnCache = lambda done, total: None,
+    on_step: OnStep = lambda step, total, stats: None,
 ) -> TrainReport:
     torch.manual_seed(cfg.seed)
     assert cfg.out is not None  # set by __post_init__
 
     model = build_lite0(cfg.family, with_gates=False)
     assert isinstance(model, EfficientNetLite)
-    model.eval().to(memory_format=torch.channels_last)  # BatchNorm stays frozen
-    for p in model.parameters():
-        p.requires_grad_(False)
+    frozen(model).to(memory_format=torch.channels_last)
     seed_gates(model, cfg.floors)
     gate_params = [p for gate in model.attention.values() for p in gate.parameters()]
     gate_params.append(model.pool_gain)

@@ -25,7 +25,7 @@ cache (same split, same file), carried on to the block's input once per run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,12 +44,15 @@ from attnviz.models.registry import (
 )
 from attnviz.models.weights import read_state_dict
 from attnviz.train import (
+    OnCache,
+    OnStep,
     TrainingState,
     TrainReport,
     TrunkCache,
     cached_trunk,
     distillation_kl,
     evidence_mismatch,
+    frozen,
     resume_path,
     run_key,
     write_weights,
@@ -121,16 +124,14 @@ def block_inputs(model: Lite0WithBlock, photos: TrunkCache) -> Tensor:
 
 def train_block(
     cfg: BlockTrainConfig,
-    on_cache: Callable[[int, int], None] = lambda done, total: None,
-    on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
+    on_cache: OnCache = lambda done, total: None,
+    on_step: OnStep = lambda step, total, stats: None,
 ) -> TrainReport:
     torch.manual_seed(cfg.seed)
     assert cfg.out is not None  # set by __post_init__
     model = build_lite0_block(cfg.family, with_block=False)
     assert isinstance(model, Lite0WithBlock)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    frozen(model)
     block = model.block
     if cfg.init is not None:
         prefix = f"attention.block{model.after}."

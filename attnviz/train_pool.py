@@ -35,12 +35,15 @@ from attnviz.models import LoadedModel
 from attnviz.models.attention_pool import Lite0AttentionPool
 from attnviz.models.registry import build_lite0_attnpool, get_spec, shipped_file
 from attnviz.train import (
+    OnCache,
+    OnStep,
     TrainingState,
     TrainReport,
     cached_tensors,
     counter,
     distillation_kl,
     evidence_mismatch,
+    frozen,
     resume_path,
     run_key,
     split_holdout,
@@ -106,8 +109,8 @@ def cache_trunk(
 
 def train_attention_pool(
     cfg: PoolTrainConfig,
-    on_cache: Callable[[int, int], None] = lambda done, total: None,
-    on_step: Callable[[int, int, dict[str, float]], None] = lambda step, total, stats: None,
+    on_cache: OnCache = lambda done, total: None,
+    on_step: OnStep = lambda step, total, stats: None,
 ) -> TrainReport:
     torch.manual_seed(cfg.seed)
     if not cfg.sizes:
@@ -117,9 +120,7 @@ def train_attention_pool(
 
     model = build_lite0_attnpool(with_gate=False)
     assert isinstance(model, Lite0AttentionPool)
-    model.eval()  # the trunk's BatchNorm stays frozen
-    for p in model.parameters():
-        p.requires_grad_(False)
+    frozen(model)
     gate = model.gate
     params = [*gate.parameters(), model.pool_gain]
     for p in params:
