@@ -361,14 +361,15 @@ def run(
         transient=True,
         disable=verbosity < 0,
     )
-    task = progress.add_task("[bold]attnviz", total=None, rate="-", unit="images")
+    # Loading torch and the model takes seconds before the first photo: say so meanwhile.
+    task = progress.add_task(f"loading {_printable(model)}", total=None, rate="-", unit="images")
     # A video's frames get a bar of their own while it is processed.
     frames = progress.add_task("", total=None, rate="-", unit="frames", visible=False)
 
     def on_progress(done: int, total: int) -> None:
         elapsed = progress.tasks[task].elapsed or 0.0
         rate = f"{done / elapsed:.1f}" if elapsed > 0 else "-"
-        progress.update(task, completed=done, total=total, rate=rate)
+        progress.update(task, description="[bold]attnviz", completed=done, total=total, rate=rate)
 
     def on_frames(video: str, done: int, total: int | None) -> None:
         if done == 0:

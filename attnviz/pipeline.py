@@ -307,6 +307,7 @@ def _process(
     """
     summary = report.summary
     failed_before, total = len(summary.failed), len(todo)
+    progress(0, total)  # the model is loaded and the work known: the bar can start
     pending: _Pending = deque()
     # --strict settles every input before the next: nothing is written after a failure.
     in_flight = 0 if opts.strict else opts.batch_size

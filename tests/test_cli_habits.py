@@ -327,3 +327,15 @@ def test_train_help_shows_its_defaults() -> None:
     assert code == 0
     text = " ".join(output.replace("│", " ").split())
     assert "(default: pretrained/lite0-FAMILY)" in text and "(default: 0.95,0.95,0.95,0.7)" in text
+
+
+def test_a_live_terminal_says_the_model_is_loading_before_the_bar_counts(
+    project: Path,
+) -> None:
+    """Torch and the model take seconds to load: the bar names what it waits for."""
+    write_photo(project / "a.jpg")
+    result = attnviz_process("run", "a.jpg", TTY_INTERACTIVE="1", TTY_COMPATIBLE="1")
+    assert result.returncode == 0, result.stderr
+    frames = SGR.sub("", result.stderr).replace("\r", "\n")
+    assert f"loading {DEFAULT_MODEL}" in frames, frames
+    assert re.search(r"attnviz\s.*1/1", frames), frames
