@@ -7,7 +7,6 @@ each command imports what it needs when it runs.
 from __future__ import annotations
 
 import math
-import os
 import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -19,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from attnviz import DEFAULT_MODEL, __version__
+from attnviz.cli_help import HelpCommand, HelpGroup, colour_off, option_kind
 from attnviz.errors import AttnvizError, UsageError
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from attnviz.pipeline import RunSummary
 
 app = typer.Typer(
+    cls=HelpGroup,
     help="See where a vision network's spatial attention lands.\n\n"
     "Example: attnviz run photo.jpg --out figures/",
     no_args_is_help=True,
@@ -38,25 +39,18 @@ app = typer.Typer(
 )
 
 MODEL_HELP = (
-    "Built-in model (see `attnviz models`), path/to/file.py:factory, package.module:factory "
-    "(runs that code) or timm:NAME (with --weights)."
+    "A built-in model (`attnviz models`), file.py:factory or package.module:factory (your "
+    "code), or timm:NAME."
 )
 
 
-def _colour_off() -> bool:
-    # NO_COLOR (no-color.org) means any non-empty value. rich alone would still send bold
-    # and dim escapes under NO_COLOR when FORCE_COLOR forces a terminal; a dumb terminal
-    # shows every escape as junk.
-    return os.environ.get("NO_COLOR", "") != "" or os.environ.get("TERM") == "dumb"
-
-
-if _colour_off():
-    # The help and usage-error screens use typer's own console, configured by this global.
+if colour_off():
+    # Usage-error screens use typer's own console, configured by this global.
     import typer.rich_utils
 
     typer.rich_utils.COLOR_SYSTEM = None
 
-_COLOUR = None if _colour_off() else "auto"
+_COLOUR = None if colour_off() else "auto"
 console = Console(stderr=True, color_system=_COLOUR)
 out_console = Console(color_system=_COLOUR)
 # Where the config files' defaults are kept for the commands (see _load_config).
@@ -126,23 +120,6 @@ def _load_config(ctx: typer.Context) -> None:
 
 # Options that make no sense as a project default.
 _NOT_CONFIGURABLE = frozenset({"help", "print_config", "install_completion", "show_completion"})
-# Most specific first: bool is an int, and a Path annotation may be a subclass.
-_KINDS: tuple[tuple[str, type], ...] = (
-    ("bool", bool), ("int", int), ("float", float), ("path", Path), ("str", str),
-)  # fmt: skip
-_CLICK_KINDS = {"boolean": "bool", "integer": "int", "float": "float", "path": "path"}
-
-
-def _option_kind(param: object) -> str:
-    """What TOML type an option takes: one of attnviz.config.KIND_NAMES."""
-    # Newer typer describes a parameter by its annotation; older ones by click's type.
-    descriptor = getattr(param, "type_descriptor", None)
-    if descriptor is None:
-        return _CLICK_KINDS.get(getattr(getattr(param, "type", None), "name", ""), "str")
-    annotation = descriptor.annotation
-    if isinstance(annotation, type):
-        return next((kind for kind, cls in _KINDS if issubclass(annotation, cls)), "str")
-    return "str"
 
 
 def _option_schema(group: object) -> Schema:
@@ -155,7 +132,7 @@ def _option_schema(group: object) -> Schema:
             OptionSpec(
                 param.name,
                 tuple(o.lstrip("-") for o in param.opts if o.startswith("--")),
-                _option_kind(param),
+                option_kind(param),
             )
             for param in command.params
             if param.param_type_name == "option"
@@ -179,7 +156,7 @@ def _parse_query(text: str | None) -> tuple[float, float] | None:
     return x, y
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def run(
     ctx: typer.Context,
     inputs: Annotated[
@@ -192,19 +169,21 @@ def run(
     out: Annotated[Path, typer.Option(help="Output folder; folder inputs are mirrored.")] = Path(
         "attnviz-out"
     ),
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help=MODEL_HELP, metavar="MODEL")] = DEFAULT_MODEL,
     weights: Annotated[
         Path | None, typer.Option(help="Checkpoint (safetensors or tensors-only torch file).")
     ] = None,
     layer: Annotated[
         str | None,
         typer.Option(
-            help="Layer name, glob, index (-1 = deepest), or 'all'. Comma-separated. The exact "
-            "name of any module with a one-channel output (N,1,h,w) works too: its output is "
-            "the map, through a sigmoid when an image's values fall outside [0, 1]."
+            help="Layer name, glob, index (-1 = deepest) or 'all'; comma-separated. Any module "
+            "with a one-channel output works too (`attnviz layers`).",
+            metavar="LAYER",
         ),
     ] = None,
-    cmap: Annotated[str, typer.Option(help="OpenCV colormap: jet, turbo, viridis, …")] = "jet",
+    cmap: Annotated[
+        str, typer.Option(help="OpenCV colormap: jet, turbo, viridis, …", metavar="NAME")
+    ] = "jet",
     method: Annotated[
         str,
         typer.Option(help="attention (the layer's weight map) or gradcam (the trunk's Grad-CAM)."),
@@ -247,7 +226,8 @@ def run(
         str,
         typer.Option(
             help="Range of the heat maps: image (per image), global (one for the run) or "
-            "fixed:LO,HI."
+            "fixed:LO,HI.",
+            metavar="MODE",
         ),
     ] = "image",
     stats: Annotated[
@@ -264,22 +244,24 @@ def run(
     parts: Annotated[
         bool,
         typer.Option(
-            help="Also each layer's parts as rows: a ViT block's heads, a pyramid's scales, a "
-            "non-local block's mean received attention, deformable sampling and modulation."
+            help="Also a row per part of each layer: a ViT block's heads, a pyramid's scales, "
+            "a deformable block's sampling, …"
         ),
     ] = False,
     query: Annotated[
         str | None,
         typer.Option(
-            help="X,Y in the photo's pixels: the point whose attention a non-local block shows "
-            "(default: where the block changes the features most; marked with a ring)."
+            help="The pixel whose attention a non-local block shows (default: where the block "
+            "changes the features most).",
+            metavar="X,Y",
         ),
     ] = None,
     shard: Annotated[
         str | None,
         typer.Option(
-            help="K/N: only this job's share of the inputs (K from 0), with its own manifest; "
-            "join the shards with `attnviz merge`."
+            help="Only job K's share of the inputs (K from 0); join the shards with "
+            "`attnviz merge`.",
+            metavar="K/N",
         ),
     ] = None,
     random_init: Annotated[
@@ -494,7 +476,7 @@ def _print_setup(model: str, device: str, workers: int | None) -> None:
     )
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def compare(
     inputs: Annotated[
         list[Path],
@@ -503,7 +485,7 @@ def compare(
     models: Annotated[
         str | None,
         typer.Option(
-            help="Rows, comma-separated: MODEL\\[@WEIGHTS]\\[#LAYER] or gradcam (Grad-CAM of the "
+            help="Rows, comma-separated: MODEL[@WEIGHTS][#LAYER] or gradcam (Grad-CAM of the "
             "first model's trunk). MODEL: a built-in name or file.py:factory. "
             "Default: every built-in model with shipped weights, then gradcam.",
         ),
@@ -532,7 +514,12 @@ def compare(
     ] = 320,
     fmt: Annotated[str, typer.Option("--format", help="png, jpg or webp.")] = "png",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Photos per forward pass.")] = 8,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Photos decoded and drawn together (on a CPU the model sees one at a time)."
+        ),
+    ] = 8,
     glob: Annotated[str | None, typer.Option(help="Only files matching this glob.")] = None,
     max_pixels: Annotated[
         int, typer.Option(help="Refuse images with more pixels than this (decompression bombs).")
@@ -548,7 +535,7 @@ def compare(
     Models load once per run. In an entry the layer follows the last '#' and the weights
     the first '@' after the model (after ':factory' for file.py:factory).
 
-    Example: attnviz compare photo.jpg --models lite0-cbam,cbam-resnet50@cbam50.pth,gradcam
+    Example: attnviz compare photo.jpg --models lite0-cbam,lite0-psa,gradcam
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -582,9 +569,9 @@ def compare(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def layers(
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help=MODEL_HELP, metavar="MODEL")] = DEFAULT_MODEL,
     weights: Annotated[
         Path | None,
         typer.Option(help="Load these weights too, to check that they fit (as in run)."),
@@ -595,8 +582,9 @@ def layers(
         typer.Option(help="Also list these modules (as in run's --layer): user selections."),
     ] = None,
 ) -> None:
-    """List a model's attention layers: name, family, shapes, and how each was found
-    (protocol, adapter, discovered by what it computes, or user selection with --layer).
+    """List a model's attention layers: name, family, shapes, and how each was found.
+
+    Found by the attention protocol, an adapter, what a module computes, or --layer.
 
     Example: attnviz layers --model cbam-resnet50
     """
@@ -634,7 +622,7 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "×".join(map(str, shape))
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def models(
     name: Annotated[str | None, typer.Argument(help="A model to describe in full.")] = None,
 ) -> None:
@@ -674,13 +662,13 @@ def models(
     out_console.print("* the default; attnviz models NAME describes one", highlight=False)
 
 
-@app.command(name="eval")
+@app.command(name="eval", cls=HelpCommand)
 def eval_command(
     images: Annotated[Path, typer.Argument(help="Folder of the photos named in the CSV.")],
     boxes: Annotated[
         Path, typer.Option(help="CSV: file,imagenet_idx,width,height,x0,y0,x1,y1 per box.")
     ],
-    model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help=MODEL_HELP, metavar="MODEL")] = DEFAULT_MODEL,
     weights: Annotated[
         Path | None,
         typer.Option(help="Checkpoint, or gates written by `attnviz train` (as in run)."),
@@ -697,8 +685,10 @@ def eval_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
 ) -> None:
-    """Score each attention map's localisation (pointing, energy, MaxBoxAccV2) vs baselines,
-    and how much each layer's map varies on panel 2's absolute [0, 1] scale.
+    """Score how well each attention map lands on boxed objects, beside baselines.
+
+    The scores are pointing, energy and MaxBoxAccV2; the range columns say how much each
+    layer's map varies on panel 2's absolute [0, 1] scale.
 
     Example: attnviz eval photos/ --boxes boxes.csv --per-photo scores.csv
     """
@@ -761,7 +751,7 @@ def eval_command(
     )
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def train(
     data: Annotated[list[Path], typer.Argument(help="Folders of training photos (no labels).")],
     family: Annotated[
@@ -812,15 +802,13 @@ def train(
     ] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Train lite0-FAMILY's attention (lite0-cbam's gates by default) by distilling the
-    frozen trunk.
+    """Train lite0-FAMILY's attention by distilling the frozen trunk (no labels needed).
 
     Interrupted runs resume: the same command continues from the last saved step.
     --cache keeps the trunk's features for reruns (the gate families, nonlocal and
     deform share one file; attnpool caches other features and needs its own).
 
-    Example: attnviz train ../shared/data/imagenette-train ../shared/data/imagenet-sample
-    --family attnpool
+    Example: attnviz train photos/ --family psa --out my-psa.safetensors
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -913,7 +901,7 @@ def _training_run(
     return partial(train_gates, cfg), cfg.out
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def doctor(ctx: typer.Context) -> None:
     """Check this installation: versions, GPUs, the default model's weights, the config file.
 
@@ -956,7 +944,7 @@ def _config_check(loaded: object) -> Check:
     return Check("config", Status.OK, ", ".join(str(f) for f in files))
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def gallery(
     out: Annotated[Path, typer.Argument(help="An output folder written by `attnviz run`.")],
 ) -> None:
@@ -988,7 +976,7 @@ def gallery(
     )
 
 
-@app.command()
+@app.command(cls=HelpCommand)
 def merge(
     out: Annotated[Path, typer.Argument(help="The output folder the shard jobs shared.")],
 ) -> None:

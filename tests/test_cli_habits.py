@@ -118,8 +118,8 @@ def test_a_run_uses_the_config_and_flags_override_it(project: Path) -> None:
 
 def test_help_shows_the_configured_default(project: Path) -> None:
     (project / "attnviz.toml").write_text('[run]\ncmap = "turbo"\n[eval]\nbatch-size = 7\n')
-    assert "[default: turbo]" in attnviz("run", "--help")[1]
-    assert "[default: 7]" in attnviz("eval", "--help")[1]
+    assert "(default: turbo)" in attnviz("run", "--help")[1]
+    assert "(default: 7)" in attnviz("eval", "--help")[1]
 
 
 def test_print_config_pastes_back_into_attnviz_toml(project: Path) -> None:
@@ -309,17 +309,34 @@ def test_doctor_reports_a_broken_config_file(project: Path) -> None:
     assert re.search(r"config\s*│\s*fail", output), output
 
 
-def test_no_help_text_has_square_brackets_that_rich_would_swallow() -> None:
-    """Rich reads '[default: 32]' in a help text as a markup tag and prints nothing: the
-    defaults a help text names go in parentheses."""
+@pytest.mark.parametrize("name", ["", *sorted(typer.main.get_command(app).commands)])  # type: ignore[attr-defined]
+def test_help_at_80_columns_prints_every_name_and_text_whole(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two columns, wrapped by rich: every flag whole, every help text as written (brackets
+    included, never read as markup), the example on one line, nothing wider than 80."""
+    monkeypatch.setenv("COLUMNS", "80")
     group = typer.main.get_command(app)
-    swallowed = [
-        f"{name} {param.name}: {param.help}"
-        for name, command in group.commands.items()  # type: ignore[attr-defined]
-        for param in command.params
-        if re.search(r"\[[a-z]", getattr(param, "help", None) or "")
-    ]
-    assert not swallowed, swallowed
+    command = group.commands[name] if name else group  # type: ignore[attr-defined]
+    code, output = attnviz(*([name] if name else []), "--help")
+    assert code == 0, output
+    lines = output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "<bool>" not in output
+    words = output.replace("│", " ").split()
+    text = " ".join(words)
+    for param in command.params:
+        if getattr(param, "help", None):
+            assert " ".join(param.help.split()) in text, param.help
+        if param.param_type_name != "option":
+            continue
+        for flag in (*param.opts, *param.secondary_opts):
+            assert flag in words or f"{flag}," in words, flag
+        if isinstance(param.default, (int, float, str)) and not param.is_flag:
+            assert f"(default: {param.default})" in text, param.name
+    example = next(line.strip() for line in command.help.splitlines() if "Example:" in line)
+    assert example in [line.strip() for line in lines], example
+    assert len(lines) < 100, len(lines)
 
 
 def test_train_help_shows_its_defaults() -> None:
