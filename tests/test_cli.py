@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnviz.render.triptych import GUTTER
 from tests.conftest import attnviz, write_photo
 
 
@@ -71,8 +72,10 @@ def test_layer_all_stacks_one_row_per_layer(tmp_path: Path) -> None:
     assert code == 0, output
     one = Image.open(tmp_path / "one" / "p.png")
     every = Image.open(tmp_path / "all" / "p.png")
-    assert every.width == one.width
-    assert every.height > 3.5 * one.height
+    # The photo once on a line of its own, then each layer's map and weighted features.
+    photo_panel = 100 + GUTTER  # a square photo's panel at --panel-height 100, and its gutter
+    assert every.width == one.width - photo_panel
+    assert every.height == 5 * one.height + 4 * GUTTER
     assert manifest(tmp_path / "all")[0]["layers"] == [
         "attention.block4",
         "attention.block10",

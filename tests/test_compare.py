@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,19 @@ PANEL = 120  # small panels: fast to draw, and the geometry is still the real on
 
 
 def figure_layout(photo: Path) -> Layout:
+    """A model's row: its map and weighted features (the photo is drawn once, above)."""
     with Image.open(photo) as image:
-        return compute_layout((image.height, image.width, 3), PANEL)
+        return replace(compute_layout((image.height, image.width, 3), PANEL), panels=2)
+
+
+def figure_shape(layout: Layout, models: int) -> tuple[int, int]:
+    """The photo's line, then one line per model row."""
+    return layout.height(models + 1), layout.width
 
 
 def panel(figure: np.ndarray, layout: Layout, row: int, col: int) -> np.ndarray:
-    """The image area of one panel of one row (below its caption)."""
-    y, x = layout.panel_origin(row, col)
+    """The image area of one panel of a model row (below its caption); row -1: the photo's."""
+    y, x = layout.panel_origin(row + 1, col)
     return figure[y : y + layout.panel_height, x : x + layout.panel_width].astype(np.int16)
 
 
@@ -152,10 +159,11 @@ def test_one_row_per_model_on_one_photo(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["photo.compare.png"]
     figure = np.asarray(Image.open(out / "photo.compare.png").convert("RGB"))
     layout = figure_layout(photo)
-    assert figure.shape[:2] == (layout.height(2), layout.width)
-    # The same photo in both rows, but the models' maps (panel 2) differ.
-    assert np.array_equal(panel(figure, layout, 0, 0), panel(figure, layout, 1, 0))
-    attention, gradcam = panel(figure, layout, 0, 1), panel(figure, layout, 1, 1)
+    assert figure.shape[:2] == figure_shape(layout, 2)
+    # The photo once, on a line of its own; then the models' maps (panel 2), which differ.
+    photo_line = figure[: layout.row_height, layout.panel_width :]
+    assert (photo_line == 255).all() and (panel(figure, layout, -1, 0) != 255).any()
+    attention, gradcam = panel(figure, layout, 0, 0), panel(figure, layout, 1, 0)
     assert np.abs(attention - gradcam).mean() > 10
 
 
@@ -184,7 +192,7 @@ def test_a_folder_gives_one_figure_per_photo_with_a_row_per_layer(
     for name in figures:
         figure = np.asarray(Image.open(out / name).convert("RGB"))
         # '#all' gives gate1 and gate2 a row each; gradcam adds the third.
-        assert figure.shape[:2] == (layout.height(3), layout.width)
+        assert figure.shape[:2] == figure_shape(layout, 3)
 
 
 def test_per_entry_weights_are_used(tmp_path: Path, toy_model: str) -> None:
@@ -205,8 +213,8 @@ def test_per_entry_weights_are_used(tmp_path: Path, toy_model: str) -> None:
     assert code == 0, output
     figure = np.asarray(Image.open(out / "p.compare.png").convert("RGB"))
     layout = figure_layout(photo)
-    assert figure.shape[:2] == (layout.height(3), layout.width)
-    one, two, built = (panel(figure, layout, row, 1) for row in range(3))
+    assert figure.shape[:2] == figure_shape(layout, 3)
+    one, two, built = (panel(figure, layout, row, 0) for row in range(3))
     assert np.abs(one - two).mean() > 1  # other weights, other map
     assert not np.array_equal(one, built) and not np.array_equal(two, built)
 
@@ -266,7 +274,7 @@ def test_gradcam_row_of_a_model_that_returns_a_tuple_or_dict(tmp_path: Path, out
                          "--panel-size", PANEL)  # fmt: skip
     assert code == 0, text
     figure = Image.open(out / "p.compare.png")
-    assert figure.height == figure_layout(photo).height(2)
+    assert figure.height == figure_shape(figure_layout(photo), 2)[0]
 
 
 def test_same_flags_same_bytes_whatever_the_batch(tmp_path: Path, toy_model: str) -> None:
@@ -290,7 +298,7 @@ def test_layer_flag_applies_to_entries_without_their_own(tmp_path: Path, toy_mod
                            "--layer", "all", "--out", out, "--panel-size", PANEL)  # fmt: skip
     assert code == 0, output
     # all: gate1 and gate2; '#gate1' keeps its own; gradcam one row.
-    assert Image.open(out / "p.compare.png").height == figure_layout(photo).height(4)
+    assert Image.open(out / "p.compare.png").height == figure_shape(figure_layout(photo), 4)[0]
 
 
 def test_fixed_norm_gives_every_row_the_same_range(tmp_path: Path, toy_model: str) -> None:
@@ -303,10 +311,10 @@ def test_fixed_norm_gives_every_row_the_same_range(tmp_path: Path, toy_model: st
         assert code == 0, output
         figures[norm] = np.asarray(Image.open(out / "p.compare.png").convert("RGB"))
     layout = figure_layout(photo)
-    own = [panel(figures["image"], layout, row, 2) for row in (0, 1)]
+    own = [panel(figures["image"], layout, row, 1) for row in (0, 1)]
     assert np.abs(own[0] - own[1]).mean() > 1  # each row stretched over its own range
     # Every value lies far below the shared range: both rows get its lowest colour.
-    shared = [panel(figures["fixed:1e6,2e6"], layout, row, 2) for row in (0, 1)]
+    shared = [panel(figures["fixed:1e6,2e6"], layout, row, 1) for row in (0, 1)]
     assert np.array_equal(shared[0], shared[1])
 
 

@@ -222,12 +222,31 @@ def test_three_panels_share_one_height() -> None:
     assert out.shape[0] == layout.row_height
 
 
-def test_one_row_per_layer() -> None:
+def test_several_layers_show_the_photo_once_then_one_row_of_maps_per_layer() -> None:
     image = _image(64, 64)
     one = render_triptych(image, [_layer("a")], panel_height=128)
     two = render_triptych(image, [_layer("a"), _layer("b", seed=1)], panel_height=128)
-    assert two.shape[1] == one.shape[1]
-    assert 1.9 < two.shape[0] / one.shape[0] < 2.2
+    layout = compute_layout(image.shape, 128)
+    photo_width, step = layout.panel_width + layout.gutter, layout.row_height + layout.gutter
+    assert two.shape[:2] == (layout.height(3), one.shape[1] - photo_width)
+    # Line 1: the photo and its caption, as a one-layer figure starts.
+    assert np.array_equal(
+        two[: layout.row_height, : layout.panel_width], one[:, : layout.panel_width]
+    )
+    assert (two[: layout.row_height, layout.panel_width :] == 255).all()
+    # Line 2: layer a's maps and keys, as the one-layer figure draws them after the photo.
+    assert np.array_equal(two[step : step + layout.row_height], one[:, photo_width:])
+    assert not np.array_equal(two[2 * step :], two[step : step + layout.row_height])
+
+
+def test_the_grid_draws_grad_cam_once_however_many_layers() -> None:
+    image = _image(64, 64)
+    layers = [_layer(name, seed=i) for i, name in enumerate("abc")]
+    panels = ("original", "map", "weighted", "gradcam")
+    cam = np.random.default_rng(0).random((7, 7))
+    grid = render_triptych(image, layers, panels=panels, columns=2, gradcam=cam, panel_height=96)
+    # The photo and Grad-CAM share one line; each layer's map and weighted features one each.
+    assert grid.shape[0] == compute_layout(image.shape, 96).height(1 + len(layers))
 
 
 def test_render_is_deterministic() -> None:

@@ -5,9 +5,11 @@ above them)::
 
     [original] g [weights M_s] g [|M (x) F| over image] g [key: weights] g [key: |F_out|]
 
-Rows, one per layer, are stacked with the same white gutter ``g`` between them. Other panel
-kinds (see PANELS) take their place in the order asked for, followed by one key per colour
-scale; the grid layout wraps a layer's panels after a number of columns.
+Rows, one per layer, are stacked with the same white gutter ``g`` between them. With several
+layers, the panels that do not depend on the layer (the photo, Grad-CAM) are drawn once, on
+a first line of their own, and each layer's row holds only its own maps. Other panel kinds
+(see PANELS) take their place in the order asked for, followed by one key per colour scale;
+the grid layout wraps a line's panels after a number of columns.
 
 A panel takes the image's aspect ratio clamped to [1:4, 4:1], so a 1x5000 strip still gives a
 readable figure; the image (and the maps over it) is fitted inside the panel whole, letterboxed.
@@ -43,6 +45,9 @@ MAX_ASPECT = 4  # a panel is at most 4x wider than tall, or 4x taller than wide
 # the photo, the trunk's Grad-CAM over the photo, the photo with the map's thresholded outline.
 PANELS = ("original", "map", "weighted", "gradcam", "contours", "channels")
 DEFAULT_PANELS = ("original", "map", "weighted")
+# Panels that are the same whatever the layer: a figure of several layers draws them once,
+# on a line of their own above the layers' lines.
+SHARED_PANELS = ("original", "gradcam")
 Range = tuple[float, float]
 
 
@@ -417,11 +422,16 @@ def render_triptych(
     layout = compute_layout(image.shape, panel_height)
     base = fit_image(image, panel_height)
     box = (layout.panel_height, layout.panel_width)
+    shared = [k for k in panels if k in SHARED_PANELS] if len(layers) > 1 else []
+    own = [k for k in panels if k not in shared]
+    rows = [(layers[0], shared, False)] if shared else []
+    rows += [(layer, own, True) for layer in layers] if own else []
     lines: list[np.ndarray] = []
-    for layer in layers:
+    for layer, kinds, auto_channels in rows:
         drawn = draw_panels(
-            image, layer, panels=panels, cmap=cmap, alpha=alpha, panel_height=panel_height,
+            image, layer, panels=kinds, cmap=cmap, alpha=alpha, panel_height=panel_height,
             ranges=ranges, gradcam=gradcam, base=base, original_hw=original_hw,
+            auto_channels=auto_channels,
         )  # fmt: skip
         # Maps are drawn over the image content only; letterbox() then pads all panels alike.
         parts = [caption(letterbox(p.image, box), p.caption) for p in drawn]
