@@ -7,6 +7,7 @@ of the written size, and give a triptych whose size is exactly what ``compute_la
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,11 @@ def test_any_decoded_image_renders_a_triptych_of_the_layout_size(
 
     layout = compute_layout(image.shape, panel_height)
     assert out.dtype == np.uint8
-    assert out.shape == (layout.height(len(maps)), layout.width, 3)
+    if len(maps) == 1:
+        assert out.shape == (layout.height(1), layout.width, 3)
+    else:  # the photo once on a line of its own, then each layer's map and weighted features
+        rows = replace(layout, panels=2)
+        assert out.shape == (rows.height(len(maps) + 1), rows.width, 3)
 
 
 @settings(max_examples=300)
