@@ -112,6 +112,22 @@ def test_run_on_ray_writes_what_attnviz_run_writes_and_resumes(
     assert sorted(_by_input(out)) == sorted([*PHOTOS, BROKEN])
 
 
+def test_relative_paths_mean_this_folder_even_where_the_actors_run_elsewhere(
+    ray_runtime: ModuleType, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The actors started in another folder (Ray was started elsewhere; `uv run` gives them
+    a copy of this one): the figures still go beside this folder's manifest."""
+    from attnviz.integrations.ray_data import run_on_ray
+
+    (tmp_path / "photos").symlink_to(folder)
+    monkeypatch.chdir(tmp_path)
+    summary = run_on_ray(RunOptions(inputs=[Path("photos")], out=Path("maps")), concurrency=1)
+    assert summary.processed == len(PHOTOS)
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(
+        [*PHOTOS, "manifest.jsonl"]
+    )
+
+
 def test_mapper_in_a_hand_built_pipeline(
     ray_runtime: ModuleType, folder: Path, plain: Path, tmp_path: Path
 ) -> None:

@@ -62,6 +62,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -346,15 +347,23 @@ def _mapped(
     """The lazy Ray Data pipeline over ``photos``; None when there is nothing to do."""
     if not photos:
         return None
+    # Actors may run in another folder than this process (Ray's working_dir, which `uv run`
+    # sets to a copy of this one): every path they are given is absolute, so their figures
+    # land where this process's manifest says they are.
     # Bytes, not text: a file name that is not UTF-8 still reaches the actor intact.
-    rows = [{"path": os.fsencode(i.path), "relative": os.fsencode(i.relative)} for i in photos]
+    rows = [
+        {"path": os.fsencode(os.path.abspath(i.path)), "relative": os.fsencode(i.relative)}
+        for i in photos
+    ]
+    weights = None if options.weights is None else options.weights.absolute()
+    shipped = replace(options, out=options.out.absolute(), weights=weights)
     size = batch_size or options.batch_size
     # An actor with no batch to take would only load a model for nothing.
     actors = min(concurrency, -(-len(photos) // size))
     return ray.data.from_items(rows).map_batches(
         AttnvizBatchMapper,
         fn_constructor_kwargs={
-            "options": options,
+            "options": shipped,
             "settings": settings,
             "report_output_errors": True,
         },
@@ -375,7 +384,8 @@ def _collect(
     """Write each record to the manifest as its row streams back to the driver."""
     if mapped is None:
         return
-    by_input = {str(item.path): item for item in photos}
+    # The actors were given absolute paths (see _mapped); the manifest keeps the user's.
+    by_input = {os.path.abspath(item.path): item for item in photos}
     done = 0
     for row in mapped.iter_rows():
         _settle(json.loads(row["record"]), by_input, report)
@@ -386,7 +396,8 @@ def _collect(
 
 
 def _settle(record: Record, by_input: Mapping[str, InputItem], report: _Report) -> None:
-    item = by_input[record["input"]]
+    item = by_input[os.path.abspath(record["input"])]
+    record["input"] = str(item.path)
     if record.get("fatal"):
         # As in attnviz run: the disk is full or read-only, so the run stops here.
         raise OutputError(str(record["error"]))
