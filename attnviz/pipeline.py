@@ -54,9 +54,9 @@ from attnviz.models import LoadedModel, load_model
 from attnviz.models.outputs import logits_of, not_class_scores, top_classes
 from attnviz.models.user import is_user_model
 from attnviz.options import RunOptions, check_options, drawn_panels, parse_norm
-from attnviz.render import LayerMaps, render_triptych
+from attnviz.render import LayerMaps
 from attnviz.render.panels import colorbar
-from attnviz.render.triptych import Range, draw_panels
+from attnviz.render.triptych import Range, Triptych, compose_triptych, draw_panels
 from attnviz.stopping import GracefulStop
 
 
@@ -857,11 +857,22 @@ def render_figure(
     and the default (each image's own) need none. ``original_hw``: the photo's own size
     when it was decoded smaller.
     """
+    return compose_figure(image, result, opts, ranges, original_hw).image
+
+
+def compose_figure(
+    image: np.ndarray,
+    result: ImageResult,
+    opts: RunOptions,
+    ranges: Mapping[str, Range] | None = None,
+    original_hw: tuple[int, int] | None = None,
+) -> Triptych:
+    """``render_figure``'s figure with where each layer's map panel is in it."""
     ranges = norm_ranges(opts.norm, _heat_maps(result), ranges)
     panels = drawn_panels(opts)
     columns = math.ceil(math.sqrt(len(panels))) if opts.layout == "grid" else None
     # Rows in the network's order, as `attnviz layers`, the manifest and the API list them.
-    return render_triptych(
+    return compose_triptych(
         image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
         panels=panels, columns=columns, ranges=ranges, gradcam=result.gradcam,
         original_hw=original_hw,
@@ -932,10 +943,14 @@ def _write_outputs(
     ranges = norm_ranges(opts.norm, _heat_maps(result), ranges)
     image, original_hw = decoded.rgb, decoded.original_hw
     suffixes = output_suffixes(opts, [m.name for m in result.layers])
+    map_boxes: dict[str, list[int]] | None = None
     if opts.layout == "separate":
         images = _separate_panels(image, result, opts, ranges, original_hw)
     else:
-        images = {"figure": render_figure(image, result, opts, ranges, original_hw)}
+        composed = compose_figure(image, result, opts, ranges, original_hw)
+        images = {"figure": composed.image}
+        # Where each layer's map is, so the gallery can show one layer of a many-row figure.
+        map_boxes = {name: list(box) for name, box in composed.map_boxes.items()}
     outputs: dict[str, str] = {}
     for name, figure in images.items():
         path = output_path(item, opts.out, suffixes[name])
@@ -962,6 +977,7 @@ def _write_outputs(
             name: list(ranges.get(name) or (float(values.min()), float(values.max())))
             for name, values in _heat_maps(result).items()
         },
+        **({"map_boxes": map_boxes} if map_boxes is not None else {}),
     }
 
 

@@ -105,6 +105,33 @@ def test_separate_layout_names_layers_when_there_are_several(photos: Path) -> No
     assert code == 0 and summary_count(output, "processed") == 0
 
 
+def test_records_say_where_each_layers_map_is_in_the_figure(photos: Path) -> None:
+    out = photos.parent / "out"
+    common = ("--model", "lite0-cbam", "--layer", "all", "--panel-height", "100")
+    code, output = attnviz("run", photos / "a.jpg", "--out", out / "separate", *common,
+                           "--layout", "separate", "--panels", "map")  # fmt: skip
+    assert code == 0, output
+    separate = records(out / "separate")["a.jpg"]
+    assert "map_boxes" not in separate  # a file per map already
+    layers = separate["layers"]
+    assert len(layers) == 4
+    for layout, panels in (
+        ("row", "original,map,weighted"),
+        ("grid", "original,weighted,contours,map"),
+    ):
+        code, output = attnviz("run", photos / "a.jpg", "--out", out / layout, *common,
+                               "--layout", layout, "--panels", panels)  # fmt: skip
+        assert code == 0, output
+        record = records(out / layout)["a.jpg"]
+        assert list(record["map_boxes"]) == layers
+        figure = pixels(out / layout / record["outputs"]["figure"])
+        for layer in layers:
+            x, y, width, height = record["map_boxes"][layer]
+            # The figure's map panel is the very map `--layout separate` writes bare.
+            bare = pixels(out / "separate" / separate["outputs"][f"{layer}:map"])
+            assert np.array_equal(figure[y : y + height, x : x + width], bare), (layout, layer)
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [

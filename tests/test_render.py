@@ -18,6 +18,7 @@ from attnviz.render import (
 )
 from attnviz.render.panels import caption, caption_height, colorbar, colorbar_width
 from attnviz.render.triptych import (
+    compose_triptych,
     compute_layout,
     content_size,
     fit_image,
@@ -247,6 +248,53 @@ def test_the_grid_draws_grad_cam_once_however_many_layers() -> None:
     grid = render_triptych(image, layers, panels=panels, columns=2, gradcam=cam, panel_height=96)
     # The photo and Grad-CAM share one line; each layer's map and weighted features one each.
     assert grid.shape[0] == compute_layout(image.shape, 96).height(1 + len(layers))
+
+
+def _map_alone(image: np.ndarray, layer: LayerMaps, panel_height: int) -> np.ndarray:
+    """The image area of ``layer``'s map panel as a one-layer figure of just that map draws it."""
+    one = render_triptych(image, [layer], panels=("map",), panel_height=panel_height)
+    layout = compute_layout(image.shape, panel_height)
+    y, x = layout.panel_origin(0, 0)
+    return one[y : y + layout.panel_height, x : x + layout.panel_width]
+
+
+@pytest.mark.parametrize(
+    ("shape", "panels", "columns"),
+    [
+        ((60, 80), ("original", "map", "weighted"), None),
+        ((60, 80), ("original", "gradcam", "weighted", "contours", "map"), 2),
+        ((40, 400), ("map", "weighted"), None),  # letterboxed: the box is the whole panel
+        ((200, 30), ("weighted", "original", "map"), 3),
+    ],
+)
+def test_map_boxes_frame_each_layers_map_wherever_the_layout_puts_it(
+    shape: tuple[int, int], panels: tuple[str, ...], columns: int | None
+) -> None:
+    image = _image(*shape)
+    layers = [_layer(name, seed=i) for i, name in enumerate(("a", "b", "c"))]
+    # A channel gate adds a panel after b's map: c's row is shorter than b's.
+    layers[1] = LayerMaps("b", layers[1].weights, layers[1].weighted, channels=np.linspace(0, 1, 8))
+    cam = np.random.default_rng(0).random((5, 5))
+    kwargs = {"panels": panels, "columns": columns, "gradcam": cam, "panel_height": 72}
+
+    drawn = compose_triptych(image, layers, **kwargs)
+
+    assert np.array_equal(drawn.image, render_triptych(image, layers, **kwargs))
+    assert list(drawn.map_boxes) == ["a", "b", "c"]
+    for layer in layers:
+        x, y, width, height = drawn.map_boxes[layer.name]
+        crop = drawn.image[y : y + height, x : x + width]
+        assert np.array_equal(crop, _map_alone(image, layer, 72)), layer.name
+
+
+def test_only_layers_drawn_with_a_map_panel_get_a_box() -> None:
+    image = _image(60, 80)
+    layout = compute_layout(image.shape, 100)
+    one = compose_triptych(image, [_layer("a")], panel_height=100)
+    y, x = layout.panel_origin(0, 1)  # original | map | weighted
+    assert one.map_boxes == {"a": (x, y, layout.panel_width, layout.panel_height)}
+    layers = [_layer("a"), _layer("b", seed=1)]
+    assert compose_triptych(image, layers, panels=("original", "weighted")).map_boxes == {}
 
 
 def test_render_is_deterministic() -> None:

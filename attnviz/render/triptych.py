@@ -13,6 +13,9 @@ the grid layout wraps a line's panels after a number of columns.
 
 A panel takes the image's aspect ratio clamped to [1:4, 4:1], so a 1x5000 strip still gives a
 readable figure; the image (and the maps over it) is fitted inside the panel whole, letterboxed.
+
+``compose_triptych`` draws the figure and says where each layer's map panel landed in it (the
+gallery crops one thumbnail per layer there); ``render_triptych`` is its figure alone.
 """
 
 from __future__ import annotations
@@ -211,10 +214,6 @@ def _key(title: str, bar: np.ndarray, layout: Layout) -> np.ndarray:
     return np.vstack([header, bar])
 
 
-def _hgap(height: int, width: int = GUTTER) -> np.ndarray:
-    return np.full((height, width, 3), _WHITE, dtype=np.uint8)
-
-
 def scale_to_range(values: np.ndarray, fixed: Range | None) -> tuple[np.ndarray, float, float]:
     """``values`` mapped to [0, 1]: by their own min-max, or by a ``fixed`` (lo, hi), clipped."""
     if fixed is None:
@@ -371,25 +370,40 @@ def draw_panels(
     return out
 
 
-def _line(parts: Sequence[np.ndarray], height: int) -> np.ndarray:
-    pieces: list[np.ndarray] = []
-    for i, part in enumerate(parts):
-        if i:
-            pieces.append(_hgap(height))
-        pieces.append(part)
-    return np.hstack(pieces)
+Box = tuple[int, int, int, int]  # (x, y, width, height) in a figure's pixels
 
 
-def _stack(lines: Sequence[np.ndarray], gutter: int = GUTTER) -> np.ndarray:
-    """Lines one under another, white gutters between, narrower lines padded on the right."""
-    width = max(line.shape[1] for line in lines)
-    pieces: list[np.ndarray] = []
-    for i, line in enumerate(lines):
-        if i:
-            pieces.append(np.full((gutter, width, 3), _WHITE, dtype=np.uint8))
-        pad = width - line.shape[1]
-        pieces.append(np.hstack([line, _hgap(line.shape[0], pad)]) if pad else line)
-    return np.vstack(pieces)
+@dataclass(frozen=True)
+class Triptych:
+    """A rendered figure and where each layer's map landed in it.
+
+    ``map_boxes``: per layer name, the box of its ``map`` panel's image area (below the
+    caption; the whole letterboxed panel), for those layers whose figure has a map panel.
+    """
+
+    image: np.ndarray
+    map_boxes: dict[str, Box]
+
+
+def _assemble(lines: Sequence[Sequence[np.ndarray]], gutter: int) -> tuple[np.ndarray, list[Box]]:
+    """Each line's parts side by side, lines one under another, white gutters between and
+    white on the right of narrower lines; returns the figure and every part's box, in order.
+
+    Placing and drawing in one pass keeps the boxes true to the pixels whatever the layout.
+    """
+    boxes: list[Box] = []
+    y = 0
+    for line in lines:
+        x = 0
+        for part in line:
+            boxes.append((x, y, part.shape[1], part.shape[0]))
+            x += part.shape[1] + gutter
+        y += max(part.shape[0] for part in line) + gutter
+    width = max(bx + bw for bx, _, bw, _ in boxes)
+    canvas = np.full((y - gutter, width, 3), _WHITE, dtype=np.uint8)
+    for (bx, by, bw, bh), part in zip(boxes, (p for line in lines for p in line), strict=True):
+        canvas[by : by + bh, bx : bx + bw] = part
+    return canvas, boxes
 
 
 def render_triptych(
@@ -412,6 +426,26 @@ def render_triptych(
     ``columns`` wraps each layer's panels after that many (the grid layout); the colour keys
     follow the last panel. Deterministic: the same inputs give byte-identical output.
     """
+    return compose_triptych(
+        image, layers, cmap=cmap, alpha=alpha, panel_height=panel_height, panels=panels,
+        columns=columns, ranges=ranges, gradcam=gradcam, original_hw=original_hw,
+    ).image  # fmt: skip
+
+
+def compose_triptych(
+    image: np.ndarray,
+    layers: Sequence[LayerMaps],
+    *,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    panel_height: int = 320,
+    panels: Sequence[str] = DEFAULT_PANELS,
+    columns: int | None = None,
+    ranges: Mapping[str, Range] | None = None,
+    gradcam: np.ndarray | None = None,
+    original_hw: tuple[int, int] | None = None,
+) -> Triptych:
+    """``render_triptych``'s figure (same arguments) with the box of each layer's map panel."""
     _check_image(image)
     if len(layers) == 0:
         raise ValueError("render_triptych needs at least one layer")
@@ -426,7 +460,9 @@ def render_triptych(
     own = [k for k in panels if k not in shared]
     rows = [(layers[0], shared, False)] if shared else []
     rows += [(layer, own, True) for layer in layers] if own else []
-    lines: list[np.ndarray] = []
+    lines: list[list[np.ndarray]] = []
+    maps: dict[int, str] = {}  # index of a map part, counted over all lines -> its layer
+    count = 0
     for layer, kinds, auto_channels in rows:
         drawn = draw_panels(
             image, layer, panels=kinds, cmap=cmap, alpha=alpha, panel_height=panel_height,
@@ -435,10 +471,18 @@ def render_triptych(
         )  # fmt: skip
         # Maps are drawn over the image content only; letterbox() then pads all panels alike.
         parts = [caption(letterbox(p.image, box), p.caption) for p in drawn]
+        maps.update({count + i: layer.name for i, p in enumerate(drawn) if p.kind == "map"})
         keys = list(dict.fromkeys(p.key for p in drawn if p.key is not None))  # one per scale
         bars = [_key(t, colorbar(layout.panel_height, cmap, lo, hi), layout) for t, lo, hi in keys]
         per_line = columns or len(parts)  # a row may gain a channels panel by itself
         chunks = [parts[i : i + per_line] for i in range(0, len(parts), per_line)]
         chunks[-1] = chunks[-1] + bars
-        lines += [_line(chunk, layout.row_height) for chunk in chunks]
-    return _stack(lines, layout.gutter)
+        lines += chunks
+        count += len(parts) + len(bars)
+    figure, boxes = _assemble(lines, layout.gutter)
+    map_boxes: dict[str, Box] = {}
+    for index, name in maps.items():
+        x, y, width, height = boxes[index]
+        # The image area is the part less its caption strip on top.
+        map_boxes[name] = (x, y + height - layout.panel_height, width, layout.panel_height)
+    return Triptych(figure, map_boxes)
