@@ -12,6 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from attnviz.errors import AttnvizError
 from attnviz.render import write_gallery
@@ -208,6 +209,105 @@ def test_separate_layout_shows_the_map_and_other_outputs_are_not_items(tmp_path:
     assert any("outside the output folder" in n for n in result.notes)
 
 
+# A figure of several layers as `run --layer all` records it: each layer's map at its box.
+LAYER_BOXES = {
+    "block4": [10, 20, 200, 150],
+    "block10": [10, 190, 200, 150],
+    "blocks[3] head": [250, 190, 900, 300],  # wider than THUMB_BOX, and a name unsafe on disk
+}
+LAYER_COLOURS = {"block4": (0, 200, 0), "block10": (0, 0, 255), "blocks[3] head": (255, 255, 0)}
+
+
+def _write_layered_figure(path: Path, boxes: dict[str, list[int]]) -> None:
+    """A white 1200x520 figure with each layer's map a flat colour in its box."""
+    rgb = np.full((520, 1200, 3), 255, np.uint8)
+    for layer, (x, y, w, h) in boxes.items():
+        rgb[y : y + h, x : x + w] = LAYER_COLOURS.get(layer, (90, 90, 90))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+
+
+def _layered_record(figure: str, boxes: dict[str, list[int]] | None) -> dict[str, Any]:
+    record = _record(figure, "cat", 0.9, 0.5, 0.5)
+    record["layers"] = list(LAYER_BOXES)
+    record["maps"] = {layer: _stats(0.3 + k / 10, 0.5, 0.3) for k, layer in enumerate(LAYER_BOXES)}
+    if boxes is not None:
+        record["map_boxes"] = boxes
+    return record
+
+
+@pytest.fixture
+def layered(tmp_path: Path) -> Path:
+    """An output folder of `--layer all` figures: one recording its map boxes, one from
+    before map boxes were recorded, and a one-layer figure that records its box."""
+    folder = tmp_path / "layered"
+    _write_layered_figure(folder / "multi.png", LAYER_BOXES)
+    _write_layered_figure(folder / "old.png", LAYER_BOXES)
+    _write_figure(folder / "single.png", seed=3)
+    single = _record("single.png", "dog", 0.8, 0.5, 0.5)
+    single["layers"] = ["blocks[3] head"]
+    single["maps"] = {"blocks[3] head": _stats(0.5, 0.5, 0.3)}
+    single["map_boxes"] = {"blocks[3] head": [0, 0, 100, 100]}
+    records = [_layered_record("multi.png", LAYER_BOXES), _layered_record("old.png", None), single]
+    _write_manifest(folder, records)
+    return folder
+
+
+def test_a_figure_of_several_layers_gets_a_thumbnail_of_each_layers_map(layered: Path) -> None:
+    result = write_gallery(layered)
+
+    assert result.thumbnails_made == 3 + len(LAYER_BOXES)  # three figures, multi's layers
+    items = {item["n"]: item for item in _page_data(result.path)["items"]}
+    assert items["old.png"]["lt"] == {} and items["single.png"]["lt"] == {}
+    thumbs = items["multi.png"]["lt"]
+    assert list(thumbs) == list(LAYER_BOXES)
+    assert thumbs["block4"] == [".thumbs/multi.png%40block4.jpg", 200, 150]
+    assert thumbs["blocks[3] head"] == [".thumbs/multi.png%40blocks_3__head.jpg", THUMB_BOX, 160]
+    for layer, colour in LAYER_COLOURS.items():
+        bgr = cv2.imread(str(layered / ".thumbs" / f"multi.png@{_safe(layer)}.jpg"))
+        assert bgr is not None
+        # The crop is the map alone: no white of the gutters, no other layer's colour.
+        rgb = bgr[..., ::-1].reshape(-1, 3).astype(int)
+        assert np.abs(rgb - colour).max() < 30, layer
+    assert items["multi.png"]["t"] == ".thumbs/multi.jpg"  # the viewer's whole figure stays
+
+
+def _safe(layer: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", layer)
+
+
+def test_layer_thumbnails_are_remade_only_when_their_figure_changes(layered: Path) -> None:
+    write_gallery(layered)
+    block4 = layered / ".thumbs" / "multi.png@block4.jpg"
+    made_at = block4.stat().st_mtime_ns
+
+    assert write_gallery(layered).thumbnails_made == 0
+    assert block4.stat().st_mtime_ns == made_at
+
+    block4.unlink()  # one lost thumbnail is made again, alone
+    assert write_gallery(layered).thumbnails_made == 1 and block4.is_file()
+
+    later = made_at + 5_000_000_000
+    os.utime(layered / "multi.png", ns=(later, later))
+    assert write_gallery(layered).thumbnails_made == 1 + len(LAYER_BOXES)
+
+
+def test_layer_names_that_clash_on_disk_and_boxes_outside_the_figure(layered: Path) -> None:
+    boxes = {"a b": [0, 0, 50, 50], "a_b": [60, 0, 50, 50], "gone": [1150, 500, 100, 100]}
+    record = _layered_record("multi.png", boxes)
+    _write_manifest(layered, [record])
+
+    result = write_gallery(layered)
+
+    assert result.items == 1 and result.notes == []
+    thumbs = _page_data(result.path)["items"][0]["lt"]
+    # Each layer its own file; a box the figure does not hold falls back to the whole figure.
+    assert [url for url, _, _ in thumbs.values()] == [
+        ".thumbs/multi.png%40a_b.jpg", ".thumbs/multi.png%40a_b-2.jpg",
+    ]  # fmt: skip
+    assert list(thumbs) == ["a b", "a_b"]
+
+
 def test_not_an_output_folder_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(AttnvizError, match="no such output folder"):
         write_gallery(tmp_path / "nope")
@@ -374,4 +474,67 @@ def test_run_with_gallery_then_gallery_command_in_chromium(tmp_path: Path, page:
     assert code == 0, output
     _open(page, index)
     assert len(_shown_names(page)) == 4
+    assert page.problems == []
+
+
+def _thumb_srcs(page: Any) -> dict[str, str]:
+    return dict(
+        page.eval_on_selector_all(
+            "#grid .item",
+            "els => els.map(e => [e.querySelector('.name').textContent,"
+            " e.querySelector('img').getAttribute('src')])",
+        )
+    )
+
+
+def test_the_layer_menu_shows_that_layers_map_on_the_cards(layered: Path, page: Any) -> None:
+    _open(page, write_gallery(layered).path)
+
+    # The deepest layer is chosen at first; a card without its thumbnail shows the figure.
+    assert page.input_value("#layer") == "blocks[3] head"
+    assert _thumb_srcs(page) == {
+        "multi.png": ".thumbs/multi.png%40blocks_3__head.jpg",
+        "old.png": ".thumbs/old.jpg",
+        "single.png": ".thumbs/single.jpg",
+    }
+    _choose(page, "#layer", "block10")
+    srcs = _thumb_srcs(page)
+    assert srcs["multi.png"] == ".thumbs/multi.png%40block10.jpg"
+    assert srcs["old.png"] == ".thumbs/old.jpg" and srcs["single.png"] == ".thumbs/single.jpg"
+    page.wait_for_function(
+        "[...document.querySelectorAll('#grid .item img')].every(e => e.complete && e.naturalWidth)"
+    )
+    # The viewer still shows the whole figure.
+    page.click("#grid .item:has-text('multi.png')")
+    page.wait_for_selector("#viewer[open]")
+    assert page.get_attribute("#vimg", "src") == "multi.png"
+    assert page.problems == []
+
+
+def test_run_layer_all_gallery_in_chromium(tmp_path: Path, page: Any) -> None:
+    """End to end: a model of four layers, the real CLI, then choosing layers on the page."""
+    from tests.conftest import attnviz, write_photo
+
+    photos = tmp_path / "photos"
+    for seed in range(2):
+        write_photo(photos / f"p{seed}.jpg", (90, 60), seed=seed)
+    out = tmp_path / "out"
+    code, output = attnviz("run", photos, "--out", out, "--model", "lite0-cbam", "--layer", "all",
+                           "--panel-height", "100", "--gallery")  # fmt: skip
+    assert code == 0, output
+    layers = ["attention.block4", "attention.block10", "attention.block15", "attention.head"]
+    assert len(list((out / ".thumbs").glob("*@*.jpg"))) == 2 * len(layers)
+    _open(page, out / "index.html")
+    for layer in layers:
+        _choose(page, "#layer", layer)
+        assert _thumb_srcs(page) == {
+            f"p{k}.png": f".thumbs/p{k}.png%40{layer}.jpg" for k in range(2)
+        }
+    page.wait_for_function(
+        "[...document.querySelectorAll('#grid .item img')].every(e => e.complete && e.naturalWidth)"
+    )
+    # A layer's map panel is as wide as the photo's (150 px at 100 px tall), not the figure.
+    widths = page.eval_on_selector_all("#grid .item img", "els => els.map(e => e.naturalWidth)")
+    assert widths == [150, 150]
+    page.screenshot(path=str(tmp_path / "layers.png"))
     assert page.problems == []

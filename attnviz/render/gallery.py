@@ -3,6 +3,8 @@
 The page is self-contained (inline CSS and JS, no network) so it works from ``file://``, on
 a laptop that copied the folder, and in a sandbox. Its data is the manifest, embedded as
 JSON; thumbnails live under ``out/.thumbs/`` and are re-made only when their figure changed.
+A figure of several layers whose record gives ``map_boxes`` also gets one thumbnail per
+layer, cropped to that layer's map panel: the cards show the layer chosen in the page's menu.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +51,9 @@ class GalleryResult:
     notes: list[str] = field(default_factory=list)  # figures left out of the page, and why
 
 
+Box = tuple[int, int, int, int]  # (x, y, width, height) in the figure's pixels
+
+
 @dataclass(frozen=True)
 class _Candidate:
     """A manifest record with an image output, before its thumbnail is known to exist."""
@@ -56,13 +62,16 @@ class _Candidate:
     figure: Path
     thumb: Path
     record: Mapping[str, Any]
+    # Per layer: its map's box in the figure and the thumbnail cropped to it.
+    layer_thumbs: dict[str, tuple[Box, Path]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class _Thumb:
     width: int
     height: int
-    made: bool
+    made: int  # thumbnails written for this candidate: its own and its layers'
+    layers: dict[str, tuple[Path, int, int]] = field(default_factory=dict)  # path, width, height
 
 
 def write_gallery(out: Path, progress: Progress | None = None) -> GalleryResult:
@@ -129,6 +138,49 @@ def _thumb_path(out: Path, rel: str, taken: set[Path]) -> Path:
     return thumb
 
 
+def _map_boxes(record: Mapping[str, Any], rel: str) -> dict[str, Box]:
+    """The record's map boxes when ``rel`` is its figure of several layers, else none.
+
+    A one-layer figure is its own best thumbnail; other outputs (``--layout separate``)
+    have no boxes. Boxes that are not four whole numbers are skipped (a hand-edited line).
+    """
+    boxes = record.get("map_boxes")
+    outputs = record.get("outputs")
+    if not isinstance(boxes, Mapping) or len(boxes) < 2 or not isinstance(outputs, Mapping):
+        return {}
+    if outputs.get("figure") != rel:
+        return {}
+    valid: dict[str, Box] = {}
+    for layer, box in boxes.items():
+        if (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in box)
+        ):
+            valid[str(layer)] = (box[0], box[1], box[2], box[3])
+    return valid
+
+
+def _layer_thumb_paths(
+    out: Path, rel: str, layers: Iterable[str], taken: set[Path]
+) -> dict[str, Path]:
+    """``.thumbs/<figure>@<layer>.jpg`` per layer, the layer's name made safe for a file name.
+
+    attnviz names no output with "@"; a clash left over (two names made safe alike, or
+    an input named so) gets a number, so no two thumbnails of a page share a file.
+    """
+    paths: dict[str, Path] = {}
+    for layer in layers:
+        stem = f"{rel}@{re.sub(r'[^A-Za-z0-9._-]', '_', layer)}"
+        thumb, k = out / THUMBS_DIR / f"{stem}.jpg", 1
+        while thumb in taken:
+            k += 1
+            thumb = out / THUMBS_DIR / f"{stem}-{k}.jpg"
+        taken.add(thumb)
+        paths[layer] = thumb
+    return paths
+
+
 def _collect_candidates(
     out: Path, records: Iterable[Mapping[str, Any]]
 ) -> tuple[list[_Candidate], list[str]]:
@@ -151,6 +203,11 @@ def _collect_candidates(
         _Candidate(rel, out / rel, _thumb_path(out, rel, taken), record)
         for rel, record in by_name.items()
     ]
+    # Layer thumbnails are named after every figure's own, so those keep their usual names.
+    for candidate in candidates:
+        boxes = _map_boxes(candidate.record, candidate.name)
+        paths = _layer_thumb_paths(out, candidate.name, boxes, taken)
+        candidate.layer_thumbs.update({layer: (boxes[layer], paths[layer]) for layer in boxes})
     return candidates, notes
 
 
@@ -176,39 +233,93 @@ def _ensure_thumbnails(
     return thumbs
 
 
+def _kept(thumb: Path, figure_mtime: int) -> tuple[int, int] | None:
+    """(width, height) of ``thumb`` if it is at least as new as its figure, else None."""
+    try:
+        if thumb.stat().st_mtime_ns >= figure_mtime:
+            with Image.open(thumb) as kept:  # reads the header only
+                return kept.width, kept.height
+    except (OSError, ValueError):
+        pass  # no thumbnail yet, or a broken one: make it
+    return None
+
+
 def _ensure_thumbnail(candidate: _Candidate) -> _Thumb | str:
-    """The candidate's thumbnail, made if missing or older than its figure; else why not."""
+    """The candidate's thumbnails, made if missing or older than its figure; else why not.
+
+    The figure is decoded at most once, whichever of its thumbnails are out of date. A
+    layer's thumbnail that cannot be made is left out: its card shows the whole figure.
+    """
     try:
         figure_mtime = candidate.figure.stat().st_mtime_ns
     except OSError:
         return "figure missing"
+    size = _kept(candidate.thumb, figure_mtime)
+    layers: dict[str, tuple[Path, int, int]] = {}
+    stale: list[tuple[str, Box, Path]] = []
+    for layer, (box, thumb) in candidate.layer_thumbs.items():
+        kept = _kept(thumb, figure_mtime)
+        if kept is None:
+            stale.append((layer, box, thumb))
+        else:
+            layers[layer] = (thumb, *kept)
+    made = 0
+    if size is None or stale:
+        try:
+            with Image.open(candidate.figure) as image:
+                # Pillow decodes straight to RGB, so no BGR conversion is needed here.
+                rgb = image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            return f"cannot read figure: {exc}"
+        for layer, box, thumb in stale:
+            try:
+                small = _crop_thumbnail(rgb, box)
+            except ValueError:
+                continue  # a box outside the figure (a hand-edited manifest)
+            if _write_thumb(thumb, small) is None:
+                layers[layer] = (thumb, small.shape[1], small.shape[0])
+                made += 1
+        if size is None:
+            small = _fit(rgb)  # last, as it shrinks the decoded figure in place
+            error = _write_thumb(candidate.thumb, small)
+            if error is not None:
+                return error
+            size, made = (small.shape[1], small.shape[0]), made + 1
+    in_order = {layer: layers[layer] for layer in candidate.layer_thumbs if layer in layers}
+    return _Thumb(size[0], size[1], made, in_order)
+
+
+def _write_thumb(path: Path, rgb: np.ndarray) -> str | None:
+    """Write a JPEG thumbnail; why not, if it cannot be (other than a full or read-only disk)."""
     try:
-        if candidate.thumb.stat().st_mtime_ns >= figure_mtime:
-            with Image.open(candidate.thumb) as kept:  # reads the header only
-                return _Thumb(kept.width, kept.height, made=False)
-    except (OSError, ValueError):
-        pass  # no thumbnail yet, or a broken one: make it
-    try:
-        small = make_thumbnail(candidate.figure)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        return f"cannot read figure: {exc}"
-    try:
-        write_image(candidate.thumb, small, "jpg")
+        write_image(path, rgb, "jpg")
     except OutputError:
         raise  # disk full or read-only: every later write fails too
     except AttnvizError as exc:
         return str(exc)
-    return _Thumb(small.shape[1], small.shape[0], made=True)
+    return None
+
+
+def _fit(rgb: Image.Image, box: int = THUMB_BOX) -> np.ndarray:
+    """``rgb`` shrunk in place to fit ``box`` x ``box`` (never enlarged), as RGB uint8."""
+    # reducing_gap: a fast box pre-shrink, then Lanczos; as sharp as Lanczos alone.
+    rgb.thumbnail((box, box), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _crop_thumbnail(rgb: Image.Image, box: Box) -> np.ndarray:
+    """The map panel at ``box`` of a figure, fitted like a whole-figure thumbnail."""
+    x, y, width, height = box
+    if min(width, height) < 1 or min(x, y) < 0 or x + width > rgb.width or y + height > rgb.height:
+        raise ValueError(f"box {list(box)} is outside the {rgb.width}x{rgb.height} figure")
+    return _fit(rgb.crop((x, y, x + width, y + height)))
 
 
 def make_thumbnail(figure: Path, box: int = THUMB_BOX) -> np.ndarray:
     """The whole figure scaled to fit ``box`` x ``box``, as RGB uint8 (H, W, 3)."""
     with Image.open(figure) as image:
         # Pillow decodes straight to RGB, so no BGR conversion is needed at this boundary.
-        rgb = image.convert("RGB")
-    # reducing_gap: a fast box pre-shrink, then Lanczos; as sharp as Lanczos alone.
-    rgb.thumbnail((box, box), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    return np.asarray(rgb, dtype=np.uint8)
+        return _fit(image.convert("RGB"), box)
 
 
 # --- the page ---------------------------------------------------------------------------------
@@ -265,6 +376,11 @@ def _item_data(candidate: _Candidate, thumb: _Thumb, out: Path) -> dict[str, Any
         "size": size if isinstance(size, list) else None,
         "top": _top5(record),
         "m": _stats(record),
+        # Per layer, [url, width, height] of the thumbnail of its map alone.
+        "lt": {
+            layer: [_url(path.relative_to(out).as_posix()), width, height]
+            for layer, (path, width, height) in thumb.layers.items()
+        },
     }
 
 
@@ -337,7 +453,8 @@ _PAGE = """<!doctype html>
       <option value="asc">ascending</option>
       <option value="desc">descending</option>
     </select>
-    <label id="layer-box" hidden>Layer <select id="layer"></select></label>
+    <label id="layer-box" hidden title="the layer whose map the cards show and the sort uses">
+      Layer <select id="layer"></select></label>
   </div>
 </header>
 <details id="problems" hidden><summary></summary><ul></ul></details>
@@ -463,12 +580,25 @@ _JS = r"""
   document.title = "attnviz gallery \u2013 " + data.title;
   $("title").textContent = data.title;
 
+  // A card shows the chosen layer's map when its figure has a thumbnail of it (a figure of
+  // several layers), else the whole figure: [url, width, height].
+  const thumbOf = (i, layer) => {
+    const it = items[i];
+    return (it.lt && it.lt[layer]) || [it.t, it.w, it.h];
+  };
+  // Default layer: the deepest one listed, nearest to the decision.
+  const firstLayer = data.layers.length ? data.layers[data.layers.length - 1] : "";
+
   // Thumbnails of one run share an aspect ratio: reserve it so lazy images never shift.
-  const ratios = items.map((it) => it.w / it.h).sort((a, b) => a - b);
-  const ar = n ? ratios[n >> 1] : 3;
-  document.documentElement.style.setProperty("--ar", String(ar));
-  // One-row triptychs are wide and short: give them wider cards so the panels stay legible.
-  document.documentElement.style.setProperty("--card", ar >= 2.5 ? "420px" : "300px");
+  function reserveAspect(layer) {
+    const ratios = items.map((_, i) => { const t = thumbOf(i, layer); return t[1] / t[2]; })
+      .sort((a, b) => a - b);
+    const ar = n ? ratios[n >> 1] : 3;
+    document.documentElement.style.setProperty("--ar", String(ar));
+    // One-row triptychs are wide and short: give them wider cards so the panels stay legible.
+    document.documentElement.style.setProperty("--card", ar >= 2.5 ? "420px" : "300px");
+  }
+  reserveAspect(firstLayer);
 
   // Names sort once, naturally ("img2" before "img10"); other sorts use the rank to break ties.
   const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
@@ -477,7 +607,7 @@ _JS = r"""
     .forEach((idx, rank) => { nameRank[idx] = rank; });
 
   // --- the cards: built once; sorting and filtering only move or hide them -------------------
-  const cards = new Array(n), stats = new Array(n);
+  const cards = new Array(n), stats = new Array(n), imgs = new Array(n);
   const frag = document.createDocumentFragment();
   for (let i = 0; i < n; i++) {
     const it = items[i];
@@ -489,10 +619,11 @@ _JS = r"""
     const img = document.createElement("img");
     img.loading = "lazy";
     img.decoding = "async";
-    img.width = it.w;
-    img.height = it.h;
+    const [src, w, h] = thumbOf(i, firstLayer);
+    img.width = w;
+    img.height = h;
     img.alt = it.n;
-    img.src = it.t;
+    img.src = src;
     const cap = document.createElement("span");
     cap.className = "cap";
     const name = document.createElement("span");
@@ -512,6 +643,7 @@ _JS = r"""
     a.append(img, cap);
     cards[i] = a;
     stats[i] = stat;
+    imgs[i] = img;
     frag.append(a);
   }
   grid.append(frag);
@@ -523,9 +655,8 @@ _JS = r"""
   [...classCounts].sort((a, b) => b[1] - a[1] || collator.compare(a[0], b[0]))
     .forEach(([c, k]) => filterSel.append(new Option(c + " (" + k + ")", c)));
 
-  // Default layer: the deepest one listed, nearest to the decision.
   data.layers.forEach((l) => layerSel.append(new Option(l, l)));
-  if (data.layers.length) layerSel.value = data.layers[data.layers.length - 1];
+  if (data.layers.length) layerSel.value = firstLayer;
   $("layer-box").hidden = data.layers.length < 2;
 
   function keyValues(key, layer) {
@@ -543,10 +674,25 @@ _JS = r"""
   let order = Array.from(items.keys());
   let visible = order;
   let lastKey = "";
+  let thumbLayer = firstLayer;
+
+  function showLayer(layer) {
+    for (let i = 0; i < n; i++) {
+      const [src, w, h] = thumbOf(i, layer);
+      // Cards without a thumbnail of either layer keep their image: no reload.
+      if (imgs[i].getAttribute("src") === src) continue;
+      imgs[i].width = w;
+      imgs[i].height = h;
+      imgs[i].src = src;
+    }
+    reserveAspect(layer);
+    thumbLayer = layer;
+  }
 
   function apply() {
     const t = performance.now();
     const key = sortSel.value, layer = layerSel.value, desc = dirSel.value === "desc";
+    if (layer !== thumbLayer) showLayer(layer);
     const sortKey = key + "\n" + layer + "\n" + desc;
     if (sortKey !== lastKey) {
       const v = keyValues(key, layer);
