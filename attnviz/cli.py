@@ -501,12 +501,23 @@ def compare(
         ),
     ] = None,
     cmap: Annotated[str, typer.Option(help="OpenCV colormap, the same for every row.")] = "jet",
-    alpha: Annotated[float, typer.Option(help="Heatmap opacity over the photo, 0..1.")] = 0.5,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="grid: the photo and every row's weight map as tiles; rows: each row's map "
+            "and weighted features, under the photo.",
+            metavar="MODE",
+        ),
+    ] = "grid",
+    alpha: Annotated[
+        float, typer.Option(help="Heatmap opacity over the photo, 0..1 (rows layout).")
+    ] = 0.5,
     norm: Annotated[
         str,
         typer.Option(
-            help="Panel 3 (and Grad-CAM): image (each row its own range, printed) or "
-            "fixed:LO,HI (one range for every row). Panel 2 is always [0, 1]."
+            help="Weighted features and Grad-CAM (rows layout): image (each row its own range, "
+            "printed) or fixed:LO,HI (one range for every row). Maps are always on [0, 1].",
+            metavar="MODE",
         ),
     ] = "image",
     panel_height: Annotated[
@@ -528,12 +539,13 @@ def compare(
         bool, typer.Option("--quiet", "-q", help="Only errors and failed inputs, one line each.")
     ] = False,
 ) -> None:
-    """One figure per photo with one row per model: the same photo, colour map and scales.
+    """One figure per photo with every model's map: the same photo, colour map and scales.
 
-    Every row shows the photo, the model's weight map on the absolute [0, 1] scale, and
-    its weighted features; each caption names the model, the layer and its top-1 class.
-    Models load once per run. In an entry the layer follows the last '#' and the weights
-    the first '@' after the model (after ':factory' for file.py:factory).
+    By default the photo and each model's weight map (absolute [0, 1] scale) are tiles of
+    one grid; --layout rows adds each model's weighted features. Each caption names the
+    model, the layer and its top-1 class. Models load once per run. In an entry the layer
+    follows the last '#' and the weights the first '@' after the model (after ':factory'
+    for file.py:factory).
 
     Example: attnviz compare photo.jpg --models lite0-cbam,lite0-psa,gradcam
     """
@@ -544,7 +556,8 @@ def compare(
 
     opts = CompareOptions(
         inputs=inputs, out=out, models=models, layer=layer, cmap=cmap, alpha=alpha,
-        norm=norm.lower(), panel_height=panel_height, fmt=fmt.lower(), device=device,
+        layout=layout.lower(), norm=norm.lower(), panel_height=panel_height, fmt=fmt.lower(),
+        device=device,
         batch_size=batch_size, glob=glob, max_pixels=max_pixels,
     )  # fmt: skip
     progress = Progress(

@@ -1,10 +1,12 @@
 """``attnviz compare``: one figure per photo, one row per model, so their maps can be compared.
 
-Every row is drawn by the same ``render_triptych`` call, so all rows share the colour map,
-the panel geometry and the scale of panel 2 (the weights' absolute [0, 1]). Panel 3 (the
-weighted features) has no unit common to different models: under ``--norm image`` each
-row is stretched over its own range, printed in its caption and key; ``--norm
-fixed:LO,HI`` gives every row the same range. Grad-CAM's row uses the same rules.
+Every row is drawn by one renderer call, so all rows share the colour map, the panel
+geometry and the scale of the weight maps (their absolute [0, 1]). The default layout,
+``grid``, sets the photo and every row's map side by side as tiles (``render_mosaic``);
+``rows`` gives each row its map and weighted features (``render_triptych``). The weighted
+features have no unit common to different models: under ``--norm image`` each row is
+stretched over its own range, printed in its caption and key; ``--norm fixed:LO,HI`` gives
+every row the same range. Grad-CAM's row uses the same rules.
 
 A ``--models`` entry is ``MODEL[@WEIGHTS][#LAYER]`` (see parse_entry), or ``gradcam``:
 the Grad-CAM of the first model's trunk for the trunk's predicted class.
@@ -51,7 +53,7 @@ from attnviz.pipeline import (
     parse_norm,
 )
 from attnviz.pipeline import _torch_threads as torch_threads
-from attnviz.render import LayerMaps, render_triptych
+from attnviz.render import LayerMaps, render_mosaic, render_triptych
 from attnviz.render.triptych import Range
 from attnviz.stopping import GracefulStop
 
@@ -149,6 +151,11 @@ def parse_models(models: str | None) -> list[Entry]:
     return entries
 
 
+# grid: the photo and each row's weight map as tiles, compact; rows: the photo once, then
+# each row's map and weighted features with their keys, as `attnviz run --layer all` draws.
+LAYOUTS = ("grid", "rows")
+
+
 @dataclass
 class CompareOptions:
     inputs: Sequence[Path]
@@ -158,6 +165,7 @@ class CompareOptions:
     cmap: str = "jet"
     alpha: float = 0.5
     norm: str = "image"  # image | fixed:LO,HI (panel 3 and Grad-CAM; panel 2 is always [0, 1])
+    layout: str = "grid"  # grid: the photo and every row's map as tiles | rows: map | weighted
     panel_height: int = 320
     fmt: str = "png"
     device: str = "auto"
@@ -176,6 +184,12 @@ def check_compare_options(opts: CompareOptions) -> list[Entry]:
             max_pixels=opts.max_pixels,
         )
     )  # fmt: skip
+    if opts.layout not in LAYOUTS:
+        close = difflib.get_close_matches(opts.layout, LAYOUTS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(
+            f"unknown compare layout {opts.layout!r}{hint}; choose one of {', '.join(LAYOUTS)}"
+        )
     if parse_norm(opts.norm)[0] == "global":
         raise UsageError(
             "attnviz compare takes --norm image or fixed:LO,HI; for one range over many "
@@ -257,8 +271,13 @@ def figure_ranges(layers: Sequence[LayerMaps], norm: str) -> dict[str, Range]:
 def render_compare(
     decoded: Decoded, rows: Sequence[Row], results: Sequence[ImageResult], opts: CompareOptions
 ) -> np.ndarray:
-    """The compare figure of one photo: every row through one render_triptych call."""
+    """The compare figure of one photo: every row through one renderer call."""
     layers = figure_rows(rows, results)
+    if opts.layout == "grid":
+        return render_mosaic(
+            decoded.rgb, layers, cmap=opts.cmap, panel_height=opts.panel_height,
+            original_hw=decoded.original_hw,
+        )  # fmt: skip
     return render_triptych(
         decoded.rgb, layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
         ranges=figure_ranges(layers, opts.norm), original_hw=decoded.original_hw,

@@ -33,6 +33,10 @@ from tests.toy_models import ToyGated
 PANEL = 120  # small panels: fast to draw, and the geometry is still the real one
 
 
+# The long form: under the photo, each row's map and weighted features with their keys.
+ROWS = ("--layout", "rows")
+
+
 def figure_layout(photo: Path) -> Layout:
     """A model's row: its map and weighted features (the photo is drawn once, above)."""
     with Image.open(photo) as image:
@@ -152,7 +156,7 @@ def test_one_row_per_model_on_one_photo(tmp_path: Path) -> None:
     """The shipped model and its Grad-CAM: two rows, the same photo, different maps."""
     photo = write_photo(tmp_path / "photo.jpg", (160, 120), seed=3)
     out = tmp_path / "out"
-    code, output = attnviz("compare", photo, "--models", "lite0-cbam,gradcam", "--out", out,
+    code, output = attnviz("compare", *ROWS, photo, "--models", "lite0-cbam,gradcam", "--out", out,
                            "--panel-size", PANEL)  # fmt: skip
     assert code == 0, output
     assert summary_count(output, "processed") == 1 and summary_count(output, "failed") == 0
@@ -182,7 +186,7 @@ def test_a_folder_gives_one_figure_per_photo_with_a_row_per_layer(
 
     monkeypatch.setattr(compare_module, "load_model", counted)
     out = tmp_path / "out"
-    code, output = attnviz("compare", src, "--models", f"{toy_model}#all,{GRADCAM}",
+    code, output = attnviz("compare", *ROWS, src, "--models", f"{toy_model}#all,{GRADCAM}",
                            "--out", out, "--panel-size", PANEL, "--batch-size", "1")  # fmt: skip
     assert code == 0, output
     assert loads == [toy_model]  # once per run, not per photo, and Grad-CAM reuses it
@@ -208,7 +212,7 @@ def test_per_entry_weights_are_used(tmp_path: Path, toy_model: str) -> None:
                            "--panel-size", PANEL)  # fmt: skip
     assert code == 2 and "more than once" in output  # the same entry twice
     rows = f"{toy_model}@{files[0]}#gate1,{toy_model}@{files[1]}#gate1,{toy_model}#gate1"
-    code, output = attnviz("compare", photo, "--models", rows, "--out", out,
+    code, output = attnviz("compare", *ROWS, photo, "--models", rows, "--out", out,
                            "--panel-size", PANEL)  # fmt: skip
     assert code == 0, output
     figure = np.asarray(Image.open(out / "p.compare.png").convert("RGB"))
@@ -255,6 +259,42 @@ def test_usage_errors_come_before_any_work(tmp_path: Path) -> None:
     assert not list(out.rglob("*.png"))
 
 
+def test_the_default_grid_shows_the_photo_and_every_rows_map_once(tmp_path: Path) -> None:
+    """Compact: the photo and each row's weight map as tiles, ⌈√tiles⌉ a line, one key per
+    scale after the first line; each tile is the map the rows layout draws."""
+    photo = write_photo(tmp_path / "p.jpg", (120, 90), seed=5)
+    models = "lite0-cbam,lite0-cbam#attention.block10,gradcam"
+    for layout, out in (("grid", tmp_path / "grid"), ("rows", tmp_path / "rows")):
+        code, output = attnviz("compare", photo, "--models", models, "--layout", layout,
+                               "--out", out, "--panel-size", PANEL)  # fmt: skip
+        assert code == 0, output
+    grid = np.asarray(Image.open(tmp_path / "grid/p.compare.png").convert("RGB"))
+    rows = np.asarray(Image.open(tmp_path / "rows/p.compare.png").convert("RGB"))
+    layout = compute_layout((90, 120, 3), PANEL)
+    # Four tiles (the photo, three maps) on two lines of two; keys "weights" and Grad-CAM's.
+    step = layout.panel_width + layout.gutter
+    assert grid.shape[:2] == (
+        layout.height(2),
+        2 * step + 2 * (layout.colorbar_width + layout.gutter) - layout.gutter,
+    )
+    tiles = [
+        grid[y : y + layout.panel_height, x : x + layout.panel_width]
+        for y, x in (layout.panel_origin(line, col) for line in (0, 1) for col in (0, 1))
+    ]
+    rows_layout = replace(layout, panels=2)
+    maps = [panel(rows, rows_layout, row, 0).astype(np.uint8) for row in range(3)]
+    for tile, drawn in zip(tiles[1:], maps, strict=True):
+        assert np.array_equal(tile, drawn)
+    assert not np.array_equal(tiles[1], tiles[2])
+
+
+def test_an_unknown_layout_is_a_usage_error_with_a_close_match(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "p.jpg")
+    code, output = attnviz("compare", photo, "--layout", "row", "--out", tmp_path / "out")
+    assert code == 2 and "did you mean rows" in output
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_spells_out_the_entry_syntax() -> None:
     code, output = attnviz("compare", "--help")
     assert code == 0
@@ -271,7 +311,7 @@ def test_gradcam_row_of_a_model_that_returns_a_tuple_or_dict(tmp_path: Path, out
     photo = write_photo(tmp_path / "p.jpg", (80, 80))
     out = tmp_path / "out"
     code, text = attnviz("compare", photo, "--models", f"{source}:build,gradcam", "--out", out,
-                         "--panel-size", PANEL)  # fmt: skip
+                         "--panel-size", PANEL, *ROWS)  # fmt: skip
     assert code == 0, text
     figure = Image.open(out / "p.compare.png")
     assert figure.height == figure_shape(figure_layout(photo), 2)[0]
@@ -295,7 +335,8 @@ def test_layer_flag_applies_to_entries_without_their_own(tmp_path: Path, toy_mod
     photo = write_photo(tmp_path / "p.jpg", (80, 60))
     out = tmp_path / "out"
     code, output = attnviz("compare", photo, "--models", f"{toy_model},{toy_model}#gate1,gradcam",
-                           "--layer", "all", "--out", out, "--panel-size", PANEL)  # fmt: skip
+                           "--layer", "all", "--out", out, "--panel-size", PANEL,
+                           *ROWS)  # fmt: skip
     assert code == 0, output
     # all: gate1 and gate2; '#gate1' keeps its own; gradcam one row.
     assert Image.open(out / "p.compare.png").height == figure_shape(figure_layout(photo), 4)[0]
@@ -307,7 +348,8 @@ def test_fixed_norm_gives_every_row_the_same_range(tmp_path: Path, toy_model: st
     for norm in ("image", "fixed:1e6,2e6"):
         out = tmp_path / norm.replace(":", "_")
         code, output = attnviz("compare", photo, "--models", f"{toy_model}#gate1,{toy_model}#gate2",
-                               "--norm", norm, "--out", out, "--panel-size", PANEL)  # fmt: skip
+                               "--norm", norm, "--out", out, "--panel-size", PANEL,
+                               *ROWS)  # fmt: skip
         assert code == 0, output
         figures[norm] = np.asarray(Image.open(out / "p.compare.png").convert("RGB"))
     layout = figure_layout(photo)

@@ -220,10 +220,11 @@ def test_every_documented_command_runs(
                 assert all(" ".join(e.split()) in flat for e in errors), output
             else:
                 assert code == 0, f"{block.name}: {command}\n{output}"
-                for line in shown:  # the rows a table shows are in the real one
-                    cells = [c for c in re.split(r"[│┃\s]+", line) if c and c != "..."]
-                    if cells and not re.fullmatch(r"[━┏┓┳╇┡┩└┘┴─┬┼]+", "".join(cells)):
-                        assert all(c in output for c in cells), f"{line}\n{output}"
+                # The rows a table shows are in the real output; its header and frame are
+                # left out: a narrow terminal gets one line per row instead of a table.
+                for line in (shown_line for shown_line in shown if "│" in shown_line):
+                    cells = [c for c in re.split(r"[│\s]+", line) if c and c != "..."]
+                    assert all(c in output for c in cells), f"{line}\n{output}"
         ran += 1
     reasons = {skip_reason(c) for c, _ in commands(block.text, block.language == "console")}
     if ran == 0:

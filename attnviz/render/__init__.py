@@ -3,7 +3,7 @@
 from attnviz.render.colormaps import COLORMAPS, apply_colormap, resolve_colormap
 from attnviz.render.gallery import GalleryResult, write_gallery
 from attnviz.render.panels import blend, normalize, upsample
-from attnviz.render.triptych import LayerMaps, render_triptych
+from attnviz.render.triptych import LayerMaps, render_mosaic, render_triptych
 
 __all__ = [
     "COLORMAPS",
@@ -12,6 +12,7 @@ __all__ = [
     "apply_colormap",
     "blend",
     "normalize",
+    "render_mosaic",
     "render_triptych",
     "resolve_colormap",
     "upsample",

@@ -7,6 +7,8 @@ draw other characters as '?' (hence "..." rather than a Unicode ellipsis).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -150,10 +152,14 @@ def _fit_lines(text: str, max_width: int, scale: float, max_lines: int) -> tuple
     return [_shorten(p, max_width, scale) for p in paragraphs if p], scale
 
 
+# White margin left and right of a caption's text, in pixels.
+_TEXT_PAD = 2
+
+
 def text_strip(text: str, width: int, height: int, scale: float, max_lines: int = 1) -> np.ndarray:
     """A white (height, width) RGB strip with ``text`` centred, fitted to the strip's width."""
     strip = np.full((height, width, 3), _WHITE, dtype=np.uint8)
-    pad = 2
+    pad = _TEXT_PAD
     lines, scale = _fit_lines(text, max(1, width - 2 * pad), scale, max_lines)
     if not lines:
         return strip
@@ -167,21 +173,30 @@ def text_strip(text: str, width: int, height: int, scale: float, max_lines: int 
     return strip
 
 
-def caption(panel: np.ndarray, text: str) -> np.ndarray:
+def caption(panel: np.ndarray, text: str, scale: float | None = None) -> np.ndarray:
     """Return ``panel`` with a white caption strip of dark text added above it.
 
     Long text wraps onto a second line (a "\\n" in ``text`` forces the break), then shrinks,
-    then is shortened with "..." in the middle.
+    then is shortened with "..." in the middle. ``scale`` caps the text size (see
+    ``common_caption_scale``); by default it is the panel's own.
     """
     height, width = panel.shape[:2]
     strip = text_strip(
         text,
         width,
         caption_height(width, height),
-        caption_scale(width, height),
+        caption_scale(width, height) if scale is None else scale,
         max_lines=_CAPTION_LINES,
     )
     return np.vstack([strip, panel])
+
+
+def common_caption_scale(texts: Sequence[str], width: int, height: int) -> float:
+    """The text size at which every caption of ``texts`` fits a panel (width, height), so
+    that panels set side by side carry captions of one size."""
+    scale = caption_scale(width, height)
+    fitted = (_fit_lines(t, max(1, width - 2 * _TEXT_PAD), scale, _CAPTION_LINES) for t in texts)
+    return min(fitted_scale for _, fitted_scale in fitted)
 
 
 # --- colour bar -------------------------------------------------------------------------------

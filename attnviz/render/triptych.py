@@ -20,6 +20,7 @@ gallery crops one thumbnail per layer there); ``render_triptych`` is its figure 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from attnviz.render.panels import (
     caption_scale,
     colorbar,
     colorbar_width,
+    common_caption_scale,
     normalize,
     text_strip,
     upsample,
@@ -486,3 +488,39 @@ def compose_triptych(
         # The image area is the part less its caption strip on top.
         map_boxes[name] = (x, y + height - layout.panel_height, width, layout.panel_height)
     return Triptych(figure, map_boxes)
+
+
+def render_mosaic(
+    image: np.ndarray,
+    layers: Sequence[LayerMaps],
+    *,
+    cmap: str = "jet",
+    panel_height: int = 320,
+    columns: int | None = None,
+    original_hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """The photo, then each layer's weight map, as tiles of a grid ``columns`` wide (by
+    default the squarest, ⌈√tiles⌉), with one colour key per scale after the first line.
+
+    The compact way to set many maps side by side (``attnviz compare``'s default): the photo
+    once, every map on its absolute [0, 1] scale, every caption in one text size.
+    """
+    _check_image(image)
+    if len(layers) == 0:
+        raise ValueError("render_mosaic needs at least one layer")
+    resolve_colormap(cmap)
+    layout = compute_layout(image.shape, panel_height)
+    base = fit_image(image, panel_height)
+    box = (layout.panel_height, layout.panel_width)
+    common = {"cmap": cmap, "panel_height": panel_height, "base": base, "auto_channels": False}
+    drawn = draw_panels(image, layers[0], panels=("original",), original_hw=original_hw, **common)
+    for layer in layers:
+        drawn += draw_panels(image, layer, panels=("map",), **common)
+    scale = common_caption_scale([p.caption for p in drawn], layout.panel_width, panel_height)
+    tiles = [caption(letterbox(p.image, box), p.caption, scale) for p in drawn]
+    keys = list(dict.fromkeys(p.key for p in drawn if p.key is not None))
+    bars = [_key(t, colorbar(layout.panel_height, cmap, lo, hi), layout) for t, lo, hi in keys]
+    per_line = columns or math.ceil(math.sqrt(len(tiles)))
+    lines = [tiles[i : i + per_line] for i in range(0, len(tiles), per_line)]
+    lines[0] = lines[0] + bars
+    return _assemble(lines, layout.gutter)[0]
