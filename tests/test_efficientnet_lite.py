@@ -100,3 +100,27 @@ def test_trunk_reproduces_the_reference_accuracy(shared_data: Path) -> None:
     logits = _predict(model, [_resize(shared_data / "boxes-dev" / "images" / f) for f in files])
     labels = torch.tensor([boxes[f] for f in files])
     assert abs(100 * (logits.argmax(1) == labels).float().mean().item() - 69.6) <= 1.0
+
+
+@pytest.mark.parametrize("name", ["lite0-attnpool", "lite0-cbam"])
+def test_loading_for_inference_folds_batchnorm_and_keeps_logits_and_maps(name: str) -> None:
+    """load_model folds each trunk BatchNorm into its convolution: same logits within 1e-4,
+    same attention maps, and no BatchNorm left in the trunk."""
+    import attnviz
+    from attnviz.models.registry import get_spec
+
+    folded = attnviz.load_model(name, device="cpu")
+    plain = get_spec(name).build(False).eval()
+    trunk = next(m for m in folded.net.modules() if isinstance(m, EfficientNetLite))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in trunk.modules())
+    photo = np.asarray(Image.open(Path(__file__).parents[1] / "examples" / "coffee.jpg"))
+    x = folded.preprocess([photo])
+    with torch.inference_mode():
+        with attnviz.capture(folded, "all") as folded_maps:
+            folded_logits = folded.net(x)
+        with attnviz.capture(plain, "all") as plain_maps:
+            plain_logits = plain(x)
+    assert torch.allclose(folded_logits, plain_logits, atol=1e-4)
+    assert folded_maps.keys() == plain_maps.keys()
+    for layer in folded_maps:
+        assert torch.allclose(folded_maps[layer].weights, plain_maps[layer].weights, atol=1e-4)

@@ -119,7 +119,12 @@ def load_model(
             load_into(net, state, str(path), model_name=spec.name)
     else:
         net = spec.build(random_init)
-    loaded = LoadedModel(net.eval(), spec, target, size or spec.input_size)
+    net.eval()
+    # Inference only from here (training builds its nets without load_model): trunks that
+    # can fold their BatchNorm into their convolutions do, for a faster forward.
+    for module in [m for m in net.modules() if hasattr(m, "fold_batchnorm")]:
+        module.fold_batchnorm()
+    loaded = LoadedModel(net, spec, target, size or spec.input_size)
     layout = torch.channels_last if loaded.channels_last else torch.preserve_format
     net.to(target, memory_format=layout)  # in place: loaded.net is net
     if spec.discover:

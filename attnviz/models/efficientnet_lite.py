@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from attnviz.models.gate_families import build_gate
 from attnviz.models.gates import Lite0Gate, Switchable
@@ -50,6 +51,12 @@ class Conv2dSame(nn.Conv2d):
 
 def bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def _fold(owner: nn.Module, conv: str, norm: str) -> None:
+    """Fold the eval-mode BatchNorm ``norm`` into the convolution ``conv`` that feeds it."""
+    setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, norm)))
+    setattr(owner, norm, nn.Identity())
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,12 @@ class MBConv(nn.Module):
         self._project_conv = Conv2dSame(mid, out_ch, 1)
         self._bn2 = bn(out_ch)
         self.has_skip = stride == 1 and in_ch == out_ch
+
+    def fold(self) -> None:
+        if hasattr(self, "_expand_conv"):
+            _fold(self, "_expand_conv", "_bn0")
+        _fold(self, "_depthwise_conv", "_bn1")
+        _fold(self, "_project_conv", "_bn2")
 
     def forward(self, x: Tensor) -> Tensor:
         y = x
@@ -148,6 +161,15 @@ class EfficientNetLite(Switchable, nn.Module):
         # each position); one learned scalar gives the classifier back the scale it was
         # trained on. The bare trunk (gates disabled) does not use it.
         self.pool_gain = nn.Parameter(torch.ones(()))
+
+    def fold_batchnorm(self) -> None:
+        """For inference (eval mode, not training): each BatchNorm of the trunk folded into
+        the convolution that feeds it, which the CPU forward no longer spends time on. The
+        logits stay the same within float rounding; gradients (Grad-CAM) still flow."""
+        _fold(self, "_conv_stem", "_bn0")
+        _fold(self, "_conv_head", "_bn1")
+        for block in self._blocks:
+            block.fold()  # type: ignore[operator]
 
     def gate_for(self, key: str) -> Lite0Gate | None:
         return self.attention[key] if self.gates_enabled and key in self.attention else None  # type: ignore[return-value]
