@@ -291,9 +291,9 @@ def test_doctor_fails_when_the_shipped_weights_are_missing(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from attnviz import cli
-    from attnviz.models import registry
+    from attnviz.models import spec
 
-    monkeypatch.setattr(registry, "PRETRAINED_DIRS", (project / "nowhere",))
+    monkeypatch.setattr(spec, "PRETRAINED_DIRS", (project / "nowhere",))
     monkeypatch.setattr(cli.out_console, "width", 200)  # a wide terminal: no wrapped cells
     code, output = attnviz("doctor")
     assert code == 1, output

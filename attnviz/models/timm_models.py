@@ -15,12 +15,12 @@ from types import ModuleType
 from torch import nn
 
 from attnviz.errors import UsageError
-from attnviz.models.registry import (
+from attnviz.models.spec import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ModelSpec,
     WeightsSource,
-    _needs_weights,
+    needs_weights,
 )
 
 PREFIX = "timm:"
@@ -58,7 +58,7 @@ def timm_model_spec(ref: str) -> ModelSpec:
 
     return ModelSpec(
         ref, "timm", int(size[1]), WeightsSource.USER, f"timm's {name} (pretrained=False)",
-        _needs_weights(ref, f"a state dict of timm's {name}", build),
+        needs_weights(ref, f"a state dict of timm's {name}", build),
         mean, std,  # type: ignore[arg-type]
         fixed_size=bool(cfg is not None and cfg.fixed_input_size), discover=True,
     )  # fmt: skip

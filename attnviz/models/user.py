@@ -21,7 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from attnviz.errors import AttnvizError, UsageError
-from attnviz.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, WeightsSource
+from attnviz.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, WeightsSource
 
 # package.module:factory (dotted Python names on both sides of the colon).
 MODULE_REF = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from attnviz.errors import AttnvizError, UsageError
-
-# A file whose keys overlap less than this with every built-in model gets no suggestion.
-CLOSEST_MIN_OVERLAP = 0.5
-
 
 # Keys of the metadata that attnviz's trainers write into a safetensors file: the built-in
 # model whose gates it holds, and the family (`attnviz train --family`) they belong to.
@@ -125,19 +120,20 @@ def load_into(
     *,
     strict: bool = True,
     model_name: str | None = None,
+    hint: Callable[[Mapping[str, Tensor]], str] | None = None,
 ) -> None:
     """Load ``state`` into ``model``; a mismatch is one readable line, not a traceback.
 
-    With ``model_name`` (the built-in the user chose), the line names that model and, when
-    the file clearly belongs to another built-in, suggests it.
+    With ``model_name`` (the built-in the user chose), the line names that model; ``hint``
+    adds what it says about the file (the registry's: the built-in it belongs to).
     """
     target = model_name or "this model"
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches: keep the first line of torch's report
         detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-        hint = _closest_hint(state, model_name)
-        raise UsageError(f"{source}: weights do not fit {target}: {detail}{hint}") from None
+        suggestion = hint(state) if hint is not None else ""
+        raise UsageError(f"{source}: weights do not fit {target}: {detail}{suggestion}") from None
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if strict and (missing or unexpected):
         parts = []
@@ -145,75 +141,10 @@ def load_into(
             parts.append(f"{len(missing)} missing (e.g. {_examples(missing)})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {_examples(unexpected)})")
-        hint = _closest_hint(state, model_name)
-        raise UsageError(f"{source}: weights do not fit {target}: {'; '.join(parts)}{hint}")
+        suggestion = hint(state) if hint is not None else ""
+        raise UsageError(f"{source}: weights do not fit {target}: {'; '.join(parts)}{suggestion}")
 
 
 def _examples(keys: list[str]) -> str:
     # BatchNorm step counters say nothing about the layout (safetensors sorts them first).
     return ", ".join(sorted(keys, key=lambda key: key.endswith("num_batches_tracked"))[:3])
-
-
-def closest_builtin(state: Mapping[str, Tensor]) -> tuple[str, float] | None:
-    """The built-in model whose (key, shape) pairs overlap most with ``state``, and the overlap.
-
-    Overlap is the Jaccard index of the two sets of (key, shape) pairs, so a ResNet-18 file
-    does not pass for ResNet-50 just because many key names coincide.
-
-    Only called once loading has failed. Each built-in is built on the CPU (all of them: about
-    a second, at most ~180 MB at a time for cbam-resnet101) and dropped at once; its keys and
-    shapes are kept for the next failure in the process. Not on the meta device: there
-    ``normal_`` (the ResNets' kaiming init) runs torch's Python reference ops, whose first use
-    imports torch._dynamo and sympy, ~3.5 s in a fresh process.
-    """
-    from attnviz.models.registry import MODELS
-
-    have = {(key, tuple(value.shape)) for key, value in state.items()}
-    best: tuple[str, float] | None = None
-    for name in MODELS:
-        # A whole checkpoint is matched against the model, gates alone against its gates.
-        for keys in (_builtin_keys(name), _shipped_gate_keys(name)):
-            if keys is None:
-                continue
-            overlap = len(have & keys) / max(len(have | keys), 1)
-            if best is None or overlap > best[1]:
-                best = (name, overlap)
-    return best
-
-
-@functools.cache
-def _shipped_gate_keys(name: str) -> frozenset[tuple[str, tuple[int, ...]]] | None:
-    """(key, shape) of the gates a built-in ships in pretrained/, read without the tensors."""
-    from safetensors import safe_open
-
-    from attnviz.models.registry import MODELS, pretrained_file, shipped_file
-
-    if MODELS[name].with_gates is None:
-        return None
-    try:
-        with safe_open(str(pretrained_file(shipped_file(name))), framework="pt") as f:
-            return frozenset((k, tuple(f.get_slice(k).get_shape())) for k in f.keys())
-    except Exception:  # noqa: BLE001 - a suggestion must never hide the real error
-        return None
-
-
-@functools.cache
-def _builtin_keys(name: str) -> frozenset[tuple[str, tuple[int, ...]]] | None:
-    from attnviz.models.registry import MODELS
-
-    try:
-        net = MODELS[name].build(True)
-    except Exception:  # noqa: BLE001 - a suggestion must never hide the real error
-        return None
-    return frozenset((key, tuple(value.shape)) for key, value in net.state_dict().items())
-
-
-def _closest_hint(state: Mapping[str, Tensor], model_name: str | None) -> str:
-    if model_name is None:
-        return ""
-    closest = closest_builtin(state)
-    if closest is None or closest[0] == model_name or closest[1] < CLOSEST_MIN_OVERLAP:
-        return ""
-    name, overlap = closest
-    # Floor, so that 99.6% never reads as a perfect match.
-    return f"; closest built-in model: {name} ({int(overlap * 100)}% of keys match)"
