@@ -56,7 +56,14 @@ from attnviz.models.user import is_user_model
 from attnviz.options import RunOptions, check_options, drawn_panels, parse_norm
 from attnviz.render import LayerMaps
 from attnviz.render.panels import colorbar
-from attnviz.render.triptych import Range, Triptych, compose_triptych, draw_panels
+from attnviz.render.triptych import (
+    FIGURE_VERSION,
+    SHARED_PANELS,
+    Range,
+    Triptych,
+    compose_triptych,
+    draw_panels,
+)
 from attnviz.stopping import GracefulStop
 
 
@@ -87,6 +94,7 @@ def output_settings(opts: RunOptions) -> dict[str, object]:
     model_file = opts.model.rpartition(":")[0] if is_user_model(opts.model) else None
     return {
         "attnviz": attnviz.__version__,
+        "figure": FIGURE_VERSION,  # how figures are drawn: earlier ones are redrawn
         "model": opts.model,
         "model_file": _file_identity(model_file),
         "weights": _file_identity(opts.weights),
@@ -870,7 +878,10 @@ def compose_figure(
     """``render_figure``'s figure with where each layer's map panel is in it."""
     ranges = norm_ranges(opts.norm, _heat_maps(result), ranges)
     panels = drawn_panels(opts)
-    columns = math.ceil(math.sqrt(len(panels))) if opts.layout == "grid" else None
+    # The grid squares each layer's own panels: with several layers the photo and Grad-CAM
+    # have a line of their own.
+    own = [p for p in panels if p not in SHARED_PANELS] if len(result.layers) > 1 else panels
+    columns = math.ceil(math.sqrt(len(own or panels))) if opts.layout == "grid" else None
     # Rows in the network's order, as `attnviz layers`, the manifest and the API list them.
     return compose_triptych(
         image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,

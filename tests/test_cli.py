@@ -84,6 +84,21 @@ def test_layer_all_stacks_one_row_per_layer(tmp_path: Path) -> None:
     ]
 
 
+def test_grid_squares_each_layers_own_panels(tmp_path: Path) -> None:
+    """--layout grid with several layers: the photo and Grad-CAM on a line of their own, then
+    each layer's three panels wrapped two a line (⌈√3⌉, not ⌈√5⌉), so two lines a layer."""
+    photo = write_photo(tmp_path / "p.jpg", (100, 100))
+    code, _ = attnviz("run", photo, "--model", "lite0-cbam", "--out", tmp_path / "one",
+                      "--panel-height", "100")  # fmt: skip
+    assert code == 0
+    code, output = attnviz("run", photo, "--model", "lite0-cbam", "--out", tmp_path / "grid",
+                           "--layer", "all", "--panel-height", "100", "--layout", "grid",
+                           "--panels", "original,map,weighted,gradcam,contours")  # fmt: skip
+    assert code == 0, output
+    line = Image.open(tmp_path / "one" / "p.png").height
+    assert Image.open(tmp_path / "grid" / "p.png").height == 9 * line + 8 * GUTTER
+
+
 def test_colormap_changes_the_colours_and_a_bad_name_lists_valid_ones(tmp_path: Path) -> None:
     photo = write_photo(tmp_path / "p.jpg")
     attnviz("run", photo, "--out", tmp_path / "jet", "--cmap", "jet")

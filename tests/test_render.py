@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -337,3 +339,17 @@ def test_render_rejects_empty_layers_bad_image_and_bad_cmap() -> None:
         render_triptych(np.zeros((10, 10), np.uint8), [_layer()])
     with pytest.raises(UsageError):
         render_triptych(_image(10, 10), [_layer()], cmap="nope")
+
+
+def test_a_layer_with_nothing_of_its_own_to_draw_adds_no_row() -> None:
+    """--panels original,channels over layers of which only some have channel weights: the
+    photo once, then a row for each layer that has them."""
+    image = _image(64, 64)
+    plain, gated = _layer("plain"), replace(_layer("gated", seed=1), channels=np.linspace(0, 1, 8))
+    figure = render_triptych(
+        image, [plain, gated], panels=("original", "channels"), panel_height=96
+    )
+    layout = compute_layout(image.shape, 96)
+    assert figure.shape[0] == layout.height(2)
+    with pytest.raises(ValueError, match="nothing to draw"):
+        render_triptych(image, [plain], panels=("channels",), panel_height=96)

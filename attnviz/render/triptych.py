@@ -53,6 +53,9 @@ DEFAULT_PANELS = ("original", "map", "weighted")
 # Panels that are the same whatever the layer: a figure of several layers draws them once,
 # on a line of their own above the layers' lines.
 SHARED_PANELS = ("original", "gradcam")
+# Raised whenever figures are drawn differently, so that a rerun redraws older ones
+# (2: the photo and Grad-CAM once above several layers; records carry map_boxes).
+FIGURE_VERSION = 2
 Range = tuple[float, float]
 
 
@@ -471,6 +474,8 @@ def compose_triptych(
             ranges=ranges, gradcam=gradcam, base=base, original_hw=original_hw,
             auto_channels=auto_channels,
         )  # fmt: skip
+        if not drawn:  # e.g. --panels original,channels: a layer without channel weights
+            continue
         # Maps are drawn over the image content only; letterbox() then pads all panels alike.
         parts = [caption(letterbox(p.image, box), p.caption) for p in drawn]
         maps.update({count + i: layer.name for i, p in enumerate(drawn) if p.kind == "map"})
@@ -481,6 +486,8 @@ def compose_triptych(
         chunks[-1] = chunks[-1] + bars
         lines += chunks
         count += len(parts) + len(bars)
+    if not lines:
+        raise ValueError(f"nothing to draw: no layer has the panels {', '.join(panels)}")
     figure, boxes = _assemble(lines, layout.gutter)
     map_boxes: dict[str, Box] = {}
     for index, name in maps.items():
