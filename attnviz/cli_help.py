@@ -27,6 +27,8 @@ Context = Any
 
 # The name column never takes more than this; longer names get a line of their own.
 NAME_WIDTH = 28
+# Narrower than this, the help column gives up its place beside the names.
+MIN_HELP_WIDTH = 24
 # Most specific first: bool is an int, and a Path annotation may be a subclass.
 _KINDS: tuple[tuple[str, type], ...] = (
     ("bool", bool), ("int", int), ("float", float), ("path", Path), ("str", str),
@@ -136,6 +138,8 @@ def _option_row(ctx: Context, option: TyperOption) -> tuple[Text, Text]:
         metavar = option.metavar or _METAVARS.get(option_kind(option), "TEXT")
         names.append(f" {metavar}", style="yellow")
     help_text = Text(" ".join((option.help or "").split()))
+    if option.required:
+        help_text.append(" (required)", style="dim")
     default = _shown_default(ctx, option)
     if default is not None:
         help_text.append(f" (default: {default})", style="dim")
@@ -150,17 +154,20 @@ def _shown_default(ctx: Context, option: TyperOption) -> str | None:
     if value is None or value == () or callable(value):
         return None
     if option.is_flag:
-        if not value or not option.secondary_opts:
-            return None  # an off switch is the plain case: nothing to say
-        return next(o for o in option.opts if o.startswith("--"))
+        # An off switch is the plain case: only a switch that is on (a config file's) says so.
+        return max(option.opts, key=len) if value else None
+    if isinstance(option.show_default, str):
+        return option.show_default
     return str(value)
 
 
 def _panel(console: Console, title: str, rows: list[tuple[Text, Text]]) -> Panel:
     """Rows of (name, help) in two columns inside a titled box as wide as the terminal."""
-    name_width = min(max(len(name) for name, _ in rows), NAME_WIDTH)
     inner = console.width - 4  # the box's borders and padding
-    help_width = max(inner - name_width - 2, 20)
+    name_width = min(max(len(name) for name, _ in rows), NAME_WIDTH)
+    if inner - name_width - 2 < MIN_HELP_WIDTH:  # a narrow terminal: names on lines of their own
+        name_width = 2
+    help_width = max(inner - name_width - 2, 1)
     lines: list[Text] = []
     for name, help_text in rows:
         wrapped = list(help_text.wrap(console, help_width)) or [Text("")]

@@ -356,3 +356,29 @@ def test_a_live_terminal_says_the_model_is_loading_before_the_bar_counts(
     frames = SGR.sub("", result.stderr).replace("\r", "\n")
     assert f"loading {DEFAULT_MODEL}" in frames, frames
     assert re.search(r"attnviz\s.*1/1", frames), frames
+
+
+def test_help_marks_required_options_and_shows_a_switch_a_config_turns_on(project: Path) -> None:
+    (project / "attnviz.toml").write_text("[run]\nquiet = true\n")
+    run_help = " ".join(attnviz("run", "--help")[1].replace("│", " ").split())
+    assert (
+        "-q, --quiet Only errors and failed inputs, one line each. (default: --quiet)" in run_help
+    )
+    eval_help = " ".join(attnviz("eval", "--help")[1].replace("│", " ").split())
+    assert re.search(r"--boxes PATH CSV: \S+ per box\. \(required\)", eval_help), eval_help
+
+
+@pytest.mark.parametrize("columns", [40, 60])
+def test_help_in_a_narrow_terminal_prints_every_flag_and_default_whole(
+    columns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    code, output = attnviz("run", "--help")
+    assert code == 0
+    assert max(len(line) for line in output.splitlines()) <= columns
+    words = output.replace("│", " ").split()
+    command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
+    for param in command.params:
+        for flag in (*param.opts, *param.secondary_opts):
+            assert param.param_type_name != "option" or flag in words or f"{flag}," in words
+    assert "lite0-attnpool)" in words and "attnviz-out)" in words
