@@ -120,12 +120,41 @@ def test_relative_paths_mean_this_folder_even_where_the_actors_run_elsewhere(
     from attnviz.integrations.ray_data import run_on_ray
 
     (tmp_path / "photos").symlink_to(folder)
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "gated.py").write_text(GATED_NET)
     monkeypatch.chdir(tmp_path)
-    summary = run_on_ray(RunOptions(inputs=[Path("photos")], out=Path("maps")), concurrency=1)
+    options = RunOptions(inputs=[Path("photos")], out=Path("maps"), model="nets/gated.py:build")
+    summary = run_on_ray(options, concurrency=1)
     assert summary.processed == len(PHOTOS)
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(
         [*PHOTOS, "manifest.jsonl"]
     )
+    records = _by_input(tmp_path / "maps")
+    assert {r["input"] for r in records.values()} == {f"photos/{name}" for name in records}
+    assert {r.get("model") for r in records.values() if "error" not in r} == {options.model}
+
+
+# A user's network in a file of its own: one CBAM-style spatial gate.
+GATED_NET = """\
+import torch
+from torch import nn
+
+
+class Gate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x):
+        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.conv(pooled))
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), Gate(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+"""
 
 
 def test_mapper_in_a_hand_built_pipeline(

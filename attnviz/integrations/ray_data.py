@@ -37,8 +37,9 @@ in a column ``record``; an input that cannot be read or drawn gets a record with
     from attnviz.io import ManifestWriter
     from attnviz.pipeline import RunOptions
 
-    options = RunOptions(inputs=[], out=Path("maps"))  # inputs: the rows below instead
-    photos = sorted(Path("photos").glob("*.jpg"))
+    # Absolute paths: Ray may start the actors in another folder (under `uv run`, a copy).
+    options = RunOptions(inputs=[], out=Path("maps").absolute())  # inputs: the rows below
+    photos = sorted(Path("photos").absolute().glob("*.jpg"))
     # or ray.data.read_csv / read_parquet of a table with the columns path and relative
     dataset = ray.data.from_items(
         [{"path": str(p), "relative": p.name} for p in photos]
@@ -76,6 +77,7 @@ from attnviz.io.manifest import MANIFEST_NAME, remove_stale_journals
 from attnviz.io.resume import PreviousRun, input_fingerprint, settings_key
 from attnviz.io.write import remove_stale_temps
 from attnviz.models import load_model
+from attnviz.models.user import is_user_model
 from attnviz.pipeline import (
     BatchRunner,
     ImageResult,
@@ -295,7 +297,7 @@ def run_on_ray(
                 if is_video_input(item):
                     report.failed(item.path, VIDEO_REASON)
             mapped = _mapped(photos, options, keys[0], concurrency, batch_size, num_gpus)
-            _collect(mapped, photos, report, stop, progress)
+            _collect(mapped, photos, options.model, report, stop, progress)
         finally:
             _keep_unreached(todo, previous, report)
     # Only now that the manifest holds their records may killed runs' journals go.
@@ -352,11 +354,13 @@ def _mapped(
     # land where this process's manifest says they are.
     # Bytes, not text: a file name that is not UTF-8 still reaches the actor intact.
     rows = [
-        {"path": os.fsencode(os.path.abspath(i.path)), "relative": os.fsencode(i.relative)}
+        {"path": os.fsencode(i.path.absolute()), "relative": os.fsencode(i.relative)}
         for i in photos
     ]
     weights = None if options.weights is None else options.weights.absolute()
-    shipped = replace(options, out=options.out.absolute(), weights=weights)
+    shipped = replace(
+        options, out=options.out.absolute(), weights=weights, model=_absolute_model(options.model)
+    )
     size = batch_size or options.batch_size
     # An actor with no batch to take would only load a model for nothing.
     actors = min(concurrency, -(-len(photos) // size))
@@ -374,9 +378,19 @@ def _mapped(
     )
 
 
+def _absolute_model(model: str) -> str:
+    """``file.py:factory`` with the file made absolute, for actors in another folder (a
+    ``package.module:factory`` is found on their own import path)."""
+    source, _, factory = model.rpartition(":")
+    if is_user_model(model) and source.endswith(".py"):
+        return f"{Path(source).absolute()}:{factory}"
+    return model
+
+
 def _collect(
     mapped: ray.data.Dataset | None,
     photos: Sequence[InputItem],
+    model: str,
     report: _Report,
     stop: GracefulStop,
     progress: Progress,
@@ -384,11 +398,12 @@ def _collect(
     """Write each record to the manifest as its row streams back to the driver."""
     if mapped is None:
         return
-    # The actors were given absolute paths (see _mapped); the manifest keeps the user's.
-    by_input = {os.path.abspath(item.path): item for item in photos}
+    # The actors were given absolute paths (see _mapped); the manifest keeps the user's,
+    # as attnviz run writes them.
+    by_input = {str(item.path.absolute()): item for item in photos}
     done = 0
     for row in mapped.iter_rows():
-        _settle(json.loads(row["record"]), by_input, report)
+        _settle({**json.loads(row["record"]), "model": model}, by_input, report)
         done += 1
         progress(done, len(photos))
         if stop.requested:
@@ -396,7 +411,7 @@ def _collect(
 
 
 def _settle(record: Record, by_input: Mapping[str, InputItem], report: _Report) -> None:
-    item = by_input[os.path.abspath(record["input"])]
+    item = by_input[str(Path(record["input"]).absolute())]
     record["input"] = str(item.path)
     if record.get("fatal"):
         # As in attnviz run: the disk is full or read-only, so the run stops here.
