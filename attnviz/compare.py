@@ -164,7 +164,8 @@ class CompareOptions:
     layer: str | None = None  # entries without '#LAYER': None is each model's default
     cmap: str = "jet"
     alpha: float = 0.5
-    norm: str = "image"  # image | fixed:LO,HI (panel 3 and Grad-CAM; panel 2 is always [0, 1])
+    # image | fixed:LO,HI: the weighted features and Grad-CAM in rows (maps are on [0, 1])
+    norm: str = "image"
     layout: str = "grid"  # grid: the photo and every row's map as tiles | rows: map | weighted
     panel_height: int = 320
     fmt: str = "png"
@@ -264,7 +265,8 @@ def figure_rows(rows: Sequence[Row], results: Sequence[ImageResult]) -> list[Lay
 
 
 def figure_ranges(layers: Sequence[LayerMaps], norm: str) -> dict[str, Range]:
-    """Panel 3's colour range per row: none (each row's own min-max) or the fixed one."""
+    """The weighted features' colour range per row: none (each row's own min-max) or the
+    fixed one."""
     return norm_ranges(norm, (layer.name for layer in layers))
 
 

@@ -584,7 +584,8 @@ _JS = r"""
   // several layers), else the whole figure: [url, width, height].
   const thumbOf = (i, layer) => {
     const it = items[i];
-    return (it.lt && it.lt[layer]) || [it.t, it.w, it.h];
+    // Own keys only: a layer named "constructor" must not find Object's.
+    return (it.lt && Object.hasOwn(it.lt, layer) && it.lt[layer]) || [it.t, it.w, it.h];
   };
   // Default layer: the deepest one listed, nearest to the decision.
   const firstLayer = data.layers.length ? data.layers[data.layers.length - 1] : "";
