@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from attnviz.errors import AttnvizError, OutputError, UsageError
+from attnviz.figures import norm_ranges
 from attnviz.io import (
     DEFAULT_MAX_PIXELS,
     Decoded,
@@ -49,7 +50,6 @@ from attnviz.pipeline import (
     forward_threads,
     is_video_input,
     make_runner,
-    norm_ranges,
     parse_norm,
 )
 from attnviz.pipeline import _torch_threads as torch_threads

@@ -11,11 +11,10 @@ import difflib
 import io
 import math
 import os
-import re
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,14 @@ from attnviz.attention import capture_maps, reads_query, select_layers
 from attnviz.attention.capture import user_selected
 from attnviz.attention.protocol import query_points
 from attnviz.errors import AttnvizError, OutputError, UsageError
+from attnviz.figures import (
+    compose_figure,
+    heat_maps,
+    map_stats,
+    norm_ranges,
+    output_suffixes,
+    separate_panels,
+)
 from attnviz.gradcam import last_feature_layer, trunk_grad_cam, trunk_mode
 from attnviz.io import (
     Decoded,
@@ -53,18 +60,11 @@ from attnviz.io.write import atomic_write_bytes
 from attnviz.models import LoadedModel, load_model
 from attnviz.models.outputs import logits_of, not_class_scores, top_classes
 from attnviz.models.user import is_user_model
-from attnviz.options import RunOptions, check_options, drawn_panels, parse_norm
+from attnviz.options import RunOptions, check_options, parse_norm
 from attnviz.render import LayerMaps
-from attnviz.render.panels import colorbar
-from attnviz.render.triptych import (
-    FIGURE_VERSION,
-    SHARED_PANELS,
-    Range,
-    Triptych,
-    compose_triptych,
-    draw_panels,
-)
+from attnviz.render.triptych import FIGURE_VERSION, Range
 from attnviz.stopping import GracefulStop
+from attnviz.video import VideoStopped, process_video
 
 
 @dataclass
@@ -417,7 +417,6 @@ def _process_videos(
     frame_progress: FrameProgress,
 ) -> None:
     """One video after the other, each batched through the model like photos."""
-    from attnviz.video import VideoStopped, process_video
 
     for item, fingerprint in videos:
         name, total = str(item.path), expected_frames(item.path, opts.every)
@@ -518,38 +517,6 @@ def _torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def map_stats(weights: np.ndarray, image_hw: tuple[int, int]) -> dict[str, object]:
-    """Statistics of a native-resolution map, for sorting and spreadsheets.
-
-    ``max`` is the peak value and ``peak_xy`` its place in image pixels; ``entropy`` is the
-    Shannon entropy of the map read as a distribution over positions, divided by its largest
-    possible value (1 = spread evenly, 0 = all on one position); ``mass_top10`` is the share
-    of the map's total held by the 10 % of positions with the highest values.
-    """
-    h, w = weights.shape
-    flat = np.asarray(weights, dtype=np.float64).ravel()
-    y, x = np.unravel_index(int(np.argmax(flat)), weights.shape)
-    mass = np.clip(flat, 0.0, None)
-    total = float(mass.sum())
-    if total > 0 and flat.size > 1:
-        p = mass[mass > 0] / total
-        entropy = max(0.0, float(-(p * np.log(p)).sum() / np.log(flat.size)))
-        top = max(1, int(np.ceil(0.1 * flat.size)))
-        mass_top10 = float(np.sort(mass)[-top:].sum() / total)
-    else:  # an all-zero map, or a single position: spread nowhere, all mass in one place
-        entropy, mass_top10 = 0.0, 1.0
-    return {
-        "shape": [h, w],
-        "min": float(flat.min()),
-        "max": float(flat.max()),
-        "mean": float(flat.mean()),
-        "std": float(flat.std()),
-        "entropy": entropy,
-        "mass_top10": mass_top10,
-        "peak_xy": [float((x + 0.5) * image_hw[1] / w), float((y + 0.5) * image_hw[0] / h)],
-    }
 
 
 @dataclass
@@ -777,15 +744,6 @@ def forward_batch(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 16
 
 
-def norm_ranges(
-    norm: str, names: Iterable[str], run: Mapping[str, Range] | None = None
-) -> dict[str, Range]:
-    """The colour range of each heat map named under ``--norm``: the fixed bounds for every
-    one (parts' rows included), else the run's (``global``), else none (each map its own)."""
-    _, bounds = parse_norm(norm)
-    return dict.fromkeys(names, bounds) if bounds is not None else dict(run or {})
-
-
 def global_ranges(
     items: Sequence[InputItem],
     runner: BatchRunner,
@@ -804,7 +762,7 @@ def global_ranges(
 
     def widen(images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]] | None = None) -> None:
         for result in runner.run(images, sizes) if images else []:
-            for name, values in _heat_maps(result).items():
+            for name, values in heat_maps(result).items():
                 lo[name] = min(lo.get(name, math.inf), float(values.min()))
                 hi[name] = max(hi.get(name, -math.inf), float(values.max()))
 
@@ -844,106 +802,6 @@ def _try_decode(item: InputItem, opts: RunOptions, min_side: int) -> Decoded | N
         return None
 
 
-def _heat_maps(result: ImageResult) -> dict[str, np.ndarray]:
-    """The maps of a result whose colours follow ``--norm``, by the names ranges use."""
-    maps = {layer.name: np.asarray(layer.weighted) for layer in result.layers}
-    if result.gradcam is not None:
-        maps["gradcam"] = np.asarray(result.gradcam)
-    return maps
-
-
-def render_figure(
-    image: np.ndarray,
-    result: ImageResult,
-    opts: RunOptions,
-    ranges: Mapping[str, Range] | None = None,
-    original_hw: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """The one figure of ``image`` as ``opts`` lay it out (layouts row and grid).
-
-    ``ranges`` are the run's colour ranges by map name (``--norm global``); ``--norm fixed``
-    and the default (each image's own) need none. ``original_hw``: the photo's own size
-    when it was decoded smaller.
-    """
-    return compose_figure(image, result, opts, ranges, original_hw).image
-
-
-def compose_figure(
-    image: np.ndarray,
-    result: ImageResult,
-    opts: RunOptions,
-    ranges: Mapping[str, Range] | None = None,
-    original_hw: tuple[int, int] | None = None,
-) -> Triptych:
-    """``render_figure``'s figure with where each layer's map panel is in it."""
-    ranges = norm_ranges(opts.norm, _heat_maps(result), ranges)
-    panels = drawn_panels(opts)
-    # The grid squares each layer's own panels: with several layers the photo and Grad-CAM
-    # have a line of their own.
-    own = [p for p in panels if p not in SHARED_PANELS] if len(result.layers) > 1 else panels
-    columns = math.ceil(math.sqrt(len(own or panels))) if opts.layout == "grid" else None
-    # Rows in the network's order, as `attnviz layers`, the manifest and the API list them.
-    return compose_triptych(
-        image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
-        panels=panels, columns=columns, ranges=ranges, gradcam=result.gradcam,
-        original_hw=original_hw,
-    )  # fmt: skip
-
-
-def _file_part(name: str) -> str:
-    """A layer name made safe for a file name (letters, digits, '.', '-', '_')."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
-def output_suffixes(opts: RunOptions, layers: Sequence[str]) -> dict[str, str]:
-    """Each output of an input, by its manifest name, and the suffix its file gets.
-
-    ``--layout separate`` writes one file per panel (and per colour key), named
-    ``<stem>.<panel>.<format>``, with the layer inserted when there are several.
-    """
-    fmt = "." + opts.fmt
-    suffixes: dict[str, str] = {}
-    if opts.layout != "separate":
-        suffixes["figure"] = fmt
-    else:
-        names = [n for n in layers if n != "gradcam"] or list(layers)
-        for layer in names:
-            prefix = f".{_file_part(layer)}" if len(names) > 1 else ""
-            for panel in drawn_panels(opts):
-                tag = f"{layer}:{panel}" if len(names) > 1 else panel
-                suffixes[tag] = f"{prefix}.{panel}{fmt}"
-                if panel in ("map", "weighted", "gradcam", "channels"):  # panels with a key
-                    suffixes[f"{tag}-key"] = f"{prefix}.{panel}-key{fmt}"
-    if opts.save_raw:
-        suffixes["raw"] = ".npz"
-    return suffixes
-
-
-def _separate_panels(
-    image: np.ndarray,
-    result: ImageResult,
-    opts: RunOptions,
-    ranges: Mapping[str, Range],
-    original_hw: tuple[int, int],
-) -> dict[str, np.ndarray]:
-    """``--layout separate``: each panel bare (no caption, no letterbox) and its colour key."""
-    images: dict[str, np.ndarray] = {}
-    several = len(result.layers) > 1
-    for layer in result.layers:
-        panels = draw_panels(
-            image, layer, panels=drawn_panels(opts), cmap=opts.cmap, alpha=opts.alpha,
-            panel_height=opts.panel_height, ranges=ranges, gradcam=result.gradcam,
-            original_hw=original_hw, auto_channels=False,
-        )  # fmt: skip
-        for panel in panels:
-            tag = f"{layer.name}:{panel.kind}" if several else panel.kind
-            images[tag] = panel.image
-            if panel.key is not None:
-                _, lo, hi = panel.key
-                images[f"{tag}-key"] = colorbar(opts.panel_height, opts.cmap, lo, hi)
-    return images
-
-
 def _write_outputs(
     item: InputItem,
     decoded: Decoded,
@@ -951,12 +809,12 @@ def _write_outputs(
     opts: RunOptions,
     ranges: Mapping[str, Range] | None = None,
 ) -> dict[str, object]:
-    ranges = norm_ranges(opts.norm, _heat_maps(result), ranges)
+    ranges = norm_ranges(opts.norm, heat_maps(result), ranges)
     image, original_hw = decoded.rgb, decoded.original_hw
     suffixes = output_suffixes(opts, [m.name for m in result.layers])
     map_boxes: dict[str, list[int]] | None = None
     if opts.layout == "separate":
-        images = _separate_panels(image, result, opts, ranges, original_hw)
+        images = separate_panels(image, result, opts, ranges, original_hw)
     else:
         composed = compose_figure(image, result, opts, ranges, original_hw)
         images = {"figure": composed.image}
@@ -986,7 +844,7 @@ def _write_outputs(
         # The colour range each heat map was drawn with: its own, or the run's (--norm).
         "heat_ranges": {
             name: list(ranges.get(name) or (float(values.min()), float(values.max())))
-            for name, values in _heat_maps(result).items()
+            for name, values in heat_maps(result).items()
         },
         **({"map_boxes": map_boxes} if map_boxes is not None else {}),
     }

@@ -11,15 +11,20 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from attnviz.errors import AttnvizError, OutputError
+from attnviz.figures import map_stats, render_figure
 from attnviz.io.inputs import InputItem, output_path
 from attnviz.io.video import DEFAULT_FPS, GifWriter, VideoWriter, open_frames
-from attnviz.pipeline import BatchRunner, ImageResult, RunOptions, map_stats, render_figure
+from attnviz.options import RunOptions
 from attnviz.render.triptych import Range
 from attnviz.stopping import GracefulStop
+
+if TYPE_CHECKING:
+    from attnviz.pipeline import BatchRunner, ImageResult
 
 # Map statistics summarised over a video's frames: averaged, except the peak.
 _AVERAGED_STATS = ("mean", "std", "entropy", "mass_top10")

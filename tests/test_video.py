@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from attnviz.errors import AttnvizError, UsageError
+from attnviz.figures import render_figure
 from attnviz.io.inputs import InputItem, discover
 from attnviz.io.video import (
     DEFAULT_FPS,
@@ -29,7 +30,7 @@ from attnviz.io.video import (
     open_frames,
 )
 from attnviz.models import load_model
-from attnviz.pipeline import BatchRunner, RunOptions, make_runner, render_figure
+from attnviz.pipeline import BatchRunner, RunOptions, make_runner
 from attnviz.stopping import GracefulStop
 from attnviz.video import VideoStopped, process_video
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from attnviz.attention import watch
+import attnviz.attention.watch as watch
 
 # ---------------------------------------------------------------------------- what is found
 

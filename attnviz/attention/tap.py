@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from attnviz.attention import watch
+import attnviz.attention.watch as watch
 from attnviz.attention.discovery import GateRecipe, Recipe, TokenLayout
 from attnviz.attention.protocol import (
     QUERY_POINTS,
