@@ -45,8 +45,8 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 def encode_image(image: np.ndarray, fmt: str) -> bytes:
     """Encode an RGB uint8 (H, W, 3) array as `fmt` ("png", "jpg" or "webp").
 
-    The rest of attnviz is RGB throughout; OpenCV expects BGR, and this is the one place
-    in attnviz.io where arrays cross into OpenCV, so the channel swap happens here only.
+    The rest of attnviz is RGB throughout; OpenCV's encoders expect BGR, so images swap
+    channels here on their way out (video frames do the same in io/video.py).
     """
     if fmt not in _ENCODE_PARAMS:
         raise UsageError(f"unknown image format {fmt!r} (choose from {', '.join(FORMATS)})")

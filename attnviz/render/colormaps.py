@@ -42,7 +42,8 @@ def resolve_colormap(name: str) -> int:
 def apply_colormap(values: np.ndarray, name: str) -> np.ndarray:
     """Colour a 2-D map of values in [0, 1] (clipped; NaN counts as 0); returns RGB uint8 (h, w, 3).
 
-    This is the package's only BGR->RGB conversion: cv2.applyColorMap returns BGR.
+    cv2.applyColorMap returns BGR; the colours leave here as RGB (OpenCV's video I/O in
+    io/video.py converts frames its own way).
     """
     cmap = resolve_colormap(name)
     values = np.asarray(values, dtype=np.float32)
