@@ -928,14 +928,23 @@ def doctor(ctx: typer.Context) -> None:
     checks = run_checks(Path(str(run_defaults.get("out", "attnviz-out"))))
     checks.append(_config_check(ctx.meta.get(CONFIG_META)))
     styles = {Status.OK: "green", Status.INFO: "cyan", Status.WARN: "yellow", Status.FAIL: "red"}
-    table = Table(title=f"attnviz {__version__} doctor", title_justify="left")
+    title = f"attnviz {__version__} doctor"
+    table = Table(title=title, title_justify="left")
     for column in ("check", "status", "detail"):
-        # Fold, not ellipsis: the detail of a weights row is a path the user may need whole.
-        table.add_column(column, no_wrap=column != "detail", overflow="fold")
+        table.add_column(column)
+    width = max(len(c.name) for c in checks)
+    lines = []
     for check in checks:
-        style = styles[check.status]
-        table.add_row(check.name, f"[{style}]{check.status.value}[/]", _printable(check.detail))
-    out_console.print(table)
+        status = f"[{styles[check.status]}]{check.status.value:<6}[/]"
+        table.add_row(check.name, status, _printable(check.detail))
+        lines.append(f"{check.name:<{width}}  {status} {_printable(check.detail)}")
+    unbounded = out_console.options.update(max_width=10_000)
+    if out_console.measure(table, options=unbounded).maximum <= out_console.width:
+        out_console.print(table)
+    else:  # details hold paths the user may copy: one line each rather than a folded cell
+        out_console.print(title)
+        for line in lines:
+            out_console.print(line, soft_wrap=True, highlight=False)
     if failed(checks):
         broken = ", ".join(c.name for c in checks if c.status is Status.FAIL)
         console.print(f"[bold red]broken:[/] {_printable(broken)}", highlight=False)
