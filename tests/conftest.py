@@ -61,3 +61,41 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present (a user's clone)")
     return SHARED_DATA
+
+
+# Test tiers, read off what a test uses, so a new test lands in the right one by itself:
+# `uv run pytest -m "not slow"` is the quick developer run (see the README).
+TIER_BY_FIXTURE = {
+    "page": "browser",  # a real headless Chromium (tests/test_gallery.py)
+    "ray_runtime": "ray",  # a local Ray cluster
+    "shared_data": "data",  # ../shared/data, absent from a user's clone
+    "training_photos": "training",  # short real training runs
+    "attnviz_process": "subprocess",  # the CLI started in a process of its own
+}
+# Whole modules whose every test starts processes, trains, or runs the docs' commands.
+TIER_BY_MODULE = {
+    "test_interruptions": "subprocess",
+    "test_imports": "subprocess",
+    "test_docs": "docs",
+    "test_train": "training",
+    "test_train_block": "training",
+    "test_properties": "properties",
+    "test_discovery_libraries": "libraries",
+}
+SLOW_TIERS = frozenset({"browser", "ray", "data", "training", "subprocess", "docs", "properties"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tier in {*TIER_BY_FIXTURE.values(), *TIER_BY_MODULE.values(), "slow"}:
+        config.addinivalue_line("markers", f"{tier}: a test tier (see tests/conftest.py)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tiers = {tier for name, tier in TIER_BY_FIXTURE.items() if name in item.fixturenames}
+        tiers.add(TIER_BY_MODULE.get(item.module.__name__.rpartition(".")[2], ""))  # type: ignore[union-attr]
+        tiers.discard("")
+        for tier in tiers:
+            item.add_marker(tier)
+        if tiers & SLOW_TIERS:
+            item.add_marker("slow")

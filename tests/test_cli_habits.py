@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def printed_config(*flags: str) -> dict[str, tuple[object, str]]:
     return {key: (values.get(key), source) for key, source in sources.items()}
 
 
-def attnviz_process(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _attnviz_process(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """The CLI as a user starts it, in its own process (environment read at start)."""
     script = Path(sys.executable).with_name("attnviz")  # the console script of this venv
     if not script.is_file():
@@ -55,6 +56,12 @@ def attnviz_process(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         env={**os.environ, "COLUMNS": "100", **env},
         timeout=300,
     )
+
+
+@pytest.fixture
+def attnviz_process() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``_attnviz_process``, for the tests that need a process of their own (their tier)."""
+    return _attnviz_process
 
 
 @pytest.fixture
@@ -246,7 +253,9 @@ def test_every_command_help_has_an_example() -> None:
     assert "Example: attnviz" in attnviz("--help")[1]
 
 
-def test_completion_is_offered_and_completes_offline() -> None:
+def test_completion_is_offered_and_completes_offline(
+    attnviz_process: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
     output = attnviz("--help")[1]
     assert "--install-completion" in output and "--show-completion" in output
     # What the installed bash script does on <TAB>: ask the program itself.
@@ -257,7 +266,11 @@ def test_completion_is_offered_and_completes_offline() -> None:
 
 
 @pytest.mark.parametrize("off", [{"NO_COLOR": "1"}, {"TERM": "dumb"}])
-def test_no_color_and_dumb_terminals_get_no_escapes(tmp_path: Path, off: dict[str, str]) -> None:
+def test_no_color_and_dumb_terminals_get_no_escapes(
+    tmp_path: Path,
+    off: dict[str, str],
+    attnviz_process: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
     photo = write_photo(tmp_path / "photo.jpg")
     forced = {"FORCE_COLOR": "1", "TERM": "xterm-256color"}
     # Control: forced colour does colour, so the check below can see escapes.
@@ -360,7 +373,7 @@ def test_train_help_shows_its_defaults() -> None:
 
 
 def test_a_live_terminal_says_the_model_is_loading_before_the_bar_counts(
-    project: Path,
+    project: Path, attnviz_process: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
     """Torch and the model take seconds to load: the bar names what it waits for."""
     write_photo(project / "a.jpg")

@@ -96,6 +96,7 @@ def test_gates_for_another_model_are_refused_in_one_line(trained: Path, tmp_path
         assert "use --model lite0-cbam" in message
 
 
+@pytest.mark.slow  # naming the closest built-in builds every built-in model once
 def test_another_built_ins_gate_file_is_named_and_exits_2(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
