@@ -156,8 +156,6 @@ def _shown_default(ctx: Context, option: TyperOption) -> str | None:
     if option.is_flag:
         # An off switch is the plain case: only a switch that is on (a config file's) says so.
         return max(option.opts, key=len) if value else None
-    if isinstance(option.show_default, str):
-        return option.show_default
     return str(value)
 
 

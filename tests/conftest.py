@@ -72,10 +72,10 @@ TIER_BY_FIXTURE = {
     "training_photos": "training",  # short real training runs
     "attnviz_process": "subprocess",  # the CLI started in a process of its own
 }
-# Whole modules whose every test starts processes, trains, or runs the docs' commands.
+# Whole modules that start processes, train, or run the docs' commands (test_interruptions
+# also holds three quick in-process tests of the same guarantees, kept beside the others).
 TIER_BY_MODULE = {
     "test_interruptions": "subprocess",
-    "test_imports": "subprocess",
     "test_docs": "docs",
     "test_train": "training",
     "test_train_block": "training",

@@ -124,3 +124,15 @@ def test_loading_for_inference_folds_batchnorm_and_keeps_logits_and_maps(name: s
     assert folded_maps.keys() == plain_maps.keys()
     for layer in folded_maps:
         assert torch.allclose(folded_maps[layer].weights, plain_maps[layer].weights, atol=1e-4)
+
+
+def test_folding_can_be_turned_off_and_folding_twice_changes_nothing() -> None:
+    import attnviz
+
+    plain = attnviz.load_model("lite0-cbam", device="cpu", fold_batchnorm=False)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.net.modules())
+    folded = attnviz.load_model("lite0-cbam", device="cpu")
+    trunk = next(m for m in folded.net.modules() if isinstance(m, EfficientNetLite))
+    before = {k: v.clone() for k, v in trunk.state_dict().items()}
+    trunk.fold_batchnorm()  # e.g. a user's factory that returns the same model twice
+    assert all(torch.equal(v, before[k]) for k, v in trunk.state_dict().items())

@@ -15,6 +15,7 @@ from attnviz import DEFAULT_MODEL
 from attnviz.attention.capture import declared_layers
 from attnviz.attention.discovery import discover
 from attnviz.errors import AttnvizError, UsageError
+from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.registry import MODELS, ModelSpec, WeightsSource, closest_hint, get_spec
 from attnviz.models.weights import check_trained_for, load_into, read_state_dict
 
@@ -94,8 +95,13 @@ def load_model(
     *,
     size: int | None = None,
     random_init: bool = False,
+    fold_batchnorm: bool = True,
 ) -> LoadedModel:
-    """Build a built-in model with its weights, in eval mode on ``device``.
+    """Build a built-in model with its weights, in eval mode on ``device``, for inference.
+
+    With ``fold_batchnorm`` (the default) the Lite0 trunk's BatchNorms are folded into the
+    convolutions that feed them: the same logits, a faster forward, but ``.net`` then has no
+    BatchNorm keys, so it is not for training or for saving as a checkpoint of the model.
 
     ``weights`` replaces the default weights with a checkpoint file (safetensors or a
     tensors-only torch file). For the built-ins with trained gates it may hold the gates
@@ -119,10 +125,9 @@ def load_model(
     else:
         net = spec.build(random_init)
     net.eval()
-    # Inference only from here (training builds its nets without load_model): trunks that
-    # can fold their BatchNorm into their convolutions do, for a faster forward.
-    for module in [m for m in net.modules() if hasattr(m, "fold_batchnorm")]:
-        module.fold_batchnorm()
+    if fold_batchnorm:  # training builds its nets without load_model
+        for trunk in [m for m in net.modules() if isinstance(m, EfficientNetLite)]:
+            trunk.fold_batchnorm()
     loaded = LoadedModel(net, spec, target, size or spec.input_size)
     layout = torch.channels_last if loaded.channels_last else torch.preserve_format
     net.to(target, memory_format=layout)  # in place: loaded.net is net

@@ -54,9 +54,12 @@ def bn(channels: int) -> nn.BatchNorm2d:
 
 
 def _fold(owner: nn.Module, conv: str, norm: str) -> None:
-    """Fold the eval-mode BatchNorm ``norm`` into the convolution ``conv`` that feeds it."""
+    """Fold the eval-mode BatchNorm ``norm`` into the convolution ``conv`` that feeds it
+    (once: a slot already folded is left as it is)."""
+    if isinstance(getattr(owner, norm), nn.Identity):
+        return
     setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, norm)))
-    setattr(owner, norm, nn.Identity())
+    setattr(owner, norm, nn.Identity().eval())
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """OpenCV colormaps by name, returning RGB.
 
-OpenCV's ``applyColorMap`` yields BGR; everything else in attnviz is RGB. The conversion happens
-in exactly one place, :func:`apply_colormap`, so no other code needs to think about channel order.
+OpenCV's ``applyColorMap`` yields BGR; everything else in attnviz is RGB, so
+:func:`apply_colormap` converts its colours here and no renderer needs to think about channel
+order (images and video frames convert on their way through OpenCV's encoders, in io/).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@
   const thumbOf = (i, layer) => {
     const it = items[i];
     // Own keys only: a layer named "constructor" must not find Object's.
-    return (it.lt && Object.hasOwn(it.lt, layer) && it.lt[layer]) || [it.t, it.w, it.h];
+    return (it.lt && Object.prototype.hasOwnProperty.call(it.lt, layer) && it.lt[layer]) || [it.t, it.w, it.h];
   };
   // Default layer: the deepest one listed, nearest to the decision.
   const firstLayer = data.layers.length ? data.layers[data.layers.length - 1] : "";
