@@ -46,6 +46,7 @@ figures (default --panel-height 320); pass smaller panels after `--` to save dis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -202,10 +203,8 @@ def run_attnviz(inputs: Path, out: Path, log: Path, interval: float, extra: list
                 samples.append(sample)
             next_at += interval
             # wait() doubles as the sleep, so the exit is noticed at once.
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.0, next_at - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
         wall = time.monotonic() - start
     return RunResult(exit_code=proc.returncode, wall_s=wall, samples=samples)
 

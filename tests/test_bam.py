@@ -125,7 +125,7 @@ def test_authors_checkpoint_loads_strictly_and_captures(
         "bam1": (2, 1, 16, 16), "bam2": (2, 1, 8, 8), "bam3": (2, 1, 4, 4),
     }  # fmt: skip
     for capture in maps.values():
-        assert 0 <= capture.weights.min() and capture.weights.max() <= 1
+        assert capture.weights.min() >= 0 and capture.weights.max() <= 1
     assert sum(len(m._forward_hooks) for m in model.modules()) == hooks_before
 
 

@@ -52,7 +52,7 @@ def test_capture_gives_weights_in_unit_range_and_weighted_features() -> None:
     assert maps["gate1"].weights.shape == (2, 1, 16, 24)
     assert maps["gate2"].weighted.shape == (2, 1, 8, 12)
     for c in maps.values():
-        assert 0.0 <= c.weights.min() and c.weights.max() <= 1.0
+        assert c.weights.min() >= 0.0 and c.weights.max() <= 1.0
         assert (c.weighted >= 0).all()
 
 

@@ -332,9 +332,8 @@ def test_an_interrupted_forward_leaves_no_watcher_behind() -> None:
         raise KeyboardInterrupt
 
     handle = model.block.w.register_forward_pre_hook(interrupt)  # inside the watched layer
-    with pytest.raises(KeyboardInterrupt), torch.inference_mode():
-        with capture_maps(model, "block"):
-            model(torch.randn(1, 3, SIZE, SIZE))
+    with pytest.raises(KeyboardInterrupt), torch.inference_mode(), capture_maps(model, "block"):
+        model(torch.randn(1, 3, SIZE, SIZE))
     handle.remove()
     assert torch._C._len_torch_function_stack() == 0
 

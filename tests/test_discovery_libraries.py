@@ -110,9 +110,12 @@ def test_windowed_query_row_covers_only_the_query_window() -> None:
     torch.manual_seed(0)
     model = tvm.swin_t().eval()
     discover(model, torch.randn(2, 3, 224, 224))
-    with torch.inference_mode(), query_points(torch.tensor([[0.1, 0.1]])):
-        with capture_maps(model, "features.1.0.attn") as maps:  # not shifted
-            model(torch.randn(1, 3, 224, 224))
+    with (
+        torch.inference_mode(),
+        query_points(torch.tensor([[0.1, 0.1]])),
+        capture_maps(model, "features.1.0.attn") as maps,  # not shifted
+    ):
+        model(torch.randn(1, 3, 224, 224))
     row = maps["features.1.0.attn"].weights[0, 0]
     assert row.shape == (56, 56)
     inside = torch.zeros(56, 56, dtype=torch.bool)
@@ -130,9 +133,12 @@ def test_halo_attention_keys_are_placed_on_their_overlapping_windows() -> None:
     block = HaloAttn(16, 16, num_heads=2, block_size=4, halo_size=1)
     model = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), block, nn.AdaptiveAvgPool2d(1)).eval()
     discover(model, torch.randn(2, 3, 32, 32))  # an 8 x 8 grid: four blocks
-    with torch.inference_mode(), query_points(torch.tensor([[0.2, 0.2]])):
-        with capture_maps(model, "1") as maps:
-            model(torch.randn(1, 3, 32, 32))
+    with (
+        torch.inference_mode(),
+        query_points(torch.tensor([[0.2, 0.2]])),
+        capture_maps(model, "1") as maps,
+    ):
+        model(torch.randn(1, 3, 32, 32))
     row = maps["1"].weights[0, 0]
     window = torch.zeros(8, 8, dtype=torch.bool)
     window[:5, :5] = True  # rows and columns -1 … 4 of the padded map, clipped to the image

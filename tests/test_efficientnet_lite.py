@@ -83,7 +83,7 @@ def _predict(model: EfficientNetLite, inputs: list[torch.Tensor]) -> torch.Tenso
 def test_trunk_reproduces_the_reference_accuracy(shared_data: Path) -> None:
     """Reference (data README): imagenet-sample top-1 87.7 / top-5 97.1; boxes-dev top-1 69.6."""
     model = build_lite0_cbam().eval()
-    rows = list(csv.DictReader(open(shared_data / "imagenet-sample-index.csv")))
+    rows = list(csv.DictReader((shared_data / "imagenet-sample-index.csv").open()))
     labels = torch.tensor([int(r["imagenet_idx"]) for r in rows])
     logits = _predict(
         model, [_resize_crop(shared_data / "imagenet-sample" / r["file"]) for r in rows]
@@ -94,7 +94,7 @@ def test_trunk_reproduces_the_reference_accuracy(shared_data: Path) -> None:
 
     boxes = {
         r["file"]: int(r["imagenet_idx"])
-        for r in csv.DictReader(open(shared_data / "boxes-dev" / "boxes.csv"))
+        for r in csv.DictReader((shared_data / "boxes-dev" / "boxes.csv").open())
     }
     files = sorted(boxes)
     logits = _predict(model, [_resize(shared_data / "boxes-dev" / "images" / f) for f in files])

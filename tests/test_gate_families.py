@@ -165,7 +165,7 @@ def test_psa_fused_map_and_scale_parts_match_the_definition() -> None:
         for name, expected in zip(("scale 1", "scale 1/2", "scale 1/4"), scales, strict=True):
             weights, weighted = capture.parts[name]
             assert weights.shape == weighted.shape == (2, 1, 8, 8)
-            assert 0.0 <= weights.min() and weights.max() <= 1.0
+            assert weights.min() >= 0.0 and weights.max() <= 1.0
             torch.testing.assert_close(weights[n, 0], expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out, (0.8 + 0.2 * capture.weights) * features)
     assert capture.applied == "0.8 + 0.2 M"
@@ -269,10 +269,10 @@ def test_every_family_is_attention_with_unit_maps_and_leaves_no_hooks(family: st
     assert logits.shape == (2, 5)
     capture = maps["gate"]
     assert capture.weights.shape == capture.weighted.shape == (2, 1, 12, 10)
-    assert 0.0 <= capture.weights.min() and capture.weights.max() <= 1.0
+    assert capture.weights.min() >= 0.0 and capture.weights.max() <= 1.0
     assert capture.weights.std() > 1e-3  # random weights give a graded map
     for weights, weighted in capture.parts.values():
-        assert 0.0 <= weights.min() and weights.max() <= 1.0 and (weighted >= 0).all()
+        assert weights.min() >= 0.0 and weights.max() <= 1.0 and (weighted >= 0).all()
     with pytest.raises(RuntimeError), capture_maps(model, "all"):
         raise RuntimeError("boom")
     assert hook_count(model) == 0
@@ -497,7 +497,7 @@ def test_shipped_family_loads_strictly_and_gives_graded_maps(family: str) -> Non
     assert set(maps) == {f"attention.{g}" for g in LITE0_GATES}
     for name, capture in maps.items():
         weights = capture.weights[:, 0]
-        assert 0.0 <= weights.min() and weights.max() <= 1.0
+        assert weights.min() >= 0.0 and weights.max() <= 1.0
         # Every map uses its scale: a gate that stays open everywhere is not attention.
         per_photo_range = weights.amax(dim=(1, 2)) - weights.amin(dim=(1, 2))
         assert (per_photo_range > 0.3).all(), f"{name} spans {per_photo_range.tolist()}"

@@ -26,6 +26,7 @@ layer. The probe keeps every tensor alive until it ends, so tensor ids stay uniq
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -306,15 +307,14 @@ class _Probe(TorchFunctionMode):
             return
         (source,) = sources
         final = self.finals.get(source)
-        if final is not None and func not in watch.LAYOUT and func not in watch.SAME_PLACE:
-            # Anything but moving the rows on the image settles the layout (a residual add).
-            if any(self.replays[id(t)] is final for _, t in tracked):
-                self.frozen.add(source)
-                return
-        try:
+        # Anything but moving the rows on the image settles the layout (a residual add).
+        settles = final is not None and func not in watch.LAYOUT and func not in watch.SAME_PLACE
+        if settles and any(self.replays[id(t)] is final for _, t in tracked):
+            self.frozen.add(source)
+            return
+        # A call the rows cannot follow: the layout ends before it.
+        with contextlib.suppress(RuntimeError, ValueError, TypeError, IndexError):
             self._replay(func, args, kwargs, result, event, source, [t for _, t in tracked])
-        except (RuntimeError, ValueError, TypeError, IndexError):
-            pass  # a call the rows cannot follow: the layout ends before it
 
     def _start(self, event: _Event, result: Tensor, applied: bool) -> None:
         rows = result.shape[:-1].numel()
@@ -895,7 +895,7 @@ def _token_grid(tokens: int, image_hw: tuple[int, int]) -> tuple[int, tuple[int,
     """(prefix, (h, w)): a few leading tokens that are not positions, the rest a grid with
     the image's aspect."""
     ih, iw = image_hw
-    for prefix in range(0, 9):
+    for prefix in range(9):
         cells = tokens - prefix
         for h in range(2, cells + 1):
             if cells % h:

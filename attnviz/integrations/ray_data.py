@@ -401,10 +401,8 @@ def _collect(
     # The actors were given absolute paths (see _mapped); the manifest keeps the user's,
     # as attnviz run writes them.
     by_input = {str(item.path.absolute()): item for item in photos}
-    done = 0
-    for row in mapped.iter_rows():
+    for done, row in enumerate(mapped.iter_rows(), start=1):
         _settle({**json.loads(row["record"]), "model": model}, by_input, report)
-        done += 1
         progress(done, len(photos))
         if stop.requested:
             break  # outputs written but not yet back are redone by the next run

@@ -333,7 +333,7 @@ def _shipped_gate_keys(name: str) -> frozenset[tuple[str, tuple[int, ...]]] | No
         return None
     try:
         with safe_open(str(pretrained_file(shipped_file(name))), framework="pt") as f:
-            return frozenset((k, tuple(f.get_slice(k).get_shape())) for k in f.keys())
+            return frozenset((k, tuple(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118 - a safetensors file, not a dict
     except Exception:  # noqa: BLE001 - a suggestion must never hide the real error
         return None
 

@@ -34,10 +34,7 @@ def normalize(values: np.ndarray) -> tuple[np.ndarray, float, float]:
     if not np.all(np.isfinite(arr)):
         raise ValueError("map contains NaN or infinite values")
     lo, hi = float(arr.min()), float(arr.max())
-    if hi > lo:
-        scaled = (arr - lo) / (hi - lo)
-    else:
-        scaled = np.zeros_like(arr)
+    scaled = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     return scaled.astype(np.float32), lo, hi
 
 
