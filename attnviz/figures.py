@@ -8,20 +8,20 @@ computed or where they go.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from attnviz.io.inputs import file_part
 from attnviz.options import RunOptions, drawn_panels, parse_norm
 from attnviz.render.panels import colorbar
 from attnviz.render.triptych import (
-    SHARED_PANELS,
     Range,
     Triptych,
     compose_triptych,
     draw_panels,
+    split_panels,
 )
 
 if TYPE_CHECKING:
@@ -105,19 +105,14 @@ def compose_figure(
     panels = drawn_panels(opts)
     # The grid squares each layer's own panels: with several layers the photo and Grad-CAM
     # have a line of their own.
-    own = [p for p in panels if p not in SHARED_PANELS] if len(result.layers) > 1 else panels
-    columns = math.ceil(math.sqrt(len(own or panels))) if opts.layout == "grid" else None
+    shared, own = split_panels(panels, len(result.layers))
+    columns = math.ceil(math.sqrt(len(own or shared))) if opts.layout == "grid" else None
     # Rows in the network's order, as `attnviz layers`, the manifest and the API list them.
     return compose_triptych(
         image, result.layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
         panels=panels, columns=columns, ranges=ranges, gradcam=result.gradcam,
         original_hw=original_hw,
     )  # fmt: skip
-
-
-def file_part(name: str) -> str:
-    """A layer name made safe for a file name (letters, digits, '.', '-', '_')."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def output_suffixes(opts: RunOptions, layers: Sequence[str]) -> dict[str, str]:

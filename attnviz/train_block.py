@@ -104,7 +104,7 @@ def where_it_looks(block: torch.nn.Module) -> list[torch.nn.Parameter]:
 def block_maps(block: torch.nn.Module, x: Tensor) -> Tensor:
     """The block's maps as attnviz shows them, before scaling for display, differentiable:
     (M, 1, H, W) with M = N x (queries) for the non-local block, N for DCNv2."""
-    n, _, h, w = x.shape
+    h, w = x.shape[-2:]
     if isinstance(block, NonLocalBlock):
         attention, values = block.attention(x)  # (N, HW, H'W'): one row per query
         return attention.reshape(-1, 1, *values.shape[2:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -173,3 +174,8 @@ def output_path(item: InputItem, out_dir: Path, suffix: str) -> Path:
     if not Path(os.path.realpath(target.parent)).is_relative_to(os.path.realpath(out_dir)):
         raise AttnvizError(f"{item.path}: output folder {target.parent} links outside {out_dir}")
     return target
+
+
+def file_part(name: str) -> str:
+    """A layer name made safe for a file name (letters, digits, '.', '-', '_')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)

@@ -13,7 +13,6 @@ import functools
 import json
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,8 +25,10 @@ import numpy as np
 from PIL import Image
 
 from attnviz.errors import AttnvizError, OutputError
+from attnviz.io.inputs import file_part
 from attnviz.io.manifest import MANIFEST_NAME, read_manifest
 from attnviz.io.write import atomic_write_bytes, write_image
+from attnviz.render.triptych import Box
 
 INDEX_NAME = "index.html"
 THUMBS_DIR = ".thumbs"
@@ -51,9 +52,6 @@ class GalleryResult:
     failed: int
     thumbnails_made: int
     notes: list[str] = field(default_factory=list)  # figures left out of the page, and why
-
-
-Box = tuple[int, int, int, int]  # (x, y, width, height) in the figure's pixels
 
 
 @dataclass(frozen=True)
@@ -173,7 +171,7 @@ def _layer_thumb_paths(
     """
     paths: dict[str, Path] = {}
     for layer in layers:
-        stem = f"{rel}@{re.sub(r'[^A-Za-z0-9._-]', '_', layer)}"
+        stem = f"{rel}@{file_part(layer)}"
         thumb, k = out / THUMBS_DIR / f"{stem}.jpg", 1
         while thumb in taken:
             k += 1
@@ -315,13 +313,6 @@ def _crop_thumbnail(rgb: Image.Image, box: Box) -> np.ndarray:
     if min(width, height) < 1 or min(x, y) < 0 or x + width > rgb.width or y + height > rgb.height:
         raise ValueError(f"box {list(box)} is outside the {rgb.width}x{rgb.height} figure")
     return _fit(rgb.crop((x, y, x + width, y + height)))
-
-
-def make_thumbnail(figure: Path, box: int = THUMB_BOX) -> np.ndarray:
-    """The whole figure scaled to fit ``box`` x ``box``, as RGB uint8 (H, W, 3)."""
-    with Image.open(figure) as image:
-        # Pillow decodes straight to RGB, so no BGR conversion is needed at this boundary.
-        return _fit(image.convert("RGB"), box)
 
 
 # --- the page ---------------------------------------------------------------------------------

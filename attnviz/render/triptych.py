@@ -411,6 +411,20 @@ def _assemble(lines: Sequence[Sequence[np.ndarray]], gutter: int) -> tuple[np.nd
     return canvas, boxes
 
 
+def split_panels(panels: Sequence[str], layers: int) -> tuple[list[str], list[str]]:
+    """(shared, own): the panels drawn once above the layers' rows, and each row's own.
+
+    With one layer nothing is shared: its row holds every panel, in the order asked for."""
+    shared = [k for k in panels if k in SHARED_PANELS] if layers > 1 else []
+    return shared, [k for k in panels if k not in shared]
+
+
+def _key_bars(drawn: Sequence[Panel], layout: Layout, cmap: str) -> list[np.ndarray]:
+    """One colour key per scale the panels use, in their order."""
+    keys = dict.fromkeys(p.key for p in drawn if p.key is not None)
+    return [_key(t, colorbar(layout.panel_height, cmap, lo, hi), layout) for t, lo, hi in keys]
+
+
 def render_triptych(
     image: np.ndarray,
     layers: Sequence[LayerMaps],
@@ -461,31 +475,26 @@ def compose_triptych(
     layout = compute_layout(image.shape, panel_height)
     base = fit_image(image, panel_height)
     box = (layout.panel_height, layout.panel_width)
-    shared = [k for k in panels if k in SHARED_PANELS] if len(layers) > 1 else []
-    own = [k for k in panels if k not in shared]
-    rows = [(layers[0], shared, False)] if shared else []
-    rows += [(layer, own, True) for layer in layers] if own else []
+    shared, own = split_panels(panels, len(layers))
+    rows = [(layers[0], shared)] if shared else []
+    rows += [(layer, own) for layer in layers] if own else []
     lines: list[list[np.ndarray]] = []
     maps: dict[int, str] = {}  # index of a map part, counted over all lines -> its layer
-    count = 0
-    for layer, kinds, auto_channels in rows:
+    for layer, kinds in rows:
         drawn = draw_panels(
             image, layer, panels=kinds, cmap=cmap, alpha=alpha, panel_height=panel_height,
             ranges=ranges, gradcam=gradcam, base=base, original_hw=original_hw,
-            auto_channels=auto_channels,
         )  # fmt: skip
         if not drawn:  # e.g. --panels original,channels: a layer without channel weights
             continue
         # Maps are drawn over the image content only; letterbox() then pads all panels alike.
         parts = [caption(letterbox(p.image, box), p.caption) for p in drawn]
-        maps.update({count + i: layer.name for i, p in enumerate(drawn) if p.kind == "map"})
-        keys = list(dict.fromkeys(p.key for p in drawn if p.key is not None))  # one per scale
-        bars = [_key(t, colorbar(layout.panel_height, cmap, lo, hi), layout) for t, lo, hi in keys]
+        placed = sum(map(len, lines))  # parts already placed, as _assemble counts them
+        maps.update({placed + i: layer.name for i, p in enumerate(drawn) if p.kind == "map"})
         per_line = columns or len(parts)  # a row may gain a channels panel by itself
         chunks = [parts[i : i + per_line] for i in range(0, len(parts), per_line)]
-        chunks[-1] = chunks[-1] + bars
+        chunks[-1] = chunks[-1] + _key_bars(drawn, layout, cmap)
         lines += chunks
-        count += len(parts) + len(bars)
     if not lines:
         raise ValueError(f"nothing to draw: no layer has the panels {', '.join(panels)}")
     figure, boxes = _assemble(lines, layout.gutter)
@@ -525,9 +534,7 @@ def render_mosaic(
         drawn += draw_panels(image, layer, panels=("map",), **common)
     scale = common_caption_scale([p.caption for p in drawn], layout.panel_width, panel_height)
     tiles = [caption(letterbox(p.image, box), p.caption, scale) for p in drawn]
-    keys = list(dict.fromkeys(p.key for p in drawn if p.key is not None))
-    bars = [_key(t, colorbar(layout.panel_height, cmap, lo, hi), layout) for t, lo, hi in keys]
     per_line = columns or math.ceil(math.sqrt(len(tiles)))
     lines = [tiles[i : i + per_line] for i in range(0, len(tiles), per_line)]
-    lines[0] = lines[0] + bars
+    lines[0] = lines[0] + _key_bars(drawn, layout, cmap)
     return _assemble(lines, layout.gutter)[0]
