@@ -4,7 +4,7 @@ folded into its convolutions (what ``load_model`` does) than without, in one run
     uv run python benchmarks/batchnorm_folding.py [--rounds 8] [--repeats 20] [--size 224]
 
 For each shipped model named below, the folded model (``load_model``) and the same model
-unfolded (its builder, eval mode, channels-last like the loaded one) take turns: each round
+unfolded (``load_model(fold_batchnorm=False)``) take turns: each round
 times ``--repeats`` forward passes of one random photo through each, and the medians over
 the rounds give the ratio, so the machine's drift affects both alike.
 """
@@ -18,7 +18,6 @@ import time
 import torch
 
 import attnviz
-from attnviz.models.registry import get_spec
 
 MODELS = ("lite0-attnpool", "lite0-cbam")
 
@@ -40,7 +39,7 @@ def main() -> int:
     print(f"threads {torch.get_num_threads()}, batch 1, {args.size} px")
     for name in MODELS:
         folded = attnviz.load_model(name, device="cpu").net
-        plain = get_spec(name).build(False).eval().to(memory_format=torch.channels_last)
+        plain = attnviz.load_model(name, device="cpu", fold_batchnorm=False).net
         times: dict[str, list[float]] = {"folded": [], "unfolded": []}
         with torch.inference_mode():
             for net in (folded, plain):  # warm-up: oneDNN builds its kernels

@@ -95,6 +95,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tiers = {tier for name, tier in TIER_BY_FIXTURE.items() if name in item.fixturenames}
         tiers.add(TIER_BY_MODULE.get(item.module.__name__.rpartition(".")[2], ""))  # type: ignore[union-attr]
         tiers.discard("")
+        tiers |= {mark.name for mark in item.iter_markers()} & SLOW_TIERS  # placed by hand
         for tier in tiers:
             item.add_marker(tier)
         if tiers & SLOW_TIERS:

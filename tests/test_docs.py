@@ -137,14 +137,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (work / "my_model.py").write_text(USER_MODEL)
     (work / "nets").mkdir()
     (work / "nets/my.py").write_text(USER_MODEL)
-    sys.path.insert(0, str(work / "nets"))
-    try:
-        import my  # type: ignore[import-not-found]
-
-        save_file(my.build().state_dict(), work / "my.safetensors")
-    finally:
-        sys.path.remove(str(work / "nets"))
-        sys.modules.pop("my", None)
+    user_code: dict[str, object] = {}
+    exec(USER_MODEL, user_code)
+    save_file(user_code["build"]().state_dict(), work / "my.safetensors")  # type: ignore[operator]
     from attnviz.models.registry import get_spec
 
     torch.save(get_spec("cbam-resnet50").build(random_init=True).state_dict(), work / "cbam50.pth")
