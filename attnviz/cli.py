@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from attnviz import DEFAULT_MODEL, __version__
+from attnviz.choices import DEFAULT_MAX_PIXELS
 from attnviz.cli_help import HelpCommand, HelpGroup, colour_off, option_kind
 from attnviz.errors import AttnvizError, UsageError
 
@@ -273,7 +274,7 @@ def run(
     ] = False,
     max_pixels: Annotated[
         int, typer.Option(help="Refuse images with more pixels than this (decompression bombs).")
-    ] = 160_000_000,  # attnviz.io.DEFAULT_MAX_PIXELS, not imported: --help stays light
+    ] = DEFAULT_MAX_PIXELS,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only errors and failed inputs, one line each.")
     ] = False,
@@ -534,7 +535,7 @@ def compare(
     glob: Annotated[str | None, typer.Option(help="Only files matching this glob.")] = None,
     max_pixels: Annotated[
         int, typer.Option(help="Refuse images with more pixels than this (decompression bombs).")
-    ] = 160_000_000,
+    ] = DEFAULT_MAX_PIXELS,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only errors and failed inputs, one line each.")
     ] = False,

@@ -25,10 +25,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from attnviz.choices import DEFAULT_MAX_PIXELS
 from attnviz.errors import AttnvizError, OutputError, UsageError
 from attnviz.figures import norm_ranges
 from attnviz.io import (
-    DEFAULT_MAX_PIXELS,
     Decoded,
     InputItem,
     check_writable,

@@ -30,7 +30,7 @@ from attnviz.attention import capture_maps, select_layers
 from attnviz.errors import AttnvizError
 from attnviz.gradcam import has_trunk, trunk_grad_cam
 from attnviz.io import load_rgb
-from attnviz.io.write import atomic_write_bytes
+from attnviz.io.files import atomic_write_bytes
 from attnviz.localization import Box, LocalizationScores, to_unit_map
 from attnviz.models import LoadedModel, load_model
 from attnviz.models.outputs import logits_of

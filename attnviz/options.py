@@ -10,13 +10,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attnviz import DEFAULT_MODEL
+from attnviz.choices import DEFAULT_MAX_PIXELS, FORMATS, PANELS, colormap_name
 from attnviz.errors import UsageError
-from attnviz.io import DEFAULT_MAX_PIXELS, FORMATS
 from attnviz.io.shards import Shard
-from attnviz.render import resolve_colormap
-from attnviz.render.triptych import PANELS, Range
+
+if TYPE_CHECKING:
+    from attnviz.render.triptych import Range
 
 METHODS = ("attention", "gradcam")
 LAYOUTS = ("row", "grid", "separate")
@@ -68,7 +70,7 @@ def drawn_panels(opts: RunOptions) -> tuple[str, ...]:
 
 def check_options(opts: RunOptions) -> None:
     """Usage errors before any work starts: a bad flag never costs a model load."""
-    resolve_colormap(opts.cmap)
+    colormap_name(opts.cmap)
     if opts.fmt not in FORMATS:
         raise UsageError(f"unknown format {opts.fmt!r}; choose one of {', '.join(FORMATS)}")
     if not 0.0 <= opts.alpha <= 1.0:

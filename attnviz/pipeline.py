@@ -52,11 +52,11 @@ from attnviz.io import (
     write_image,
     write_npz,
 )
+from attnviz.io.files import atomic_write_bytes
 from attnviz.io.manifest import MANIFEST_NAME, remove_stale_journals
 from attnviz.io.resume import PreviousRun, input_fingerprint, settings_key
 from attnviz.io.shards import Shard
 from attnviz.io.video import expected_frames, is_video, open_frames
-from attnviz.io.write import atomic_write_bytes
 from attnviz.models import LoadedModel, load_model
 from attnviz.models.outputs import logits_of, not_class_scores, top_classes
 from attnviz.models.user import is_user_model

@@ -375,7 +375,7 @@ def test_gradcam_on_a_layer_without_a_spatial_map_is_a_usage_error(tmp_path: Pat
 def test_the_pixel_limit_flag_defaults_to_the_decoders_limit() -> None:
     import inspect
 
+    from attnviz.choices import DEFAULT_MAX_PIXELS
     from attnviz.cli import run
-    from attnviz.io import DEFAULT_MAX_PIXELS
 
     assert inspect.signature(run).parameters["max_pixels"].default == DEFAULT_MAX_PIXELS

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnviz.choices import FORMATS
 from attnviz.errors import AttnvizError, UsageError
 from attnviz.io import (
-    FORMATS,
     MANIFEST_NAME,
     InputItem,
     ManifestWriter,
@@ -30,9 +30,9 @@ from attnviz.io import (
     write_image,
     write_npz,
 )
+from attnviz.io.files import in_use
 from attnviz.io.manifest import remove_stale_journals
 from attnviz.io.resume import PreviousRun
-from attnviz.io.write import in_use
 
 
 def _png(path: Path, color: tuple[int, int, int] = (10, 20, 30), size: int = 4) -> Path:

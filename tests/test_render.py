@@ -45,6 +45,16 @@ def test_colormap_names_cover_the_common_opencv_maps() -> None:
         assert name in COLORMAPS
 
 
+def test_the_colormap_names_are_every_colormap_of_the_installed_opencv() -> None:
+    import cv2
+
+    from attnviz.choices import COLORMAP_NAMES
+
+    installed = {a.removeprefix("COLORMAP_").lower() for a in dir(cv2) if a.startswith("COLORMAP_")}
+    assert set(COLORMAP_NAMES) == installed
+    assert {name: getattr(cv2, f"COLORMAP_{name.upper()}") for name in COLORMAP_NAMES} == COLORMAPS
+
+
 def test_resolve_colormap_is_case_insensitive() -> None:
     assert resolve_colormap("Viridis") == COLORMAPS["viridis"]
 

@@ -1,4 +1,4 @@
-"""Usage errors come first: before torch loads, before the model, before any file is made."""
+"""Usage errors come first: before torch or numpy loads, before the model, before any file."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ sys.argv = ["attnviz", "run", *{args!r}]
 try:
     main()
 except SystemExit as exit:
-    print(exit.code, "torch" in sys.modules)
+    print(exit.code, *(m in sys.modules for m in ("torch", "numpy", "cv2")))
 """
 
 
@@ -31,11 +31,11 @@ except SystemExit as exit:
         ["examples/coffee.jpg", "--weights", "no-such.safetensors"],
     ],
 )
-def test_a_usage_error_exits_2_before_torch_is_imported(args: list[str], tmp_path: Path):
+def test_a_usage_error_exits_2_before_torch_numpy_or_opencv_loads(args: list[str], tmp_path: Path):
     root = Path(__file__).resolve().parents[1]
     code = PROBE.format(args=[*args, "--out", str(tmp_path / "out")])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
-    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert out.stdout.split() == ["2", "False", "False", "False"], out.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -73,9 +73,9 @@ import numpy as np
 from attnviz.errors import AttnvizError, OutputError, UsageError
 from attnviz.integrations import MissingExtraError
 from attnviz.io import Decoded, InputItem, ManifestWriter, check_writable, discover
+from attnviz.io.files import remove_stale_temps
 from attnviz.io.manifest import MANIFEST_NAME, remove_stale_journals
 from attnviz.io.resume import PreviousRun, input_fingerprint, settings_key
-from attnviz.io.write import remove_stale_temps
 from attnviz.models import load_model
 from attnviz.models.user import is_user_model
 from attnviz.pipeline import (

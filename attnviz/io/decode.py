@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from attnviz.choices import DEFAULT_MAX_PIXELS
 from attnviz.errors import AttnvizError
 
 # attnviz enforces its own, configurable limit (see decode_image); Pillow's fixed one
 # would warn or refuse with a message about "DOS attacks" that users cannot act on.
 Image.MAX_IMAGE_PIXELS = None
-
-# 16k x 10k: far above any camera photo a network would see, far below a bomb's claim.
-DEFAULT_MAX_PIXELS = 160_000_000
 
 # Transparent areas become neutral grey: black or white would read as strong features.
 BACKGROUND = (128, 128, 128)

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from attnviz.errors import AttnvizError
-from attnviz.io.write import (
+from attnviz.io.files import (
     atomic_write_bytes,
     create_locked_temp,
     in_use,

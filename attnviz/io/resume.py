@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from attnviz.errors import AttnvizError
+from attnviz.io.files import in_use
 from attnviz.io.manifest import MANIFEST_NAME, journal_glob, read_manifest
-from attnviz.io.write import in_use
 
 
 def input_fingerprint(path: Path) -> dict[str, Any]:

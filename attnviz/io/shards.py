@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from attnviz.errors import AttnvizError, UsageError
+from attnviz.io.files import atomic_write_bytes, in_use
 from attnviz.io.manifest import JOURNAL_SUFFIX, MANIFEST_NAME, _dumps, read_manifest
-from attnviz.io.write import atomic_write_bytes, in_use
 
 _SHARD_FILE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.jsonl$")
 # A shard's manifest being written (see manifest.journal_glob); a killed job leaves it.

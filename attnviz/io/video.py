@@ -26,8 +26,8 @@ from PIL import Image
 
 from attnviz.errors import AttnvizError, UsageError
 from attnviz.io.decode import DEFAULT_MAX_PIXELS, decode_image
+from attnviz.io.files import atomic_write_bytes, create_locked_temp, output_file_mode, write_error
 from attnviz.io.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from attnviz.io.write import atomic_write_bytes, create_locked_temp, output_file_mode, write_error
 
 __all__ = [
     "DEFAULT_FPS",

@@ -7,37 +7,20 @@ order (images and video frames convert on their way through OpenCV's encoders, i
 
 from __future__ import annotations
 
-import difflib
-
 import cv2
 import numpy as np
 
-from attnviz.errors import UsageError
+from attnviz.choices import COLORMAP_NAMES, colormap_name
 
-_PREFIX = "COLORMAP_"
-
-# Built from the installed cv2 rather than hard-coded, so colormaps added by newer OpenCV
-# releases show up without a code change.
+# Every name in choices.COLORMAP_NAMES is an OpenCV colormap (tests/test_render.py).
 COLORMAPS: dict[str, int] = {
-    attr[len(_PREFIX) :].lower(): int(getattr(cv2, attr))
-    for attr in sorted(dir(cv2))
-    if attr.startswith(_PREFIX) and isinstance(getattr(cv2, attr), int)
+    name: int(getattr(cv2, f"COLORMAP_{name.upper()}")) for name in COLORMAP_NAMES
 }
 
 
 def resolve_colormap(name: str) -> int:
-    """Return the OpenCV colormap id for ``name`` (case-insensitive).
-
-    Raises UsageError (a user's bad flag, not a bug) naming the valid choices and the closest match.
-    """
-    key = name.strip().lower()
-    if key in COLORMAPS:
-        return COLORMAPS[key]
-    close = difflib.get_close_matches(key, COLORMAPS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise UsageError(
-        f"unknown colormap {name!r}{hint}; choose one of: {', '.join(sorted(COLORMAPS))}"
-    )
+    """Return the OpenCV colormap id for ``name`` (case-insensitive; see choices.colormap_name)."""
+    return COLORMAPS[colormap_name(name)]
 
 
 def apply_colormap(values: np.ndarray, name: str) -> np.ndarray:

@@ -25,9 +25,10 @@ import numpy as np
 from PIL import Image
 
 from attnviz.errors import AttnvizError, OutputError
+from attnviz.io.files import atomic_write_bytes
 from attnviz.io.inputs import file_part
 from attnviz.io.manifest import MANIFEST_NAME, read_manifest
-from attnviz.io.write import atomic_write_bytes, write_image
+from attnviz.io.write import write_image
 from attnviz.render.triptych import Box
 
 INDEX_NAME = "index.html"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from attnviz.choices import PANELS
 from attnviz.render.colormaps import apply_colormap, resolve_colormap
 from attnviz.render.panels import (
     blend,
@@ -48,7 +49,6 @@ _LETTERBOX = 128
 MAX_ASPECT = 4  # a panel is at most 4x wider than tall, or 4x taller than wide
 # What a figure can show of each layer: the photo, the weight map, the weighted features over
 # the photo, the trunk's Grad-CAM over the photo, the photo with the map's thresholded outline.
-PANELS = ("original", "map", "weighted", "gradcam", "contours", "channels")
 DEFAULT_PANELS = ("original", "map", "weighted")
 # Panels that are the same whatever the layer: a figure of several layers draws them once,
 # on a line of their own above the layers' lines.
