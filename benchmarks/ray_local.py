@@ -1,4 +1,4 @@
-"""Images/s of run_on_ray against attnviz.pipeline.run on the same photos, one machine.
+"""Images/s of run_on_ray against attnviz.engine.pipeline.run on the same photos, one machine.
 
     uv run python benchmarks/ray_local.py [COUNT]
 
@@ -26,8 +26,9 @@ SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sam
 def main() -> int:
     import ray
 
+    from attnviz.engine.options import RunOptions
+    from attnviz.engine.pipeline import run
     from attnviz.integrations.ray_data import run_on_ray
-    from attnviz.pipeline import RunOptions, run
 
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     work = Path(tempfile.mkdtemp(prefix="attnviz-ray-bench-"))

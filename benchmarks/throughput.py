@@ -42,8 +42,8 @@ from PIL import Image
 
 import attnviz
 from attnviz.attention import capture_maps
+from attnviz.engine.runner import forward_batch
 from attnviz.io import IMAGE_SUFFIXES, decode_image, write_image
-from attnviz.pipeline import forward_batch
 from attnviz.render import LayerMaps, render_triptych
 
 ROOT = Path(__file__).resolve().parents[1]

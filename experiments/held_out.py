@@ -21,7 +21,7 @@ import torch
 
 import attnviz
 from attnviz.io import load_rgb
-from attnviz.train import split_holdout
+from attnviz.training.gates import split_holdout
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FOLDERS = (DATA / "imagenette-train", DATA / "imagenet-sample")

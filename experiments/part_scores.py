@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from attnviz.attention import capture_maps
-from attnviz.evaluate import read_boxes
+from attnviz.evaluation.evaluate import read_boxes
+from attnviz.evaluation.localization import LocalizationScores, to_unit_map
 from attnviz.io import load_rgb
-from attnviz.localization import LocalizationScores, to_unit_map
 from attnviz.models import load_model
 
 

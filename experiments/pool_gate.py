@@ -33,15 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnviz.evaluate import BoxedPhoto, read_boxes
+from attnviz.evaluation.evaluate import BoxedPhoto, read_boxes
+from attnviz.evaluation.localization import LocalizationScores, to_unit_map
 from attnviz.io import load_rgb
-from attnviz.localization import LocalizationScores, to_unit_map
 from attnviz.models import LoadedModel
 from attnviz.models.attention_pool import spread_along
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.registry import get_spec, lite0_trunk_file
 from attnviz.models.weights import read_state_dict
-from attnviz.train import find_images
+from attnviz.training.gates import find_images
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CACHE = Path("/tmp/attnviz-pool")

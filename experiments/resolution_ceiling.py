@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from attnviz.evaluate import read_boxes
-from attnviz.localization import LocalizationScores, box_mask, to_unit_map
+from attnviz.evaluation.evaluate import read_boxes
+from attnviz.evaluation.localization import LocalizationScores, box_mask, to_unit_map
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "boxes-dev"
 

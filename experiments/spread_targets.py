@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pool_gate import CACHE, DATA, box_scores, propagate, training_split, trunk
 from torch import Tensor
 
-from attnviz.evaluate import read_boxes
+from attnviz.evaluation.evaluate import read_boxes
 
 
 def spread(cam: Tensor, fine: Tensor, temperature: float, steps: int) -> Tensor:

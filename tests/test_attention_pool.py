@@ -16,8 +16,8 @@ from attnviz.io import load_rgb
 from attnviz.models.attention_pool import AttentionGatedPooling, Lite0AttentionPool
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.registry import build_lite0_attnpool
-from attnviz.train import resume_path
-from attnviz.train_pool import PoolTrainConfig, train_attention_pool
+from attnviz.training.gates import resume_path
+from attnviz.training.pool import PoolTrainConfig, train_attention_pool
 from tests.conftest import write_photo
 from tests.test_train import monkeypatch_resume_every
 

@@ -303,7 +303,7 @@ def test_doctor_passes_here_and_lists_versions(project: Path) -> None:
 def test_doctor_in_a_narrow_terminal_prints_each_path_whole_on_its_row(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnviz import cli
+    from attnviz.cli import commands as cli
     from attnviz.models.registry import lite0_trunk_file
 
     monkeypatch.setattr(cli.out_console, "width", 50)  # narrower than any table of paths
@@ -316,7 +316,7 @@ def test_doctor_in_a_narrow_terminal_prints_each_path_whole_on_its_row(
 def test_doctor_fails_when_the_shipped_weights_are_missing(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnviz import cli
+    from attnviz.cli import commands as cli
     from attnviz.models import spec
 
     monkeypatch.setattr(spec, "PRETRAINED_DIRS", (project / "nowhere",))

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from attnviz import compare as compare_module
-from attnviz.compare import (
+from attnviz.engine import compare as compare_module
+from attnviz.engine.compare import (
     GRADCAM,
     Entry,
     Row,
@@ -22,9 +22,9 @@ from attnviz.compare import (
     parse_entry,
     parse_models,
 )
+from attnviz.engine.runner import ImageResult
 from attnviz.errors import UsageError
 from attnviz.models.registry import MODELS, WeightsSource
-from attnviz.pipeline import ImageResult
 from attnviz.render import LayerMaps
 from attnviz.render.triptych import Layout, compute_layout
 from tests.conftest import attnviz, summary_count, write_photo

@@ -284,8 +284,16 @@ def test_the_manifest_example_names_real_keys(
 
 
 def test_the_source_layout_lists_files_that_exist() -> None:
+    """Every path the layout names exists; an indented name is a file of the folder above."""
     layout = next(b for b in blocks() if b.page.name == "development.md" and not b.language)
-    paths = [line.split()[0] for line in layout.text.splitlines() if line[:1].strip()]
+    paths, folder = [], ""
+    for line in layout.text.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if line.startswith("  ") and name.endswith(".py"):
+            paths.append(folder + name)
+        elif line[:1].strip():
+            paths.append(name)
+            folder = name if name.endswith("/") else ""
     assert paths and all((REPO / p).exists() for p in paths), [
         p for p in paths if not (REPO / p).exists()
     ]

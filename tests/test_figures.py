@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attnviz.figures import map_stats
+from attnviz.engine.figures import map_stats
 from attnviz.render import LayerMaps, apply_colormap
 from attnviz.render.panels import caption_height, colorbar_width
 from attnviz.render.triptych import GUTTER, compute_layout, draw_panels
@@ -272,8 +272,9 @@ def test_stats_csv_has_one_row_per_image_and_layer(photos: Path) -> None:
 
 
 def test_layer_all_stacks_rows_in_the_networks_order_as_layers_and_the_manifest_list_them() -> None:
-    from attnviz.figures import render_figure
-    from attnviz.pipeline import ImageResult, RunOptions
+    from attnviz.engine.figures import render_figure
+    from attnviz.engine.options import RunOptions
+    from attnviz.engine.runner import ImageResult
     from attnviz.render import render_triptych
 
     rng = np.random.default_rng(0)

@@ -35,7 +35,14 @@ from attnviz.models.registry import (
     lite0_gates_file,
     pretrained_file,
 )
-from attnviz.train import FLOORS, SEED_SLOPE, TrainConfig, resume_path, seed_gates, train_gates
+from attnviz.training.gates import (
+    FLOORS,
+    SEED_SLOPE,
+    TrainConfig,
+    resume_path,
+    seed_gates,
+    train_gates,
+)
 from tests.conftest import attnviz as run_cli
 from tests.toy_models import hook_count
 
@@ -410,13 +417,13 @@ def trunk_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.contextmanager
 def resume_every(steps: int) -> Iterator[None]:
-    import attnviz.train
+    import attnviz.training.gates
 
-    saved, attnviz.train.RESUME_EVERY = attnviz.train.RESUME_EVERY, steps
+    saved, attnviz.training.gates.RESUME_EVERY = attnviz.training.gates.RESUME_EVERY, steps
     try:
         yield
     finally:
-        attnviz.train.RESUME_EVERY = saved
+        attnviz.training.gates.RESUME_EVERY = saved
 
 
 @pytest.mark.parametrize("family", NEW_FAMILIES)

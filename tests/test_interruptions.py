@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from attnviz.engine.runner import BatchRunner
+from attnviz.engine.stopping import GracefulStop
 from attnviz.errors import AttnvizError
 from attnviz.models import LoadedModel, ModelSpec, WeightsSource
-from attnviz.pipeline import BatchRunner
-from attnviz.stopping import GracefulStop
 from tests.conftest import write_photo
 from tests.toy_models import ToyGated
 

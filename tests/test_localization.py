@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnviz.localization import (
+from attnviz.evaluation.localization import (
     LocalizationScores,
     best_iou,
     box_mask,

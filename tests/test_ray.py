@@ -17,9 +17,10 @@ from types import ModuleType
 
 import pytest
 
+from attnviz.engine.options import RunOptions
+from attnviz.engine.pipeline import run
 from attnviz.errors import AttnvizError, UsageError
 from attnviz.io import read_manifest
-from attnviz.pipeline import RunOptions, run
 from tests.conftest import write_photo
 
 PHOTOS = [f"p{i}.png" for i in range(4)]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from attnviz.errors import AttnvizError
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.registry import LITE0_GATES, build_lite0_cbam
-from attnviz.train import (
+from attnviz.training.gates import (
     TrainConfig,
     evidence_mismatch,
     resume_path,
@@ -123,13 +123,13 @@ def test_an_interrupted_run_resumes_and_ends_as_if_never_stopped(tmp_path: Path)
 
 @contextlib.contextmanager
 def monkeypatch_resume_every(steps: int):
-    import attnviz.train
+    import attnviz.training.gates
 
-    saved, attnviz.train.RESUME_EVERY = attnviz.train.RESUME_EVERY, steps
+    saved, attnviz.training.gates.RESUME_EVERY = attnviz.training.gates.RESUME_EVERY, steps
     try:
         yield
     finally:
-        attnviz.train.RESUME_EVERY = saved
+        attnviz.training.gates.RESUME_EVERY = saved
 
 
 def test_the_hold_out_takes_the_shuffles_first_photos_then_tops_up_each_folder(

@@ -12,8 +12,8 @@ import torch
 from attnviz.attention import capture_maps
 from attnviz.models.lite0_hosts import lite0_host
 from attnviz.models.weights import read_state_dict
-from attnviz.train import RESUME_EVERY
-from attnviz.train_block import BlockTrainConfig, block_maps, train_block, where_it_looks
+from attnviz.training.blocks import BlockTrainConfig, block_maps, train_block, where_it_looks
+from attnviz.training.gates import RESUME_EVERY
 from tests.conftest import attnviz as run_cli
 
 

@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnviz.engine.figures import render_figure
+from attnviz.engine.options import RunOptions
+from attnviz.engine.runner import BatchRunner, make_runner
+from attnviz.engine.stopping import GracefulStop
+from attnviz.engine.video import VideoStopped, process_video
 from attnviz.errors import AttnvizError, UsageError
-from attnviz.figures import render_figure
 from attnviz.io.inputs import InputItem, discover
 from attnviz.io.video import (
     DEFAULT_FPS,
@@ -30,9 +34,6 @@ from attnviz.io.video import (
     open_frames,
 )
 from attnviz.models import load_model
-from attnviz.pipeline import BatchRunner, RunOptions, make_runner
-from attnviz.stopping import GracefulStop
-from attnviz.video import VideoStopped, process_video
 
 FPS = 12.0
 W, H = 64, 48
@@ -588,7 +589,7 @@ def test_cli_a_video_that_cannot_be_drawn_fails_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A render error in a video (a NaN map, an OpenCV refusal) is one failed input."""
-    import attnviz.video as video_run
+    import attnviz.engine.video as video_run
     from tests.conftest import attnviz, summary_count, write_photo
 
     (tmp_path / "in").mkdir()

@@ -9,7 +9,7 @@ the writing; the same atomic writer, manifest and resume apply::
 
     import ray
     from attnviz.integrations.ray_data import run_on_ray
-    from attnviz.pipeline import RunOptions
+    from attnviz.engine.options import RunOptions
 
     ray.init()  # optional: else Ray Data starts a local runtime (or joins RAY_ADDRESS's)
     summary = run_on_ray(
@@ -35,7 +35,7 @@ in a column ``record``; an input that cannot be read or drawn gets a record with
     import ray.data
     from attnviz.integrations.ray_data import AttnvizBatchMapper
     from attnviz.io import ManifestWriter
-    from attnviz.pipeline import RunOptions
+    from attnviz.engine.options import RunOptions
 
     # Absolute paths: Ray may start the actors in another folder (under `uv run`, a copy).
     options = RunOptions(inputs=[], out=Path("maps").absolute())  # inputs: the rows below
@@ -70,6 +70,27 @@ from typing import Any
 import cv2
 import numpy as np
 
+from attnviz.engine.options import RunOptions, check_options, parse_norm
+from attnviz.engine.outputs import write_outputs, write_stats_csv
+from attnviz.engine.pipeline import Progress
+from attnviz.engine.plan import (
+    Report,
+    RunSummary,
+    Todo,
+    is_video_input,
+    keep_unreached,
+    output_settings,
+    plan,
+)
+from attnviz.engine.runner import (
+    BatchRunner,
+    ImageResult,
+    decode_input,
+    forward_threads,
+    make_runner,
+    torch_threads,
+)
+from attnviz.engine.stopping import GracefulStop
 from attnviz.errors import AttnvizError, OutputError, UsageError
 from attnviz.integrations import MissingExtraError
 from attnviz.io import Decoded, InputItem, ManifestWriter, check_writable, discover
@@ -78,28 +99,6 @@ from attnviz.io.manifest import MANIFEST_NAME, remove_stale_journals
 from attnviz.io.resume import PreviousRun, input_fingerprint, settings_key
 from attnviz.models import load_model
 from attnviz.models.user import is_user_model
-from attnviz.pipeline import (
-    BatchRunner,
-    ImageResult,
-    Progress,
-    RunOptions,
-    RunSummary,
-    _decode,
-    _keep_unreached,
-    _plan,
-    _Report,
-    _Todo,
-    _torch_threads,
-    _write_outputs,
-    check_options,
-    forward_threads,
-    is_video_input,
-    make_runner,
-    output_settings,
-    parse_norm,
-    write_stats_csv,
-)
-from attnviz.stopping import GracefulStop
 
 try:
     import ray
@@ -178,7 +177,7 @@ class AttnvizBatchMapper:
             else:
                 ready.append((index, item, *outcome))
         # The same torch threads as `attnviz run`: their count can change the arithmetic.
-        with _torch_threads(forward_threads()):
+        with torch_threads(forward_threads()):
             results = (
                 self.runner.run([d.rgb for *_, d in ready], [d.original_hw for *_, d in ready])
                 if ready
@@ -195,7 +194,7 @@ class AttnvizBatchMapper:
         try:
             # Taken before decoding: a file rewritten meanwhile is redone next time.
             fingerprint = input_fingerprint(item.path)
-            return fingerprint, _decode(item, self.options, self.min_side)
+            return fingerprint, decode_input(item, self.options, self.min_side)
         except OSError as exc:
             return exc.strerror or str(exc)
         except AttnvizError as exc:
@@ -206,7 +205,7 @@ class AttnvizBatchMapper:
     ) -> Record:
         """Render and atomically write one input's outputs; its manifest record."""
         try:
-            record = _write_outputs(item, decoded, result, self.options)
+            record = write_outputs(item, decoded, result, self.options)
         except OutputError as exc:
             if not self.report_output_errors:
                 raise
@@ -278,20 +277,20 @@ def run_on_ray(
     previous, unusable = PreviousRun.load(options.out, MANIFEST_NAME)
     items, rejected = discover(list(options.inputs), options.glob, exclude=options.out)
     settings = output_settings(options)
-    # Frame sampling shapes videos only (as in attnviz run): _plan wants both keys.
+    # Frame sampling shapes videos only (as in attnviz run): plan wants both keys.
     keys = (
         settings_key(settings),
         settings_key({**settings, "every": options.every, "gif": options.gif}),
     )
-    todo: _Todo = []
+    todo: Todo = []
     with GracefulStop() as stop, ManifestWriter(options.out, MANIFEST_NAME) as manifest:
-        report = _Report(summary, manifest, strict=False)
+        report = Report(summary, manifest, strict=False)
         try:
             if unusable:
                 report.note(options.out, unusable)
             for r in rejected:
                 report.failed(r.path, r.reason) if r.failed else report.note(r.path, r.reason)
-            todo = _plan(items, options, map_names, previous, keys, report)
+            todo = plan(items, options, map_names, previous, keys, report)
             photos = [item for item, _ in todo if not is_video_input(item)]
             for item, _ in todo:
                 if is_video_input(item):
@@ -299,7 +298,7 @@ def run_on_ray(
             mapped = _mapped(photos, options, keys[0], concurrency, batch_size, num_gpus)
             _collect(mapped, photos, options.model, report, stop, progress)
         finally:
-            _keep_unreached(todo, previous, report)
+            keep_unreached(todo, previous, report)
     # Only now that the manifest holds their records may killed runs' journals go.
     remove_stale_temps(options.out)
     remove_stale_journals(options.out, MANIFEST_NAME)
@@ -391,7 +390,7 @@ def _collect(
     mapped: ray.data.Dataset | None,
     photos: Sequence[InputItem],
     model: str,
-    report: _Report,
+    report: Report,
     stop: GracefulStop,
     progress: Progress,
 ) -> None:
@@ -408,7 +407,7 @@ def _collect(
             break  # outputs written but not yet back are redone by the next run
 
 
-def _settle(record: Record, by_input: Mapping[str, InputItem], report: _Report) -> None:
+def _settle(record: Record, by_input: Mapping[str, InputItem], report: Report) -> None:
     item = by_input[str(Path(record["input"]).absolute())]
     record["input"] = str(item.path)
     if record.get("fatal"):
@@ -422,7 +421,7 @@ def _settle(record: Record, by_input: Mapping[str, InputItem], report: _Report) 
     report.processed(item, record)
 
 
-def _finish(options: RunOptions, report: _Report) -> None:
+def _finish(options: RunOptions, report: Report) -> None:
     """The statistics table and the gallery, as ``attnviz run`` writes them."""
     if options.stats is not None:
         write_stats_csv(options.stats, report.results)

@@ -2,7 +2,7 @@
 
 Every output goes through a locked temporary file in the target's folder and a rename;
 leftovers of a killed run are told from a live run's by the lock. No numpy or OpenCV here:
-the options check (attnviz.options) uses these before anything heavy is imported.
+the options check (attnviz.engine.options) uses these before anything heavy is imported.
 """
 
 from __future__ import annotations

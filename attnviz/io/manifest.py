@@ -23,7 +23,7 @@ from attnviz.io.files import (
 MANIFEST_NAME = "manifest.jsonl"
 
 
-def _dumps(record: Mapping[str, Any]) -> str:
+def record_line(record: Mapping[str, Any]) -> str:
     text = json.dumps(dict(record), ensure_ascii=False, separators=(",", ":"))
     try:
         text.encode("utf-8")
@@ -79,7 +79,7 @@ class ManifestWriter:
         """Append one record; it is serialised now so a bad value fails at its source."""
         if self._closed:
             raise RuntimeError("ManifestWriter is closed")
-        line = (_dumps(record) + "\n").encode("utf-8")
+        line = (record_line(record) + "\n").encode("utf-8")
         try:
             if self._fd is None:
                 self._fd, self._journal = create_locked_temp(

@@ -17,7 +17,7 @@ from typing import Any
 
 from attnviz.errors import AttnvizError, UsageError
 from attnviz.io.files import atomic_write_bytes, in_use
-from attnviz.io.manifest import JOURNAL_SUFFIX, MANIFEST_NAME, _dumps, read_manifest
+from attnviz.io.manifest import JOURNAL_SUFFIX, MANIFEST_NAME, read_manifest, record_line
 
 _SHARD_FILE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.jsonl$")
 # A shard's manifest being written (see manifest.journal_glob); a killed job leaves it.
@@ -119,7 +119,7 @@ def merge_manifests(out_dir: Path) -> MergeReport:
             key = str(record.get("input"))
             if key not in merged or "error" in merged[key]:
                 merged[key] = record
-    lines = [_dumps(r) + "\n" for r in merged.values()]
+    lines = [record_line(r) + "\n" for r in merged.values()]
     atomic_write_bytes(report.path, "".join(lines).encode("utf-8"))
     report.records = len(merged)
     report.failed = sum("error" in r for r in merged.values())

@@ -38,7 +38,7 @@ _METAVARS = {"int": "INT", "float": "FLOAT", "path": "PATH", "str": "TEXT"}
 
 
 def option_kind(param: object) -> str:
-    """What value an option takes: bool, int, float, path or str (attnviz.config's kinds)."""
+    """What value an option takes: bool, int, float, path or str (attnviz.cli.config's kinds)."""
     # Newer typer describes a parameter by its annotation; older ones by click's type.
     descriptor = getattr(param, "type_descriptor", None)
     if descriptor is None:

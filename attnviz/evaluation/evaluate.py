@@ -3,7 +3,7 @@
 For every photo with boxes, each captured attention map (and, for several layers, their
 product), a centred Gaussian and Grad-CAM
 on the trunk's last feature map (for the trunk's predicted class) are brought to the
-photo's resolution (bilinear, min-max per photo) and scored with attnviz.localization:
+photo's resolution (bilinear, min-max per photo) and scored with attnviz.evaluation.localization:
 pointing game, energy-based pointing game and MaxBoxAccV2. Teacher agreement (the gated
 model's top-1 equals the bare trunk's) and top-1 accuracy against the labels come too.
 
@@ -27,11 +27,11 @@ import torch
 from attnviz import DEFAULT_MODEL
 from attnviz.api import capture_arrays
 from attnviz.attention import capture_maps, select_layers
+from attnviz.engine.gradcam import has_trunk, trunk_grad_cam
 from attnviz.errors import AttnvizError
-from attnviz.gradcam import has_trunk, trunk_grad_cam
+from attnviz.evaluation.localization import Box, LocalizationScores, to_unit_map
 from attnviz.io import load_rgb
 from attnviz.io.files import atomic_write_bytes
-from attnviz.localization import Box, LocalizationScores, to_unit_map
 from attnviz.models import LoadedModel, load_model
 from attnviz.models.outputs import logits_of
 

@@ -26,8 +26,18 @@ import cv2
 import numpy as np
 
 from attnviz.choices import DEFAULT_MAX_PIXELS
+from attnviz.engine.figures import norm_ranges
+from attnviz.engine.options import RunOptions, check_options, parse_norm
+from attnviz.engine.plan import RunSummary, is_video_input
+from attnviz.engine.runner import (
+    BatchRunner,
+    ImageResult,
+    forward_threads,
+    make_runner,
+    torch_threads,
+)
+from attnviz.engine.stopping import GracefulStop
 from attnviz.errors import AttnvizError, OutputError, UsageError
-from attnviz.figures import norm_ranges
 from attnviz.io import (
     Decoded,
     InputItem,
@@ -41,21 +51,8 @@ from attnviz.io import (
 from attnviz.models import LoadedModel, load_model
 from attnviz.models.registry import MODELS, WeightsSource, get_spec
 from attnviz.models.user import is_user_model
-from attnviz.pipeline import (
-    BatchRunner,
-    ImageResult,
-    RunOptions,
-    RunSummary,
-    check_options,
-    forward_threads,
-    is_video_input,
-    make_runner,
-    parse_norm,
-)
-from attnviz.pipeline import _torch_threads as torch_threads
 from attnviz.render import LayerMaps, render_mosaic, render_triptych
 from attnviz.render.triptych import Range
-from attnviz.stopping import GracefulStop
 
 GRADCAM = "gradcam"
 # Model sources that need nothing from the user: the default rows.

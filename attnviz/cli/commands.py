@@ -19,16 +19,16 @@ from rich.table import Table
 
 from attnviz import DEFAULT_MODEL, __version__
 from attnviz.choices import DEFAULT_MAX_PIXELS
-from attnviz.cli_help import HelpCommand, HelpGroup, colour_off, option_kind
+from attnviz.cli.help import HelpCommand, HelpGroup, colour_off, option_kind
 from attnviz.errors import AttnvizError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from attnviz.config import Schema
-    from attnviz.doctor import Check
-    from attnviz.pipeline import RunSummary
+    from attnviz.cli.config import Schema
+    from attnviz.cli.doctor import Check
+    from attnviz.engine.plan import RunSummary
 
 app = typer.Typer(
     cls=HelpGroup,
@@ -55,7 +55,7 @@ _COLOUR = None if colour_off() else "auto"
 console = Console(stderr=True, color_system=_COLOUR)
 out_console = Console(color_system=_COLOUR)
 # Where the config files' defaults are kept for the commands (see _load_config).
-CONFIG_META = "attnviz.config"
+CONFIG_META = "attnviz.cli.config"
 
 
 def _printable(text: object) -> str:
@@ -106,7 +106,7 @@ def _app_options(
 
 def _load_config(ctx: typer.Context) -> None:
     """Defaults from attnviz.toml / pyproject.toml in the working directory, via default_map."""
-    from attnviz.config import load_defaults
+    from attnviz.cli.config import load_defaults
 
     try:
         defaults = load_defaults(Path.cwd(), _option_schema(ctx.command))
@@ -124,8 +124,8 @@ _NOT_CONFIGURABLE = frozenset({"help", "print_config", "install_completion", "sh
 
 
 def _option_schema(group: object) -> Schema:
-    """Each command's options as attnviz.config describes them, read off the click commands."""
-    from attnviz.config import OptionSpec
+    """Each command's options as attnviz.cli.config describes them, read off the click commands."""
+    from attnviz.cli.config import OptionSpec
 
     commands = getattr(group, "commands", {})
     return {
@@ -304,7 +304,7 @@ def run(
             raise UsageError("missing INPUTS: give image files and/or folders to draw")
         query_point = _parse_query(query)
         # Torch-free: what can be checked without the model is checked before torch loads.
-        from attnviz.options import RunOptions, check_inputs, check_options
+        from attnviz.engine.options import RunOptions, check_inputs, check_options
 
         opts = RunOptions(
             inputs=inputs, out=out, model=model, weights=weights, random_init=random_init,
@@ -332,7 +332,7 @@ def run(
         TimeElapsedColumn,
     )
 
-    from attnviz.pipeline import run as run_pipeline
+    from attnviz.engine.pipeline import run as run_pipeline
 
     progress = Progress(
         TextColumn("{task.description}"),
@@ -435,7 +435,7 @@ def _source(ctx: typer.Context, name: str) -> str:
     source = ctx.get_parameter_source(name)
     kind = source.name if source is not None else "DEFAULT"
     if kind == "DEFAULT_MAP":
-        from attnviz.config import Defaults
+        from attnviz.cli.config import Defaults
 
         defaults = ctx.meta.get(CONFIG_META)
         found = (
@@ -447,7 +447,7 @@ def _source(ctx: typer.Context, name: str) -> str:
 
 def _effective_config(ctx: typer.Context) -> str:
     """The command's options as a TOML table to paste into attnviz.toml, sources as comments."""
-    from attnviz.config import format_toml
+    from attnviz.cli.config import format_toml
 
     rows = [
         (param.opts[0].lstrip("-"), _plain(ctx.params[param.name]), _source(ctx, param.name))
@@ -465,8 +465,8 @@ def _print_setup(model: str, device: str, workers: int | None) -> None:
     """--verbose: what the run is about to use, before the model loads."""
     import torch
 
+    from attnviz.engine.runner import forward_threads, io_workers
     from attnviz.models import resolve_device
-    from attnviz.pipeline import forward_threads, io_workers
 
     console.print(
         f"model {_printable(model)} on {resolve_device(device)}; "
@@ -552,8 +552,8 @@ def compare(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from attnviz.compare import CompareOptions
-    from attnviz.compare import compare as run_compare
+    from attnviz.engine.compare import CompareOptions
+    from attnviz.engine.compare import compare as run_compare
 
     opts = CompareOptions(
         inputs=inputs, out=out, models=models, layer=layer, cmap=cmap, alpha=alpha,
@@ -602,7 +602,7 @@ def layers(
 
     Example: attnviz layers --model cbam-resnet50
     """
-    from attnviz.describe import describe_layers
+    from attnviz.engine.describe import describe_layers
 
     try:
         rows, default = describe_layers(model, size, layer, weights)
@@ -710,7 +710,7 @@ def eval_command(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from attnviz.evaluate import evaluate, write_per_photo_csv
+    from attnviz.evaluation.evaluate import evaluate, write_per_photo_csv
 
     if per_photo is not None and not per_photo.parent.is_dir():
         raise _fail(UsageError(f"--per-photo: folder {per_photo.parent} does not exist"))
@@ -882,7 +882,7 @@ def _training_run(
     if init is not None and family not in LITE0_BLOCKS:
         raise UsageError("--init starts a nonlocal or deform block from a file")
     if family == "attnpool":
-        from attnviz.train_pool import PoolTrainConfig, train_attention_pool
+        from attnviz.training.pool import PoolTrainConfig, train_attention_pool
 
         if floors is not None:
             raise UsageError("--floors sets the gate families' floors, not attnpool's")
@@ -900,7 +900,7 @@ def _training_run(
                 f"--floors needs numbers like 0.95,0.95,0.95,0.7, got {floors!r}"
             ) from None
     if family in LITE0_BLOCKS:
-        from attnviz.train_block import BlockTrainConfig, train_block
+        from attnviz.training.blocks import BlockTrainConfig, train_block
 
         if floors is not None:
             raise UsageError(f"--floors sets the gate families' floors, not {family}'s")
@@ -908,7 +908,7 @@ def _training_run(
         assert block.out is not None  # set by __post_init__
         return partial(train_block, block), block.out
 
-    from attnviz.train import TrainConfig, train_gates
+    from attnviz.training.gates import TrainConfig, train_gates
 
     cfg = TrainConfig(**common, family=family, out=out)
     assert cfg.out is not None  # set by __post_init__
@@ -923,7 +923,7 @@ def doctor(ctx: typer.Context) -> None:
 
     Example: attnviz doctor
     """
-    from attnviz.doctor import Status, failed, run_checks
+    from attnviz.cli.doctor import Status, failed, run_checks
 
     run_defaults = (ctx.default_map or {}).get("run") or {}
     checks = run_checks(Path(str(run_defaults.get("out", "attnviz-out"))))
@@ -954,8 +954,8 @@ def doctor(ctx: typer.Context) -> None:
 
 def _config_check(loaded: object) -> Check:
     """The config files in effect, as one of the doctor's rows."""
-    from attnviz.config import CONFIG_FILE, PYPROJECT_FILE, Defaults
-    from attnviz.doctor import Check, Status
+    from attnviz.cli.config import CONFIG_FILE, PYPROJECT_FILE, Defaults
+    from attnviz.cli.doctor import Check, Status
 
     if isinstance(loaded, AttnvizError):
         return Check("config", Status.FAIL, str(loaded))

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from attnviz.engine.figures import map_stats, render_figure
+from attnviz.engine.options import RunOptions
+from attnviz.engine.stopping import GracefulStop
 from attnviz.errors import AttnvizError, OutputError
-from attnviz.figures import map_stats, render_figure
 from attnviz.io.inputs import InputItem, output_path
 from attnviz.io.video import DEFAULT_FPS, GifWriter, VideoWriter, open_frames
-from attnviz.options import RunOptions
 from attnviz.render.triptych import Range
-from attnviz.stopping import GracefulStop
 
 if TYPE_CHECKING:
-    from attnviz.pipeline import BatchRunner, ImageResult
+    from attnviz.engine.runner import BatchRunner, ImageResult
 
 # Map statistics summarised over a video's frames: averaged, except the peak.
 _AVERAGED_STATS = ("mean", "std", "entropy", "mass_top10")

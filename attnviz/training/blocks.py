@@ -43,7 +43,7 @@ from attnviz.models.registry import (
     shipped_file,
 )
 from attnviz.models.weights import read_state_dict
-from attnviz.train import (
+from attnviz.training.gates import (
     OnCache,
     OnStep,
     TrainingState,

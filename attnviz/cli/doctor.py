@@ -127,7 +127,7 @@ def _mps() -> tuple[Status, str]:
 def _threads() -> tuple[Status, str]:
     import torch
 
-    from attnviz.pipeline import forward_threads, io_workers
+    from attnviz.engine.runner import forward_threads, io_workers
 
     fixed = " (OMP_NUM_THREADS)" if "OMP_NUM_THREADS" in os.environ else ""
     return Status.OK, (

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from attnviz.engine.options import RunOptions, drawn_panels, parse_norm
 from attnviz.io.inputs import file_part
-from attnviz.options import RunOptions, drawn_panels, parse_norm
 from attnviz.render.panels import colorbar
 from attnviz.render.triptych import (
     Range,
@@ -25,7 +25,7 @@ from attnviz.render.triptych import (
 )
 
 if TYPE_CHECKING:
-    from attnviz.pipeline import ImageResult
+    from attnviz.engine.runner import ImageResult
 
 
 def map_stats(weights: np.ndarray, image_hw: tuple[int, int]) -> dict[str, object]:

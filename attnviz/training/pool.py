@@ -34,7 +34,7 @@ from attnviz.io import load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.attention_pool import Lite0AttentionPool
 from attnviz.models.registry import build_lite0_attnpool, get_spec, shipped_file
-from attnviz.train import (
+from attnviz.training.gates import (
     OnCache,
     OnStep,
     TrainingState,
