@@ -139,7 +139,7 @@ def plain_loop(model: attnviz.models.LoadedModel, photos: list[Path], out: Path)
             x = (x.permute(2, 0, 1)[None].float() / 255 - mean) / std
             kept: list[torch.Tensor] = []
             handle = gate.register_forward_hook(
-                lambda m, inp, output, kept=kept: kept.append(m.attention_map(inp[0]))
+                lambda m, inp, _output, kept=kept: kept.append(m.attention_map(inp[0]))
             )
             with torch.no_grad():
                 net(x)

@@ -7,7 +7,7 @@ photos of the seed-0 shuffle of imagenette-train and imagenet-sample, then image
 photos until 250 of its classes are in. Per size and per folder it prints the gated
 model's top-1 and the trunk's (labels: Imagenette's folder names, imagenet-sample's index
 file), teacher agreement, and panel 2's range (per-photo max - min of the model's default
-map): median and 10th percentile.
+map): median and 10th percentile; ``--layer all`` adds every layer's range on all photos.
 """
 
 from __future__ import annotations
@@ -45,21 +45,27 @@ def main() -> None:
     parser.add_argument("--model", default=attnviz.DEFAULT_MODEL)
     parser.add_argument("--sizes", default="160,224,288,448")
     parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--layer", default=None, help="as attnviz run's (default: the model's own)")
     args = parser.parse_args()
     held, _ = split_holdout(FOLDERS, 500, 0, per_folder=250)
     known = labels()
     for size in (int(s) for s in args.sizes.split(",")):
         model = attnviz.load_model(args.model, args.weights, device="cpu", size=size)
         rows = []  # (folder, gated top-1 ok, trunk top-1 ok, agree, range)
+        layer_spans: dict[str, list[float]] = {}
         for start in range(0, len(held), 25):
             batch = held[start : start + 25]
             x = model.preprocess([load_rgb(p) for p in batch])
             with torch.inference_mode():
-                with attnviz.capture(model) as maps:
+                with attnviz.capture(model, args.layer) as maps:
                     gated = model(x).argmax(1)
                 with model.net.gates_disabled():
                     trunk = model(x).argmax(1)
-            weights = next(iter(maps.values())).weights[:, 0]
+            for name, captured in maps.items():
+                w = captured.weights[:, 0]
+                layer_spans.setdefault(name, []).extend((w.amax((1, 2)) - w.amin((1, 2))).tolist())
+            shown = maps.get(model.spec.default_layer) or next(iter(maps.values()))
+            weights = shown.weights[:, 0]
             spans = (weights.amax((1, 2)) - weights.amin((1, 2))).tolist()
             for i, path in enumerate(batch):
                 label = label_of(path, known)
@@ -78,6 +84,10 @@ def main() -> None:
                 f"{np.median(spans):.2f} p10 {np.percentile(spans, 10):.2f}",
                 flush=True,
             )
+        if len(layer_spans) > 1:
+            for name, found in layer_spans.items():
+                print(f"size {size} {name}: range median {np.median(found):.2f} "
+                      f"p10 {np.percentile(found, 10):.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

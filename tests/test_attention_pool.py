@@ -134,7 +134,7 @@ def test_a_short_training_run_writes_loadable_weights(tmp_path: Path) -> None:
     cfg = PoolTrainConfig(data=[photos_folder(tmp_path)], out=out, steps=3, batch_size=4,
                           holdout=4, sizes=(96, 64))  # fmt: skip
     steps: list[dict[str, float]] = []
-    report = train_attention_pool(cfg, on_step=lambda step, total, stats: steps.append(stats))
+    report = train_attention_pool(cfg, on_step=lambda _step, _total, stats: steps.append(stats))
 
     assert len(steps) == 3
     assert all(s["kl"] >= 0 and 0 < s["open"] < 1 and 0 <= s["mismatch"] <= 2 for s in steps)
@@ -157,7 +157,7 @@ def test_an_interrupted_run_resumes_and_ends_as_if_never_stopped(tmp_path: Path)
     train_attention_pool(straight)
     resumed = config(tmp_path / "resumed.safetensors")
 
-    def stop_after_step_4(step: int, total: int, stats: dict[str, float]) -> None:
+    def stop_after_step_4(step: int, _total: int, _stats: dict[str, float]) -> None:
         if step == 4:
             raise KeyboardInterrupt
 
@@ -239,7 +239,7 @@ def test_lite0_cbam_gates_are_read_from_their_forward_too(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(SpatialGate, "attention_map", counted)
     inputs = []
-    handle = model.attention["head"].register_forward_hook(lambda m, i, o: inputs.append(i))
+    handle = model.attention["head"].register_forward_hook(lambda _m, i, _o: inputs.append(i))
     with torch.inference_mode(), capture_maps(model, "all") as maps:
         model(x)
     handle.remove()
@@ -257,7 +257,7 @@ def test_a_kept_map_serves_only_the_input_it_was_computed_from() -> None:
     model = build_lite0("cbam", random_init=True).eval()
     gate = model.attention["head"]
     seen = []
-    handle = gate.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    handle = gate.register_forward_hook(lambda _m, i, _o: seen.append(i[0]))
     with torch.inference_mode(), capture_maps(model, "attention.head"):
         model(torch.randn(1, 3, 96, 96))
         other = torch.randn_like(seen[0])

@@ -191,7 +191,8 @@ def test_other_commands_read_their_own_table(project: Path) -> None:
 # --- run: inputs, quiet, verbose -------------------------------------------------------
 
 
-def test_run_without_inputs_is_a_usage_error(project: Path) -> None:
+@pytest.mark.usefixtures("project")
+def test_run_without_inputs_is_a_usage_error() -> None:
     code, output = attnviz("run")
     assert code == 2
     assert "missing INPUTS" in output
@@ -289,7 +290,8 @@ def test_no_color_and_dumb_terminals_get_no_escapes(
 # --- doctor ------------------------------------------------------------------------------
 
 
-def test_doctor_passes_here_and_lists_versions(project: Path) -> None:
+@pytest.mark.usefixtures("project")
+def test_doctor_passes_here_and_lists_versions() -> None:
     code, output = attnviz("doctor")
     assert code == 0, output
     assert torch.__version__ in output
@@ -300,8 +302,9 @@ def test_doctor_passes_here_and_lists_versions(project: Path) -> None:
     assert " fail " not in output
 
 
+@pytest.mark.usefixtures("project")
 def test_doctor_in_a_narrow_terminal_prints_each_path_whole_on_its_row(
-    project: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from attnviz.cli import commands as cli
     from attnviz.models.registry import lite0_trunk_file

@@ -436,11 +436,11 @@ def test_a_short_run_trains_and_resumes_each_family(
 
     straight = config("straight.safetensors")
     logged: list[dict[str, float]] = []
-    report = train_gates(straight, on_step=lambda step, total, stats: logged.append(stats))
+    report = train_gates(straight, on_step=lambda _step, _total, stats: logged.append(stats))
     assert len(logged) == 4 and all(s["kl"] >= 0 for s in logged)
     assert 0.0 <= report.holdout_agreement <= 1.0 and len(report.holdout_map_means) == 4
 
-    def stop_after_step_2(step: int, total: int, stats: dict[str, float]) -> None:
+    def stop_after_step_2(step: int, _total: int, _stats: dict[str, float]) -> None:
         if step == 2:
             raise KeyboardInterrupt
 

@@ -93,7 +93,7 @@ def _png48(p: Path) -> None:
     assert cv2.imwrite(str(p), ramp)
 
 
-def _animated(suffix: str) -> Callable[[Path], None]:
+def _animated(_suffix: str) -> Callable[[Path], None]:
     def make(p: Path) -> None:
         frames = [Image.new("RGB", (64, 48), c) for c in ((200, 30, 30), (30, 30, 200))]
         frames[0].save(p, save_all=True, append_images=frames[1:], duration=40, loop=0)

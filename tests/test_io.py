@@ -306,7 +306,7 @@ def _truncated_jpeg(path: Path) -> Path:
         lambda p: p.write_text("this is not a picture"),
         lambda p: p.write_bytes(b""),
         _truncated_jpeg,
-        lambda p: None,  # missing
+        lambda _p: None,  # missing
     ],
     ids=["text-file", "zero-bytes", "truncated", "missing"],
 )
@@ -419,7 +419,7 @@ def test_failed_replace_keeps_old_file_and_no_tmp(
     target = tmp_path / "out.png"
     target.write_bytes(b"old")
 
-    def disk_full(src: str, dst: str) -> None:
+    def disk_full(_src: str, _dst: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "replace", disk_full)
@@ -446,7 +446,7 @@ def test_write_under_a_file_fails_cleanly(tmp_path: Path) -> None:
 
 
 def test_interrupted_write_leaves_no_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def interrupt(fd: int) -> None:
+    def interrupt(_fd: int) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "fsync", interrupt)

@@ -85,8 +85,9 @@ def _by_input(out: Path) -> dict[str, dict[str, object]]:
     return by_input
 
 
+@pytest.mark.usefixtures("ray_runtime")
 def test_run_on_ray_writes_what_attnviz_run_writes_and_resumes(
-    ray_runtime: ModuleType, folder: Path, plain: Path, tmp_path: Path
+    folder: Path, plain: Path, tmp_path: Path
 ) -> None:
     from attnviz.integrations.ray_data import run_on_ray
 
@@ -113,8 +114,9 @@ def test_run_on_ray_writes_what_attnviz_run_writes_and_resumes(
     assert sorted(_by_input(out)) == sorted([*PHOTOS, BROKEN])
 
 
+@pytest.mark.usefixtures("ray_runtime")
 def test_relative_paths_mean_this_folder_even_where_the_actors_run_elsewhere(
-    ray_runtime: ModuleType, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The actors started in another folder (Ray was started elsewhere; `uv run` gives them
     a copy of this one): the figures still go beside this folder's manifest."""
@@ -158,9 +160,8 @@ def build():
 """
 
 
-def test_mapper_in_a_hand_built_pipeline(
-    ray_runtime: ModuleType, folder: Path, plain: Path, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("ray_runtime")
+def test_mapper_in_a_hand_built_pipeline(folder: Path, plain: Path, tmp_path: Path) -> None:
     import ray.data
 
     from attnviz.integrations.ray_data import AttnvizBatchMapper

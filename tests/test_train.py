@@ -68,7 +68,7 @@ def test_a_short_training_run_writes_loadable_gates(tmp_path: Path) -> None:
     out = tmp_path / "gates.safetensors"
     cfg = TrainConfig(data=[photos], out=out, steps=3, batch_size=4, holdout=4, size=96)
     steps: list[dict[str, float]] = []
-    report = train_gates(cfg, on_step=lambda step, total, stats: steps.append(stats))
+    report = train_gates(cfg, on_step=lambda _step, _total, stats: steps.append(stats))
 
     assert len(steps) == 3 and all(s["kl"] >= 0 and 0 <= s["mismatch"] <= 8 for s in steps)
     assert report.train_images == 8 and report.holdout_images == 4
@@ -103,7 +103,7 @@ def test_an_interrupted_run_resumes_and_ends_as_if_never_stopped(tmp_path: Path)
 
     resumed = config(tmp_path / "resumed.safetensors")
 
-    def stop_after_step_4(step: int, total: int, stats: dict[str, float]) -> None:
+    def stop_after_step_4(step: int, _total: int, _stats: dict[str, float]) -> None:
         if step == 4:
             raise KeyboardInterrupt
 

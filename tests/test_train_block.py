@@ -60,7 +60,7 @@ def test_a_short_run_writes_the_block_moves_it_and_resumes_exactly(
                                 init=init, cache=tmp_path / "trunk.pt")  # fmt: skip
 
     logged: list[dict[str, float]] = []
-    report = train_block(config("whole.safetensors"), on_step=lambda s, t, st: logged.append(st))
+    report = train_block(config("whole.safetensors"), on_step=lambda _s, _t, st: logged.append(st))
     assert report.train_images == 8 and report.holdout_images == 4
     assert 0.0 <= report.holdout_agreement <= 1.0
     assert len(logged) == steps  # KL is 0 up to rounding while the block is the identity
@@ -78,7 +78,7 @@ def test_a_short_run_writes_the_block_moves_it_and_resumes_exactly(
     class Stop(Exception):
         pass
 
-    def stop(step: int, total: int, stats: dict[str, float]) -> None:
+    def stop(step: int, _total: int, _stats: dict[str, float]) -> None:
         if step == RESUME_EVERY + 1:
             raise Stop
 

@@ -460,7 +460,7 @@ def test_process_video_skips_and_counts_corrupt_frames(tmp_path: Path, runner: B
     out = tmp_path / "out"
 
     record, notes = process_video(
-        InputItem(clip, Path("damaged.avi")), _options(out), runner, GracefulStop(), lambda n: None
+        InputItem(clip, Path("damaged.avi")), _options(out), runner, GracefulStop(), lambda _n: None
     )
 
     frames, _ = _read_back(out / "damaged.mp4")
@@ -478,7 +478,7 @@ def test_process_video_of_a_frame_folder(tmp_path: Path, runner: BatchRunner) ->
     (items, _) = discover([folder], as_video=True)
     out = tmp_path / "out"
 
-    record, _ = process_video(items[0], _options(out), runner, GracefulStop(), lambda n: None)
+    record, _ = process_video(items[0], _options(out), runner, GracefulStop(), lambda _n: None)
 
     frames, fps = _read_back(out / "shots.mp4")
     assert len(frames) == 6 and fps == DEFAULT_FPS
@@ -490,7 +490,7 @@ def test_process_video_stopped_leaves_nothing(tmp_path: Path, runner: BatchRunne
     out = tmp_path / "out"
     stop = GracefulStop()
 
-    def stop_after_first_batch(done: int) -> None:
+    def stop_after_first_batch(_done: int) -> None:
         stop.signum = signal.SIGINT  # as the signal handler would
 
     with pytest.raises(VideoStopped):
@@ -596,7 +596,7 @@ def test_cli_a_video_that_cannot_be_drawn_fails_alone(
     _write_video(tmp_path / "in" / "clip.mp4", "mp4v")
     write_photo(tmp_path / "in" / "photo.jpg", (64, 48))
 
-    def refuse(*args: object, **kwargs: object) -> np.ndarray:
+    def refuse(*_args: object, **_kwargs: object) -> np.ndarray:
         raise cv2.error("simulated: cannot draw this frame")
 
     monkeypatch.setattr(video_run, "render_figure", refuse)

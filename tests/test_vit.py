@@ -31,7 +31,7 @@ def block_inputs(vit: VisionTransformer, x: Tensor) -> list[Tensor]:
     """What each encoder block receives, recorded by plain hooks (not attnviz's)."""
     seen: list[Tensor] = []
     handles = [
-        b.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        b.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
         for b in vit.encoder.layers
     ]
     with torch.no_grad():

@@ -16,18 +16,16 @@ forward hook cannot see.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
-from attnviz.attention.protocol import AttentionCapture, Sink, on_forward
+from attnviz.attention.protocol import AttentionCapture, Removable, Sink, on_forward
 
 CaptureFn = Callable[[nn.Module, tuple[Tensor, ...], object], AttentionCapture]
-AttachFn = Callable[[nn.Module, Sink], list[RemovableHandle]]
 
 
 @dataclass(frozen=True)
@@ -41,15 +39,15 @@ class Adapter:
     accepts: Callable[[nn.Module], bool] | None = None
     reads_query: bool = False  # its map is the row of the --query point (QUERY_POINTS)
 
-    def _function(self) -> Callable[..., object]:
+    def _function(self) -> Callable[..., Any]:
         module_name, _, function = self.path.partition(":")
         return getattr(import_module(module_name), function)
 
-    def attach(self, module: nn.Module, sink: Sink) -> list[RemovableHandle]:
+    def attach(self, module: nn.Module, sink: Sink) -> Sequence[Removable]:
         fn = self._function()
         if self.kind == "attach":
-            return fn(module, sink)  # type: ignore[return-value]
-        return on_forward(module, lambda inputs, output: fn(module, inputs, output))(sink)  # type: ignore[return-value]
+            return fn(module, sink)
+        return on_forward(module, lambda inputs, output: fn(module, inputs, output))(sink)
 
 
 def _has_spatial_attention(module: nn.Module) -> bool:

@@ -16,6 +16,7 @@ import fnmatch
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ from attnviz.attention.protocol import (
     Capturer,
     Removable,
     Sink,
-    is_spatial_attention,
+    SpatialAttention,
     keeping_maps,
     on_forward,
 )
@@ -38,12 +39,11 @@ from attnviz.errors import UsageError
 
 def capturer_for(module: nn.Module) -> Capturer | None:
     """The module's own protocol, else an adapter for its class, else None."""
-    if is_spatial_attention(module):
-        capture = module.capture_attention  # type: ignore[attr-defined]
+    if isinstance(module, SpatialAttention):
         return Capturer(
-            module.attention_family,  # type: ignore[attr-defined]
+            module.attention_family,
             "protocol",
-            on_forward(module, capture),
+            on_forward(module, module.capture_attention),
             reads_query=getattr(module, "reads_query_point", False),
         )
     adapter = adapter_for(module)
@@ -105,7 +105,7 @@ def _list_layers(model: nn.Module) -> dict[str, Capturer]:
             found[name] = Capturer(
                 recipe.pattern,
                 "discovered",
-                lambda sink, m=module, r=recipe: attach_discovered(m, r, sink),
+                partial(attach_discovered, module, recipe),
                 reads_query=reads_query_point(recipe),
                 map_is=describe(recipe),
             )

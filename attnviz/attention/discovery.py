@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -206,7 +206,7 @@ class _Probe(TorchFunctionMode):
         self.first_application: dict[int, tuple[_Event, int]] = {}
         self.rep_of: dict[int, Tensor] = {}  # source -> row -> representative row
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
         inv = self.stack[-1] if self.stack else None
@@ -379,7 +379,8 @@ class _Probe(TorchFunctionMode):
             if func is F.pad:  # padding holds no row
                 kwargs = {**kwargs, "value": -1}
                 args = args[:3]
-            out = func(*_substitute(args, swap), **_substitute_kw(kwargs, swap))
+            call = cast(Callable[..., object], func)  # a torch function the mode saw
+            out = call(*_substitute(args, swap), **_substitute_kw(kwargs, swap))
             for r, i in _pairs(result, out):
                 self._set(r, source, i, applied)
         elif func in watch.SAME_PLACE and isinstance(result, Tensor):
@@ -455,7 +456,7 @@ class _Probe(TorchFunctionMode):
         return rep
 
 
-def _permutation(func: object, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+def _permutation(func: object, args: tuple, _kwargs: dict) -> tuple[int, ...] | None:
     """The dims of a 4-D permute / transpose as a permutation, else None."""
     if func in (torch.Tensor.permute, torch.permute):
         dims = args[1:] if func is torch.Tensor.permute else args[1]
@@ -470,7 +471,7 @@ def _permutation(func: object, args: tuple, kwargs: dict) -> tuple[int, ...] | N
 
 
 def _substitute(args: tuple, swap: dict[int, Tensor]) -> tuple:
-    out = []
+    out: list[object] = []
     for a in args:
         if isinstance(a, Tensor) and id(a) in swap:
             out.append(swap[id(a)])
@@ -572,7 +573,8 @@ def _gate_layers(probe: _Probe, analysis: _Analysis) -> None:
             owner = _owner(gate.inv)
             # One gate: what it varies over before it was expanded. Several multiplied
             # together first (coordinate attention as x * (a_h * a_w)): each its own.
-            own = tuple(gate.result.shape)  # type: ignore[union-attr]
+            result = cast(Tensor, gate.result)  # a sigmoid's output
+            own = tuple(result.shape)
             extent = app.extent if len(app.gates) == 1 or len(own) != 4 else own
             if owner is None or len(extent) not in (2, 4) or x.shape[0] != probe.photos:
                 continue
@@ -581,7 +583,7 @@ def _gate_layers(probe: _Probe, analysis: _Analysis) -> None:
             h, w = (extent[2], extent[3]) if len(extent) == 4 else (1, 1)
             if (h, w) == (1, 1):
                 what = "channel"
-            elif gate.result.dim() != 4:  # type: ignore[union-attr]
+            elif result.dim() != 4:
                 continue  # a map over positions is read from a (N, C, h, w) sigmoid
             elif probe.axes.get(id(x), IMAGE_AXES)[2:] != ("H", "W"):
                 continue  # a gate over a plane that is not the image's (triplet's C×W, H×C)

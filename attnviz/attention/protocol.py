@@ -10,7 +10,7 @@ modules that say nothing are found by what they compute (attention/discovery.py)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -175,7 +175,7 @@ class Removable(Protocol):
     def remove(self) -> None: ...
 
 
-Attach = Callable[[Sink], list[Removable]]
+Attach = Callable[[Sink], Sequence[Removable]]
 
 
 def on_forward(module: nn.Module, capture: CaptureFn) -> Attach:

@@ -12,6 +12,7 @@ mode is active, so other layers pay nothing.
 from __future__ import annotations
 
 import threading
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +39,7 @@ class _Tap(TorchFunctionMode):
         self.counts: dict[str, int] = {}
         self.kept: dict[tuple[str, int], Tensor] = {}
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
         kind = watch.kind_of(func)
@@ -132,12 +133,13 @@ def build(
         assert recipe.layout is not None
         return _pooling_capture(recipe.layout, kept[("softmax", recipe.call)], inputs)
     assert recipe.layout is not None
+    values: Tensor | None
     if recipe.pattern == "scaled-dot-product attention":
         weights, values = kept[("sdpa-weights", recipe.call)], kept[("sdpa", recipe.call)]
         row_axis = -2
     else:
         weights = kept[("softmax", recipe.call)]
-        values = kept[recipe.applied[:2]] if recipe.applied else None  # type: ignore[index]
+        values = kept[recipe.applied[:2]] if recipe.applied else None
         row_axis = recipe.applied[2] if recipe.applied else -2
     return token_capture(recipe.layout, weights.float(), values, row_axis)
 
@@ -157,8 +159,8 @@ def _gate_capture(
     if recipe.product is not None:
         weighted = kept[("mul", recipe.product)].float().abs().mean(dim=1, keepdim=True)
     elif recipe.features_input is not None and _same_grid(inputs[recipe.features_input], full):
-        features = inputs[recipe.features_input]
-        weighted = (full * features.float()).abs().mean(dim=1, keepdim=True)  # type: ignore[union-attr]
+        features = cast(Tensor, inputs[recipe.features_input])
+        weighted = (full * features.float()).abs().mean(dim=1, keepdim=True)
     else:
         weighted = weights
     return AttentionCapture(weights, weighted, channels=channels)

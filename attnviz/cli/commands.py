@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich import box
@@ -51,7 +51,7 @@ if colour_off():
 
     typer.rich_utils.COLOR_SYSTEM = None
 
-_COLOUR = None if colour_off() else "auto"
+_COLOUR: Literal["auto"] | None = None if colour_off() else "auto"
 console = Console(stderr=True, color_system=_COLOUR)
 out_console = Console(color_system=_COLOUR)
 # Where the config files' defaults are kept for the commands (see _load_config).
@@ -92,7 +92,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _app_options(
     ctx: typer.Context,
-    version: Annotated[
+    version: Annotated[  # noqa: ARG001 - typer names the option after it; its callback acts
         bool,
         typer.Option(
             "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
@@ -840,7 +840,7 @@ def train(
     cache_task = progress.add_task("caching trunk", total=None, info="")
     step_task = progress.add_task("training gates", total=steps, info="")
 
-    def on_step(step: int, total: int, stats: dict[str, float]) -> None:
+    def on_step(step: int, _total: int, stats: dict[str, float]) -> None:
         info = " ".join(f"{k}={v:.3f}" for k, v in stats.items())
         progress.update(step_task, completed=step, info=info)
 
@@ -872,8 +872,8 @@ def _training_run(
     """The training function of ``family`` with its settings bound, and the file it writes."""
     from functools import partial
 
-    common = {"data": data, "steps": steps, "holdout": holdout, "seed": seed, "cache": cache,
-              "holdout_per_folder": holdout_per_folder}  # fmt: skip
+    common: dict[str, Any] = {"data": data, "steps": steps, "holdout": holdout, "seed": seed,
+                              "cache": cache, "holdout_per_folder": holdout_per_folder}  # fmt: skip
     # Options left unset take the family's own default.
     given = {"batch_size": batch_size, "lr": lr, "evidence": evidence}
     common |= {k: v for k, v in given.items() if v is not None}
@@ -886,7 +886,7 @@ def _training_run(
 
         if floors is not None:
             raise UsageError("--floors sets the gate families' floors, not attnpool's")
-        chosen = {k: v for k, v in (("out", out), ("area", area)) if v is not None}
+        chosen: dict[str, Any] = {k: v for k, v in (("out", out), ("area", area)) if v is not None}
         pool = PoolTrainConfig(**common, **chosen)
         return partial(train_attention_pool, pool), pool.out
 

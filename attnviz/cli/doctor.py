@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from pathlib import Path
 
 from attnviz import DEFAULT_MODEL
@@ -58,7 +59,7 @@ def _checks(out: Path | None) -> Iterator[Check]:
         ("numpy", "numpy"),
         ("Pillow", "PIL"),
     ):
-        yield _guarded(name, lambda m=module: _package_version(m))
+        yield _guarded(name, partial(_package_version, module))
     yield _guarded("CUDA", _cuda)
     yield _guarded("MPS", _mps)
     yield _guarded("threads", _threads)

@@ -52,14 +52,14 @@ def option_kind(param: object) -> str:
 class HelpCommand(TyperCommand):
     """A command whose --help is :func:`print_help`'s screen."""
 
-    def format_help(self, ctx: Context, formatter: Any) -> None:
+    def format_help(self, ctx: Context, _formatter: Any) -> None:
         print_help(self, ctx)
 
 
 class HelpGroup(TyperGroup):
     """The app's group: its --help lists the commands in the same style."""
 
-    def format_help(self, ctx: Context, formatter: Any) -> None:
+    def format_help(self, ctx: Context, _formatter: Any) -> None:
         print_help(self, ctx)
 
 

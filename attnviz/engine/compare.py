@@ -287,7 +287,7 @@ def render_compare(
 Progress = Callable[[int, int], None]
 
 
-def compare(opts: CompareOptions, progress: Progress = lambda done, total: None) -> RunSummary:
+def compare(opts: CompareOptions, progress: Progress = lambda _done, _total: None) -> RunSummary:
     """Write one compare figure per photo of ``opts.inputs``; failures are per photo.
 
     A photo that cannot be decoded or drawn is one line in ``failed`` and the others are

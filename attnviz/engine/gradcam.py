@@ -7,7 +7,7 @@ attention gates switched off when it has any), for the trunk's predicted class.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ def last_feature_layer(net: nn.Module, x: Tensor) -> str:
     for name, module in net.named_modules():
         if name and not list(module.children()):
 
-            def hook(m: nn.Module, i: object, out: object, name: str = name) -> None:
+            def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
                 if (
                     isinstance(out, Tensor)
                     and out.ndim == 4
@@ -53,7 +53,7 @@ def has_trunk(net: nn.Module) -> bool:
     return callable(getattr(net, "gates_disabled", None))
 
 
-def trunk_mode(net: nn.Module) -> object:
+def trunk_mode(net: nn.Module) -> AbstractContextManager[object]:
     """A context that runs ``net`` without its attention gates, when it can."""
     return net.gates_disabled() if has_trunk(net) else nullcontext()  # type: ignore[operator]
 
@@ -80,7 +80,7 @@ def grad_cam(
     """
     module = dict(net.named_modules())[layer]
     captured: list[Tensor] = []
-    handle = module.register_forward_hook(lambda m, i, out: captured.append(out))
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
     # Tuple and dict outputs hold the class scores somewhere; logits_of finds them.
     try:
         with torch.enable_grad():

@@ -70,8 +70,8 @@ FrameProgress = Callable[[str, int, "int | None"], None]
 
 def run(
     opts: RunOptions,
-    progress: Progress = lambda done, total: None,
-    frame_progress: FrameProgress = lambda name, done, total: None,
+    progress: Progress = lambda _done, _total: None,
+    frame_progress: FrameProgress = lambda _name, _done, _total: None,
 ) -> RunSummary:
     """Process every input of ``opts``; see docs/reliability.md for the guarantees on failures.
 
@@ -148,7 +148,7 @@ def run(
             from attnviz.render.gallery import write_gallery
 
             write_gallery(opts.out)
-        if stop.requested:
+        if stop.signum is not None:
             summary.signum = stop.signum
             summary.stopped_by = signal.Signals(stop.signum).name
     summary.wall_s = time.perf_counter() - start
@@ -257,13 +257,13 @@ def _process_videos(
     for item, fingerprint in videos:
         name, total = str(item.path), expected_frames(item.path, opts.every)
         frame_progress(name, 0, total)
+
+        def frames_done(done: int, name: str = name, total: int | None = total) -> None:
+            frame_progress(name, done, total)
+
         try:
             with torch_threads(forward_threads()):
-                record, notes = process_video(
-                    item, opts, runner, stop,
-                    lambda done, name=name, total=total: frame_progress(name, done, total),
-                    ranges,
-                )  # fmt: skip
+                record, notes = process_video(item, opts, runner, stop, frames_done, ranges)
         except VideoStopped:
             return  # its partial outputs are gone; the input keeps any earlier record
         except OutputError:

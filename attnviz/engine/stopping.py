@@ -25,7 +25,7 @@ class GracefulStop:
     def requested(self) -> bool:
         return self.signum is not None
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.signum is not None:
             raise KeyboardInterrupt  # asked twice: the user means now
         self.signum = signum

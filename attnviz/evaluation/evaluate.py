@@ -120,7 +120,7 @@ def evaluate(
     model: str | LoadedModel = DEFAULT_MODEL,
     layers: str | Sequence[str] = "all",
     batch_size: int = 50,
-    progress: Callable[[int, int], None] = lambda done, total: None,
+    progress: Callable[[int, int], None] = lambda _done, _total: None,
     *,
     weights: Path | None = None,
     device: str = "cpu",
@@ -198,7 +198,8 @@ def evaluate(
             per_photo.append({
                 "file": photo.name, "map": name,
                 "pointing": int(hit), "energy": 100.0 * energy, "box_iou": iou,
-                "min": low, "max": high, "range": None if low is None else high - low,
+                "min": low, "max": high,
+                "range": None if low is None or high is None else high - low,
             })  # fmt: skip
     return EvalResult(
         photos=n,

@@ -62,7 +62,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -233,7 +233,7 @@ def actor_device(requested: str) -> str:
     return "cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu"
 
 
-def batch_items(batch: Mapping[str, Sequence[object]]) -> list[InputItem]:
+def batch_items(batch: Mapping[str, Iterable[object]]) -> list[InputItem]:
     """The inputs of a batch with the columns ``path`` and ``relative``."""
     missing = [c for c in ("path", "relative") if c not in batch]
     if missing:
@@ -257,7 +257,7 @@ def run_on_ray(
     concurrency: int = 1,
     batch_size: int | None = None,
     num_gpus: float = 0,
-    progress: Progress = lambda done, total: None,
+    progress: Progress = lambda _done, _total: None,
 ) -> RunSummary:
     """``attnviz run`` with Ray Data: ``concurrency`` actors, each with one model.
 

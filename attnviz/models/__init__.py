@@ -130,7 +130,8 @@ def load_model(
             trunk.fold_batchnorm()
     loaded = LoadedModel(net, spec, target, size or spec.input_size)
     layout = torch.channels_last if loaded.channels_last else torch.preserve_format
-    net.to(target, memory_format=layout)  # in place: loaded.net is net
+    # In place (loaded.net is net); torch's stubs lack Module.to's (device, memory_format) form.
+    net.to(target, memory_format=layout)  # type: ignore[call-overload]
     if spec.discover:
         find_attention(net, loaded.size, target)
     return loaded

@@ -66,6 +66,12 @@ class AttentionGatedPooling(nn.Module):
     spread along finer features' affinities, that weights the head's average pooling."""
 
     attention_family = "attention-pool"
+    # Saved buffers, so the weights file says how its map is made.
+    floor: Tensor
+    temperature: Tensor
+    spread_steps: Tensor
+    sharpness: Tensor
+    offset: Tensor
 
     def __init__(
         self,
@@ -114,7 +120,10 @@ class AttentionGatedPooling(nn.Module):
     def weighted(self, head: Tensor, weights: Tensor) -> Tensor:
         """The head's features times the applied weights, floor + (1 - floor) M, averaged
         over each head cell: what the classifier averages."""
-        return F.adaptive_avg_pool2d(floored(weights, self.floor), head.shape[-2:]) * head
+        return (
+            F.adaptive_avg_pool2d(floored(weights, self.floor), (head.shape[-2], head.shape[-1]))
+            * head
+        )
 
     def pool(self, head: Tensor, weights: Tensor) -> Tensor:
         """(N, C): what the classifier gets, the weighted features averaged."""
@@ -125,7 +134,7 @@ class AttentionGatedPooling(nn.Module):
         keep_maps(self, fine, weights=weights)  # its capture reads it: affinities run once
         return self.pool(head, weights)
 
-    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
+    def capture_attention(self, inputs: tuple[Tensor, ...], _output: object) -> AttentionCapture:
         fine, local, head = inputs[0], inputs[1], inputs[2]
         kept = kept_maps(self, fine)
         weights = kept["weights"] if kept else self.attention_map(fine, local, head)

@@ -13,6 +13,7 @@ Submodule names follow the BAM authors' code (``channel_att.gate_c.gate_c_fc_0``
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -146,17 +147,17 @@ class BAMGate(BAM):
         applied = applied_caption(float(self.floor), "sigmoid(c s)") or "sigmoid(c s)"
         return AttentionCapture.from_weighted(weights, weighted, f"{applied}, M = sigmoid(s)")
 
-    def seed(self, slope: float) -> None:
+    def seed(self, _slope: float) -> None:
         # BAM's spatial branch sees the raw channels through a learnt 1x1 reduction, not
         # their mean: it starts flat (final conv zero) and learns its shape; the channel
         # branch starts at c = 1 for every channel, so the output starts as
         # (floor + (1 - floor) M) * F.
-        spatial_final = self.spatial_att.gate_s.gate_s_conv_final
+        spatial_final = cast(nn.Conv2d, self.spatial_att.gate_s.gate_s_conv_final)
         nn.init.zeros_(spatial_final.weight)
-        nn.init.zeros_(spatial_final.bias)
-        channel_final = self.channel_att.gate_c.gate_c_fc_final
+        nn.init.zeros_(cast(Tensor, spatial_final.bias))  # built with one
+        channel_final = cast(nn.Linear, self.channel_att.gate_c.gate_c_fc_final)
         nn.init.zeros_(channel_final.weight)
         nn.init.ones_(channel_final.bias)
 
-    def shape_parameters(self) -> list[nn.Parameter]:
+    def shape_parameters(self) -> list[Tensor]:
         return [m.weight for m in self.spatial_att.modules() if isinstance(m, nn.Conv2d)]

@@ -52,6 +52,11 @@ class SpatialGate(nn.Module):
     """
 
     attention_family = "cbam-spatial"
+    attention_listed = True  # False: captured through the module that holds it (CBAM)
+    # Buffers of a squashed gate (gates.add_map_buffers).
+    floor: Tensor
+    sharpness: Tensor
+    offset: Tensor
 
     def __init__(
         self,
@@ -101,13 +106,13 @@ class SpatialGate(nn.Module):
         assert shift is not None
         nn.init.zeros_(shift)
 
-    def shape_parameters(self) -> list[nn.Parameter]:
+    def shape_parameters(self) -> list[Tensor]:
         return [self.spatial.conv.weight]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.gated(x, computed_map(self, x))
 
-    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
+    def capture_attention(self, inputs: tuple[Tensor, ...], _output: object) -> AttentionCapture:
         features = inputs[0]
         weights = captured_map(self, features)
         caption = applied_caption(float(self.floor)) if self.squash else None
@@ -153,7 +158,7 @@ class CBAM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.SpatialGate(self.ChannelGate(x))
 
-    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
+    def capture_attention(self, inputs: tuple[Tensor, ...], _output: object) -> AttentionCapture:
         channels = self.ChannelGate.channel_weights(inputs[0])
         features = inputs[0] * channels[:, :, None, None]
         weights = self.SpatialGate.attention_map(features)

@@ -83,7 +83,7 @@ def timm_channel_weights(channel: nn.Module, x: Tensor) -> Tensor:
 
 
 def capture_timm_spatial(
-    spatial: nn.Module, inputs: tuple[Tensor, ...], output: object
+    spatial: nn.Module, inputs: tuple[Tensor, ...], _output: object
 ) -> AttentionCapture:
     features = inputs[0]
     weights = timm_spatial_weights(spatial, features)
@@ -91,7 +91,7 @@ def capture_timm_spatial(
 
 
 def capture_timm_cbam(
-    cbam: nn.Module, inputs: tuple[Tensor, ...], output: object
+    cbam: nn.Module, inputs: tuple[Tensor, ...], _output: object
 ) -> AttentionCapture:
     x = inputs[0]
     channels = timm_channel_weights(cbam.channel, x)  # type: ignore[arg-type]

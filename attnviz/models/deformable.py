@@ -60,6 +60,7 @@ class ModulatedDeformConv2d(nn.Module):
             dilation=self.dilation,
         )
         nn.init.zeros_(self.offset_mask.weight)
+        assert self.offset_mask.bias is not None  # built with one
         nn.init.zeros_(self.offset_mask.bias)
 
     def offsets_and_masks(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -87,5 +87,5 @@ class DynamicKernelGate(StandardisedGate):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
-    def shape_parameters(self) -> list[nn.Parameter]:
+    def shape_parameters(self) -> list[Tensor]:
         return [self.weight]

@@ -20,9 +20,9 @@ from attnviz.models.multiscale import DilatedSpatialAttention
 from attnviz.models.psa import PyramidSpatialAttention
 
 GATE_FAMILIES: dict[str, Callable[[int], nn.Module]] = {
-    "cbam": lambda channels: SpatialGate(7, standardize=True, squash=True),
-    "psa": lambda channels: PyramidSpatialAttention(),
-    "multiscale": lambda channels: DilatedSpatialAttention(),
+    "cbam": lambda _channels: SpatialGate(7, standardize=True, squash=True),
+    "psa": lambda _channels: PyramidSpatialAttention(),
+    "multiscale": lambda _channels: DilatedSpatialAttention(),
     "lightweight": DepthwiseSeparableGate,
     "dynamic": DynamicKernelGate,
     "bam": BAMGate,

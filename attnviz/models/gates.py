@@ -124,7 +124,7 @@ class Lite0Gate(Protocol):
 
     def seed(self, slope: float) -> None: ...
 
-    def shape_parameters(self) -> list[nn.Parameter]: ...
+    def shape_parameters(self) -> list[Tensor]: ...
 
 
 class Switchable:
@@ -163,7 +163,7 @@ class StandardisedGate(nn.Module):
     def logits(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def part_logits(self, x: Tensor) -> Mapping[str, Tensor]:
+    def part_logits(self, _x: Tensor) -> Mapping[str, Tensor]:
         return {}
 
     def squashed(self, logits: Tensor) -> Tensor:
@@ -181,7 +181,7 @@ class StandardisedGate(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.gated(x, computed_map(self, x))
 
-    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
+    def capture_attention(self, inputs: tuple[Tensor, ...], _output: object) -> AttentionCapture:
         features = inputs[0]
         weights = captured_map(self, features)
         parts = {name: self.squashed(lg) for name, lg in self.part_logits(features).items()}

@@ -29,7 +29,7 @@ def context_weights(block: nn.Module, x: Tensor) -> Tensor:
 
 
 def capture_timm_global_context(
-    block: nn.Module, inputs: tuple[Tensor, ...], output: object
+    block: nn.Module, inputs: tuple[Tensor, ...], _output: object
 ) -> AttentionCapture:
     x = inputs[0]
     attention = context_weights(block, x)

@@ -42,5 +42,5 @@ class DepthwiseSeparableGate(StandardisedGate):
             self.depthwise.weight[:, 0, k, k] = 1.0
         nn.init.constant_(self.pointwise.weight, slope / self.pointwise.in_channels)
 
-    def shape_parameters(self) -> list[nn.Parameter]:
+    def shape_parameters(self) -> list[Tensor]:
         return [self.depthwise.weight, self.pointwise.weight]

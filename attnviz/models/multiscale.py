@@ -12,6 +12,7 @@ standardised sigmoid), named "dilation d": what that neighbourhood size alone wo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -52,8 +53,11 @@ class DilatedSpatialAttention(StandardisedGate):
     def seed(self, slope: float) -> None:
         # The centre taps of all branches read the same position: sharing the slope among
         # them starts the sum at slope * mean, and every branch's part at a real map.
-        for branch in self.branches:
+        for branch in self.convs():
             seed_centre_tap(branch, 0, slope / len(self.branches))
 
-    def shape_parameters(self) -> list[nn.Parameter]:
-        return [branch.weight for branch in self.branches]
+    def shape_parameters(self) -> list[Tensor]:
+        return [branch.weight for branch in self.convs()]
+
+    def convs(self) -> list[nn.Conv2d]:
+        return [cast(nn.Conv2d, branch) for branch in self.branches]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -71,9 +72,12 @@ class PyramidSpatialAttention(StandardisedGate):
     def seed(self, slope: float) -> None:
         # Every scale starts as the (pooled) channel mean and the fusion averages them, so
         # the fused map starts from a smoothed standardised channel mean.
-        for conv in self.scales:
+        for conv in self.convs():
             seed_centre_tap(conv, 0, slope)
         nn.init.constant_(self.fuse.weight, 1.0 / len(self.divisors))
 
-    def shape_parameters(self) -> list[nn.Parameter]:
-        return [conv.weight for conv in self.scales] + [self.fuse.weight]
+    def shape_parameters(self) -> list[Tensor]:
+        return [conv.weight for conv in self.convs()] + [self.fuse.weight]
+
+    def convs(self) -> list[nn.Conv2d]:
+        return [cast(nn.Conv2d, conv) for conv in self.scales]

@@ -163,6 +163,13 @@ def _with_trained(
     return model
 
 
+# The CBAM and BAM authors' ResNets: where their attention goes.
+AUTHORS_LAYOUTS: tuple[tuple[Literal["cbam", "bam"], str], ...] = (
+    ("cbam", "CBAM in every block"),
+    ("bam", "BAM after stages 1-3"),
+)
+
+
 def _authors_resnet(attention: Literal["cbam", "bam"], depth: int) -> Callable[[bool], nn.Module]:
     def build() -> nn.Module:
         return attention_resnet(depth, attention)
@@ -252,7 +259,7 @@ MODELS: dict[str, ModelSpec] = {
                 IMAGENET_STD,
                 gradcam_layer="layer4",
             )
-            for kind, where in (("cbam", "CBAM in every block"), ("bam", "BAM after stages 1-3"))
+            for kind, where in AUTHORS_LAYOUTS
             for d in (18, 34, 50, 101)
         ],
         *[

@@ -59,6 +59,6 @@ def timm_model_spec(ref: str) -> ModelSpec:
     return ModelSpec(
         ref, "timm", int(size[1]), WeightsSource.USER, f"timm's {name} (pretrained=False)",
         needs_weights(ref, f"a state dict of timm's {name}", build),
-        mean, std,  # type: ignore[arg-type]
+        mean, std,
         fixed_size=bool(cfg is not None and cfg.fixed_input_size), discover=True,
     )  # fmt: skip

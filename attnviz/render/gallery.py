@@ -422,4 +422,4 @@ def _render_page(
 @functools.cache
 def _asset(name: str) -> str:
     """The page's HTML, CSS or JavaScript, kept as files that editors and linters can read."""
-    return resources.files("attnviz.render").joinpath("gallery_assets", name).read_text("utf-8")
+    return (resources.files("attnviz.render") / "gallery_assets" / name).read_text("utf-8")

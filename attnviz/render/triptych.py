@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -528,7 +529,12 @@ def render_mosaic(
     layout = compute_layout(image.shape, panel_height)
     base = fit_image(image, panel_height)
     box = (layout.panel_height, layout.panel_width)
-    common = {"cmap": cmap, "panel_height": panel_height, "base": base, "auto_channels": False}
+    common: dict[str, Any] = {
+        "cmap": cmap,
+        "panel_height": panel_height,
+        "base": base,
+        "auto_channels": False,
+    }
     drawn = draw_panels(image, layers[0], panels=("original",), original_hw=original_hw, **common)
     for layer in layers:
         drawn += draw_panels(image, layer, panels=("map",), **common)

@@ -124,8 +124,8 @@ def block_inputs(model: Lite0WithBlock, photos: TrunkCache) -> Tensor:
 
 def train_block(
     cfg: BlockTrainConfig,
-    on_cache: OnCache = lambda done, total: None,
-    on_step: OnStep = lambda step, total, stats: None,
+    on_cache: OnCache = lambda _done, _total: None,
+    on_step: OnStep = lambda _step, _total, _stats: None,
 ) -> TrainReport:
     torch.manual_seed(cfg.seed)
     assert cfg.out is not None  # set by __post_init__

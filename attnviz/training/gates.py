@@ -236,7 +236,7 @@ def gated_forward(model: EfficientNetLite, cached: Tensor) -> tuple[Tensor, list
     """Logits and gate maps of the gated network, from the features cached before it."""
     first = min(LITE0_GATE_BLOCKS)
     maps: list[Tensor] = []
-    gate = model.attention[f"block{first}"]
+    gate = gates_of(model)[f"block{first}"]
     weights = gate.attention_map(cached)
     maps.append(weights)
     x = model.run_blocks(gate.gated(cached, weights), first + 1, maps=maps)
@@ -325,7 +325,7 @@ def resume_path(out: Path) -> Path:
 class TrainingState:
     """What an interrupted run needs to continue exactly where it was: tensors only."""
 
-    params: list[Tensor]
+    params: Sequence[Tensor]
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator
@@ -427,8 +427,8 @@ def cached_trunk(cfg: TrunkSettings, trunk: EfficientNetLite, on_cache: OnCache)
 
 def train_gates(
     cfg: TrainConfig,
-    on_cache: OnCache = lambda done, total: None,
-    on_step: OnStep = lambda step, total, stats: None,
+    on_cache: OnCache = lambda _done, _total: None,
+    on_step: OnStep = lambda _step, _total, _stats: None,
 ) -> TrainReport:
     torch.manual_seed(cfg.seed)
     assert cfg.out is not None  # set by __post_init__

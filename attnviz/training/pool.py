@@ -81,7 +81,8 @@ class PoolCache:
         inputs = [t[index].float() for t in (self.fine, self.local, self.head)]
         if flip:
             inputs = [t.flip(-1) for t in inputs]
-        return *inputs, self.logits[index]
+        fine, local, head = inputs
+        return fine, local, head, self.logits[index]
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -104,13 +105,14 @@ def cache_trunk(
         for kept, feature in zip(inputs, features, strict=True):
             kept.append(feature.half().contiguous())
         tick(len(batch))
-    return PoolCache(*(torch.cat(kept) for kept in inputs), torch.cat(logits))
+    fine, local, head = (torch.cat(kept) for kept in inputs)
+    return PoolCache(fine, local, head, torch.cat(logits))
 
 
 def train_attention_pool(
     cfg: PoolTrainConfig,
-    on_cache: OnCache = lambda done, total: None,
-    on_step: OnStep = lambda step, total, stats: None,
+    on_cache: OnCache = lambda _done, _total: None,
+    on_step: OnStep = lambda _step, _total, _stats: None,
 ) -> TrainReport:
     torch.manual_seed(cfg.seed)
     if not cfg.sizes:
