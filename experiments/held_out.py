@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import attnviz
+from attnviz.attention import select_layers
 from attnviz.io import load_rgb
 from attnviz.training.gates import split_holdout
 
@@ -64,7 +65,7 @@ def main() -> None:
             for name, captured in maps.items():
                 w = captured.weights[:, 0]
                 layer_spans.setdefault(name, []).extend((w.amax((1, 2)) - w.amin((1, 2))).tolist())
-            shown = maps.get(model.spec.default_layer) or next(iter(maps.values()))
+            shown = maps[select_layers(model.net, model.spec.default_layer)[0]]
             weights = shown.weights[:, 0]
             spans = (weights.amax((1, 2)) - weights.amin((1, 2))).tolist()
             for i, path in enumerate(batch):

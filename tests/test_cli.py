@@ -238,7 +238,7 @@ def test_cbam_resnet_without_weights_refuses_clearly(tmp_path: Path) -> None:
 
 
 def test_layers_and_models_tables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
 
     monkeypatch.setattr(cli.out_console, "width", 200)  # a wide terminal: no wrapped cells
     code, output = attnviz("layers", "--model", "lite0-cbam")
@@ -255,7 +255,7 @@ def test_models_fits_an_80_column_screen_one_line_a_model_with_the_default_marke
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from attnviz import DEFAULT_MODEL
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
     from attnviz.models.registry import MODELS
 
     monkeypatch.setattr(cli.out_console, "width", 80)
@@ -276,7 +276,7 @@ def test_models_fits_an_80_column_screen_one_line_a_model_with_the_default_marke
 def test_help_does_not_import_torch() -> None:
     code = (
         "import sys; sys.argv = ['attnviz', '--help']\n"
-        "from attnviz.cli import app\n"
+        "from attnviz.cli.app import app\n"
         "try:\n    app()\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
@@ -377,6 +377,6 @@ def test_the_pixel_limit_flag_defaults_to_the_decoders_limit() -> None:
     import inspect
 
     from attnviz.choices import DEFAULT_MAX_PIXELS
-    from attnviz.cli.commands import run
+    from attnviz.cli.run import run
 
     assert inspect.signature(run).parameters["max_pixels"].default == DEFAULT_MAX_PIXELS

@@ -16,7 +16,7 @@ import torch
 import typer.main
 
 from attnviz import DEFAULT_MODEL, __version__
-from attnviz.cli import app
+from attnviz.cli.app import app
 from tests.conftest import attnviz, write_photo
 
 if sys.version_info >= (3, 11):
@@ -306,7 +306,7 @@ def test_doctor_passes_here_and_lists_versions() -> None:
 def test_doctor_in_a_narrow_terminal_prints_each_path_whole_on_its_row(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
     from attnviz.models.registry import lite0_trunk_file
 
     monkeypatch.setattr(cli.out_console, "width", 50)  # narrower than any table of paths
@@ -319,7 +319,7 @@ def test_doctor_in_a_narrow_terminal_prints_each_path_whole_on_its_row(
 def test_doctor_fails_when_the_shipped_weights_are_missing(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
     from attnviz.models import spec
 
     monkeypatch.setattr(spec, "PRETRAINED_DIRS", (project / "nowhere",))

@@ -160,7 +160,7 @@ def test_channel_attention_only_is_said_with_what_to_do(tmp_path: Path, user_mod
 def test_layers_says_how_each_layer_was_found(
     user_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
 
     monkeypatch.setattr(cli.out_console, "width", 200)
     code, output = attnviz("layers", "--model", f"{user_model}:cbam")
@@ -235,7 +235,7 @@ def test_a_hugging_face_model_returning_a_model_output_is_drawn(
 def test_layers_never_cuts_a_name_in_an_80_column_terminal(
     user_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
 
     monkeypatch.setattr(cli.out_console, "width", 80)
     long = user_model.parent / "deep.py"

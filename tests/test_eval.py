@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from attnviz.attention import capture_maps
-from attnviz.cli import app
+from attnviz.cli.app import app
 from attnviz.engine.gradcam import grad_cam, last_feature_layer, trunk_mode
 from attnviz.io import load_rgb
 from attnviz.models import load_model
@@ -93,7 +93,7 @@ def test_eval_end_to_end_reports_every_layer_and_both_baselines(tmp_path: Path) 
 def test_eval_table_fits_80_columns_and_a_bad_csv(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
 
     monkeypatch.setattr(cli.out_console, "width", 80)
     boxes = _boxed_set(tmp_path, count=1)

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from attnviz.cli import app
+from attnviz.cli.app import app
 from tests.conftest import write_photo
 
 NON_UTF8_NAME = os.fsdecode(b"caf\xe9-latin1.jpg")

@@ -118,7 +118,7 @@ def test_another_built_ins_gate_file_is_named_and_exits_2(tmp_path: Path) -> Non
 
 
 def _commands() -> dict[str, object]:
-    from attnviz.cli import app
+    from attnviz.cli.app import app
 
     group = typer.main.get_command(app)
     return dict(group.commands)  # type: ignore[attr-defined]

@@ -217,7 +217,7 @@ def test_timm_missing_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPat
 def test_cli_timm_model_layers_and_run_with_local_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
 
     monkeypatch.setattr(cli.out_console, "width", 200)
     torch.manual_seed(0)

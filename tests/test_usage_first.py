@@ -92,7 +92,7 @@ def test_query_on_a_model_without_query_maps_says_so_plainly(tmp_path: Path) -> 
 def test_the_run_summary_says_where_the_gallery_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
 
     monkeypatch.setattr(cli.out_console, "width", 300)
     photo = write_photo(tmp_path / "p.jpg")

@@ -118,7 +118,7 @@ def test_authors_spatial_gate_is_read_from_its_spatial_child() -> None:
 def test_authors_gate_in_a_user_file_is_listed_as_adapter(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
 
     monkeypatch.setattr(cli.out_console, "width", 200)
     source = tmp_path / "authors_net.py"
@@ -230,7 +230,7 @@ SALIENCY_FILE = (
 def test_cli_lists_and_runs_a_user_selection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
 
     monkeypatch.setattr(cli.out_console, "width", 200)
     source = tmp_path / "saliency.py"

@@ -133,7 +133,7 @@ def build():
 
 
 def test_cli_user_vit_layers_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from attnviz.cli import commands as cli
+    from attnviz.cli import output as cli
 
     monkeypatch.setattr(cli.out_console, "width", 200)
     source = tmp_path / "my_vit.py"

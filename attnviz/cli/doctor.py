@@ -1,4 +1,4 @@
-"""``attnviz doctor``: is this installation able to run? One row per check, nothing printed.
+"""``attnviz doctor``: is this installation able to run? One row per check.
 
 Every check runs even when an earlier one failed, so that one report shows everything a
 user (or a bug report) needs: a broken torch install should not hide a missing weights file.
@@ -20,7 +20,12 @@ from enum import Enum
 from functools import partial
 from pathlib import Path
 
-from attnviz import DEFAULT_MODEL
+import typer
+from rich.table import Table
+
+from attnviz import DEFAULT_MODEL, __version__
+from attnviz.cli.context import CONFIG_META
+from attnviz.cli.output import console, out_console, printable
 from attnviz.errors import AttnvizError
 
 SMOKE_SIZE = 64  # pixels: a forward pass this small proves the weights work in well under 1 s
@@ -197,3 +202,54 @@ def _writable(folder: Path) -> tuple[Status, str]:
     except OSError as exc:
         return Status.WARN, f"{target}: cannot write here ({exc.strerror or exc})"
     return Status.OK, f"{folder.resolve()}: writable"
+
+
+def doctor(ctx: typer.Context) -> None:
+    """Check this installation: versions, GPUs, the default model's weights, the config file.
+
+    Exits 1 when a check fails, so scripts and bug reports can rely on it.
+
+    Example: attnviz doctor
+    """
+    from attnviz.cli.doctor import Status, failed, run_checks
+
+    run_defaults = (ctx.default_map or {}).get("run") or {}
+    checks = run_checks(Path(str(run_defaults.get("out", "attnviz-out"))))
+    checks.append(_config_check(ctx.meta.get(CONFIG_META)))
+    styles = {Status.OK: "green", Status.INFO: "cyan", Status.WARN: "yellow", Status.FAIL: "red"}
+    title = f"attnviz {__version__} doctor"
+    table = Table(title=title, title_justify="left")
+    for column in ("check", "status", "detail"):
+        table.add_column(column)
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for check in checks:
+        status = f"[{styles[check.status]}]{check.status.value:<6}[/]"
+        table.add_row(check.name, status, printable(check.detail))
+        lines.append(f"{check.name:<{width}}  {status} {printable(check.detail)}")
+    unbounded = out_console.options.update(max_width=10_000)
+    if out_console.measure(table, options=unbounded).maximum <= out_console.width:
+        out_console.print(table)
+    else:  # details hold paths the user may copy: one line each rather than a folded cell
+        out_console.print(title)
+        for line in lines:
+            out_console.print(line, soft_wrap=True, highlight=False)
+    if failed(checks):
+        broken = ", ".join(c.name for c in checks if c.status is Status.FAIL)
+        console.print(f"[bold red]broken:[/] {printable(broken)}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _config_check(loaded: object) -> Check:
+    """The config files in effect, as one of the doctor's rows."""
+    from attnviz.cli.config import CONFIG_FILE, PYPROJECT_FILE, Defaults
+    from attnviz.cli.doctor import Check, Status
+
+    if isinstance(loaded, AttnvizError):
+        return Check("config", Status.FAIL, str(loaded))
+    files = loaded.files if isinstance(loaded, Defaults) else []
+    if not files:
+        return Check(
+            "config", Status.INFO, f"no {CONFIG_FILE} or [tool.attnviz] in {PYPROJECT_FILE} here"
+        )
+    return Check("config", Status.OK, ", ".join(str(f) for f in files))

@@ -1,0 +1,60 @@
+"""The attnviz command line: the Typer app, its global options, and its commands in the
+order ``attnviz --help`` lists them.
+
+Nothing here imports torch at module level, so ``attnviz --help`` answers at once; each
+command imports what it needs when it runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from attnviz import __version__
+from attnviz.cli.compare import compare
+from attnviz.cli.context import load_config
+from attnviz.cli.doctor import doctor
+from attnviz.cli.evaluate import eval_command
+from attnviz.cli.help import HelpCommand, HelpGroup
+from attnviz.cli.models import layers, models
+from attnviz.cli.outputs import gallery, merge
+from attnviz.cli.run import run
+from attnviz.cli.train import train
+
+app = typer.Typer(
+    cls=HelpGroup,
+    help="See where a vision network's spatial attention lands.\n\n"
+    "Example: attnviz run photo.jpg --out figures/",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"attnviz {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(
+    ctx: typer.Context,
+    version: Annotated[  # noqa: ARG001 - typer names the option after it; its callback acts
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    # Runs before the command's options are parsed: the defaults it sets are the ones the
+    # command's flags override, and the ones its --help shows.
+    load_config(ctx)
+
+
+for command in (run, compare, layers, models, eval_command, train, doctor, gallery, merge):
+    app.command(cls=HelpCommand, name="eval" if command is eval_command else None)(command)
+
+
+def main() -> None:
+    app()
