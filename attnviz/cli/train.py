@@ -41,6 +41,13 @@ def train(
             "(default: 0.95,0.95,0.95,0.7); not attnpool."
         ),
     ] = None,
+    offsets: Annotated[
+        str | None,
+        typer.Option(
+            help="Where each gate's map passes 0.5, M = sigmoid(4 z + offset), z the logits "
+            "standardised per photo (block4,10,15,head) (default: -4,-4,-4,-4); not attnpool."
+        ),
+    ] = None,
     area: Annotated[
         float | None,
         typer.Option(help="attnpool only: weight of the map's mean (default: 0.6)."),
@@ -74,7 +81,7 @@ def train(
 
     try:
         run, written = _training_run(
-            data, family, out, steps, batch_size, lr, floors, area, evidence,
+            data, family, out, steps, batch_size, lr, floors, offsets, area, evidence,
             cache, init, holdout, holdout_per_folder, seed,
         )  # fmt: skip
     except AttnvizError as exc:
@@ -112,7 +119,8 @@ def train(
 
 def _training_run(
     data: list[Path], family: str, out: Path | None, steps: int, batch_size: int | None,
-    lr: float | None, floors: str | None, area: float | None, evidence: float | None,
+    lr: float | None, floors: str | None, offsets: str | None, area: float | None,
+    evidence: float | None,
     cache: Path | None, init: Path | None, holdout: int, holdout_per_folder: int, seed: int,
 ) -> tuple[Callable[..., Any], Path]:  # fmt: skip
     """The training function of ``family`` with its settings bound, and the file it writes."""
@@ -130,26 +138,28 @@ def _training_run(
     if family == "attnpool":
         from attnviz.training.pool import PoolTrainConfig, train_attention_pool
 
-        if floors is not None:
-            raise UsageError("--floors sets the gate families' floors, not attnpool's")
+        if floors is not None or offsets is not None:
+            raise UsageError("--floors and --offsets set the gate families' maps, not attnpool's")
         chosen: dict[str, Any] = {k: v for k, v in (("out", out), ("area", area)) if v is not None}
         pool = PoolTrainConfig(**common, **chosen)
         return partial(train_attention_pool, pool), pool.out
 
     if area is not None:
         raise UsageError("--area weighs attnpool's map mean; the gate families have none")
-    if floors is not None:
-        try:
-            common["floors"] = tuple(float(v) for v in floors.split(","))
-        except ValueError:
-            raise UsageError(
-                f"--floors needs numbers like 0.95,0.95,0.95,0.7, got {floors!r}"
-            ) from None
+    for flag, text, example in (
+        ("floors", floors, "0.95,0.95,0.95,0.7"),
+        ("offsets", offsets, "-4,-4,-3,-4"),
+    ):
+        if text is not None:
+            try:
+                common[flag] = tuple(float(v) for v in text.split(","))
+            except ValueError:
+                raise UsageError(f"--{flag} needs numbers like {example}, got {text!r}") from None
     if family in LITE0_BLOCKS:
         from attnviz.training.blocks import BlockTrainConfig, train_block
 
-        if floors is not None:
-            raise UsageError(f"--floors sets the gate families' floors, not {family}'s")
+        if floors is not None or offsets is not None:
+            raise UsageError(f"--floors and --offsets set the gate families' maps, not {family}'s")
         block = BlockTrainConfig(**common, family=family, out=out, init=init)
         assert block.out is not None  # set by __post_init__
         return partial(train_block, block), block.out

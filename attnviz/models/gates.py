@@ -104,6 +104,7 @@ class Lite0Gate(Protocol):
     """A spatial gate that training can seed and fit.
 
     floor:            the share of the features a gate keeps where its map is 0.
+    offset:           where the map passes 0.5: M = sigmoid(sharpness z + offset).
     fill:             share of the features' spatial mean that fills suppressed positions;
                       training raises it early on, inference uses 0 (the plain product).
     attention_map:    (N, C, H, W) -> the weights shown, M, (N, 1, H, W) in (0, 1).
@@ -116,6 +117,7 @@ class Lite0Gate(Protocol):
     """
 
     floor: Tensor
+    offset: Tensor
     fill: float
 
     def attention_map(self, x: Tensor) -> Tensor: ...

@@ -21,6 +21,7 @@ first gate is computed once per image and cached; each step runs only the gated 
 from __future__ import annotations
 
 import io
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,11 @@ SEED_SLOPE = 0.5
 # head, whose features the classifier only averages.
 FLOORS = (0.95, 0.95, 0.95, 0.7)
 
+# Where each gate's map passes 0.5: M = sigmoid(4 z + offset), so at z = 1 (one standard
+# deviation above the photo's mean) for -4. The threshold was picked on the training split's
+# boxes (experiments/boxes-train.csv; sigmoid(4 z - 3) scored alike there).
+OFFSETS = (-4.0, -4.0, -4.0, -4.0)
+
 
 # Progress callbacks every trainer takes: (photos cached, total), and (step, steps, stats).
 OnCache = Callable[[int, int], None]
@@ -82,6 +88,7 @@ class TrainConfig:
     holdout: int = 500  # training photos kept aside to measure agreement
     holdout_per_folder: int = 0  # and at least this many from each data folder
     floors: tuple[float, ...] = FLOORS  # one per gate: what it keeps where its map is 0
+    offsets: tuple[float, ...] = OFFSETS  # one per gate: M = sigmoid(4 z + offset)
     fill_until: float = 0.5  # mean fill decays from 1 to 0 over this share of the steps
     seed: int = 0
     cache: Path | None = None  # reuse the trunk's features across runs and families
@@ -94,6 +101,8 @@ class TrainConfig:
             self.out = default_out(self.family)
         if len(self.floors) != len(LITE0_GATES) or not all(0 <= f <= 1 for f in self.floors):
             raise UsageError(f"give one floor in [0, 1] per gate ({', '.join(LITE0_GATES)})")
+        if len(self.offsets) != len(LITE0_GATES) or not all(map(math.isfinite, self.offsets)):
+            raise UsageError(f"give one finite offset per gate ({', '.join(LITE0_GATES)})")
 
 
 @dataclass
@@ -154,13 +163,17 @@ def gates_of(model: EfficientNetLite) -> dict[str, Lite0Gate]:
     return dict(model.attention.items())  # type: ignore[arg-type]
 
 
-def seed_gates(model: EfficientNetLite, floors: Sequence[float] = FLOORS) -> None:
-    """Each gate's floor and starting map, and ``pool_gain`` at the inverse of what the
-    seeded head gate does to a flat map. ``floors`` are given for every slot of
-    ``LITE0_GATES``, whichever of them the model has."""
+def seed_gates(
+    model: EfficientNetLite, floors: Sequence[float] = FLOORS, offsets: Sequence[float] = OFFSETS
+) -> None:
+    """Each gate's floor, offset and starting map, and ``pool_gain`` at the inverse of what
+    the seeded head gate does to a flat map. ``floors`` and ``offsets`` are given for every
+    slot of ``LITE0_GATES``, whichever of them the model has."""
     floor_of = dict(zip(LITE0_GATES, floors, strict=True))
+    offset_of = dict(zip(LITE0_GATES, offsets, strict=True))
     for name, gate in gates_of(model).items():
         gate.floor.fill_(floor_of[name])
+        gate.offset.fill_(offset_of[name])
         gate.seed(SEED_SLOPE)
     if "head" in model.attention:
         torch.nn.init.constant_(model.pool_gain, 1.0 / flat_gain(gates_of(model)["head"]))
@@ -436,7 +449,7 @@ def train_gates(
     model = build_lite0(cfg.family, with_gates=False)
     assert isinstance(model, EfficientNetLite)
     frozen(model).to(memory_format=torch.channels_last)
-    seed_gates(model, cfg.floors)
+    seed_gates(model, cfg.floors, cfg.offsets)
     gate_params = [p for gate in model.attention.values() for p in gate.parameters()]
     gate_params.append(model.pool_gain)
     for p in gate_params:
