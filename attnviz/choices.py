@@ -12,6 +12,9 @@ import difflib
 from attnviz.errors import UsageError
 
 FORMATS = ("png", "jpg", "webp")
+# What a figure can show of each layer: the photo, the weight map, the weighted features over
+# the photo, the trunk's Grad-CAM over the photo, the photo with the map's thresholded outline,
+# and a channel gate's weights.
 PANELS = ("original", "map", "weighted", "gradcam", "contours", "channels")
 # OpenCV's colormaps (cv2.COLORMAP_<NAME>) by lower-case name; tests/test_render.py checks
 # that this is every colormap the installed OpenCV has.

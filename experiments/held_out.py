@@ -65,7 +65,8 @@ def main() -> None:
             for name, captured in maps.items():
                 w = captured.weights[:, 0]
                 layer_spans.setdefault(name, []).extend((w.amax((1, 2)) - w.amin((1, 2))).tolist())
-            shown = maps[select_layers(model.net, model.spec.default_layer)[0]]
+            default = select_layers(model.net, model.spec.default_layer)[0]
+            shown = maps.get(default) or next(iter(maps.values()))
             weights = shown.weights[:, 0]
             spans = (weights.amax((1, 2)) - weights.amin((1, 2))).tolist()
             for i, path in enumerate(batch):

@@ -31,7 +31,7 @@ def attnviz(*args: str | Path) -> tuple[int, str]:
     """Run the real CLI in-process: (exit code, output)."""
     from typer.testing import CliRunner
 
-    from attnviz.cli.app import app
+    from attnviz.cli import app
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     crash = result.exception

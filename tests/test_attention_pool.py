@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import attnviz
-from attnviz.cli.app import app
+from attnviz.cli import app
 from attnviz.io import load_rgb
 from attnviz.models.attention_pool import AttentionGatedPooling, Lite0AttentionPool
 from attnviz.models.efficientnet_lite import EfficientNetLite

@@ -276,7 +276,7 @@ def test_models_fits_an_80_column_screen_one_line_a_model_with_the_default_marke
 def test_help_does_not_import_torch() -> None:
     code = (
         "import sys; sys.argv = ['attnviz', '--help']\n"
-        "from attnviz.cli.app import app\n"
+        "from attnviz.cli import app\n"
         "try:\n    app()\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )

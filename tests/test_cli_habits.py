@@ -16,7 +16,7 @@ import torch
 import typer.main
 
 from attnviz import DEFAULT_MODEL, __version__
-from attnviz.cli.app import app
+from attnviz.cli import app
 from tests.conftest import attnviz, write_photo
 
 if sys.version_info >= (3, 11):

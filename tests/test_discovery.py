@@ -349,3 +349,23 @@ def test_the_layer_list_is_renewed_when_modules_are_added() -> None:
 
     model.toy = ToyGated()  # modules that declare themselves: listed at once
     assert {"toy.gate1", "toy.gate2"} <= set(layer_capturers(model))
+
+
+@pytest.mark.parametrize(
+    ("call", "args", "kwargs"),
+    [
+        (torch.Tensor.transpose, (2, 3), {}),
+        (torch.Tensor.transpose, (), {"dim0": 2, "dim1": 3}),
+        (torch.Tensor.transpose, (2,), {"dim1": 3}),
+        (torch.transpose, (-2, -1), {}),
+        (torch.Tensor.swapaxes, (), {"axis0": 2, "axis1": 3}),
+        (torch.Tensor.permute, (0, 1, 3, 2), {}),
+        (torch.Tensor.permute, ((0, 1, 3, 2),), {}),
+        (torch.permute, (), {"dims": (0, 1, 3, 2)}),
+    ],
+)
+def test_a_swap_of_the_image_axes_reads_the_same_however_it_is_spelt(call, args, kwargs) -> None:
+    from attnviz.attention.discovery import _permutation
+
+    x = torch.zeros(1, 2, 3, 4)
+    assert _permutation(call, (x, *args), kwargs) == (0, 1, 3, 2)

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from attnviz.attention import capture_maps
-from attnviz.cli.app import app
+from attnviz.cli import app
 from attnviz.engine.gradcam import grad_cam, last_feature_layer, trunk_mode
 from attnviz.io import load_rgb
 from attnviz.models import load_model

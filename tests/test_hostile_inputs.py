@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from attnviz.cli.app import app
+from attnviz.cli import app
 from tests.conftest import write_photo
 
 NON_UTF8_NAME = os.fsdecode(b"caf\xe9-latin1.jpg")
@@ -93,7 +93,7 @@ def _png48(p: Path) -> None:
     assert cv2.imwrite(str(p), ramp)
 
 
-def _animated(_suffix: str) -> Callable[[Path], None]:
+def _animated() -> Callable[[Path], None]:
     def make(p: Path) -> None:
         frames = [Image.new("RGB", (64, 48), c) for c in ((200, 30, 30), (30, 30, 200))]
         frames[0].save(p, save_all=True, append_images=frames[1:], duration=40, loop=0)
@@ -123,8 +123,8 @@ CORPUS: dict[str, tuple[Callable[[Path], None], str]] = {
     "rgba.png": (_save("RGBA", (96, 64)), "ok"),
     "la.png": (_save("LA", (96, 64)), "ok"),
     "palette.png": (_save("P", (96, 64)), "ok"),
-    "anim-gif.gif": (_animated(".gif"), "note: animated (2 frames): used the first frame"),
-    "anim-webp.webp": (_animated(".webp"), "note: animated (2 frames): used the first frame"),
+    "anim-gif.gif": (_animated(), "note: animated (2 frames): used the first frame"),
+    "anim-webp.webp": (_animated(), "note: animated (2 frames): used the first frame"),
     "one-pixel.png": (lambda p: write_photo(p, (1, 1)), "ok"),
     "tall-1x5000.png": (lambda p: write_photo(p, (1, 5000)), "ok"),
     "wide-5000x1.png": (lambda p: write_photo(p, (5000, 1)), "ok"),

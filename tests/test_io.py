@@ -780,3 +780,26 @@ def test_the_public_readers_and_writers_take_a_str_path_as_well_as_a_path(tmp_pa
     assert np.array_equal(load_rgb(str(tmp_path / "figure.png")), image)
     write_npz(str(tmp_path / "maps.npz"), {"m": np.ones((2, 2))})
     assert np.load(tmp_path / "maps.npz")["m"].shape == (2, 2)
+
+
+def test_every_name_attnviz_io_lists_resolves_from_the_module_that_holds_it() -> None:
+    import importlib
+
+    import attnviz.io as io
+
+    assert set(io.__all__) == set(io._HOME_OF) and set(io.__all__) <= set(dir(io))
+    for name in io.__all__:
+        home = importlib.import_module(f"attnviz.io.{io._HOME_OF[name]}")
+        assert getattr(io, name) is getattr(home, name), name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        io.nope  # noqa: B018
+
+
+@pytest.mark.subprocess
+def test_the_gallery_reads_large_figures_whatever_was_imported_before_it() -> None:
+    import subprocess
+    import sys
+
+    code = "import attnviz.render.gallery; from PIL import Image; print(Image.MAX_IMAGE_PIXELS)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "None", done.stderr

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from safetensors.torch import load_file
 
+from attnviz.models.registry import LITE0_GATES
 from tests.conftest import attnviz, write_photo
 
 
@@ -23,10 +25,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = folder / "my-gates.safetensors"
     code, output = attnviz(
         "train", folder / "photos", "--family", "cbam", "--steps", "3", "--batch-size", "4",
-        "--holdout", "4", "--out", out,
+        "--holdout", "4", "--out", out, "--offsets=-4,-3,-4,-4",
     )  # fmt: skip
     assert code == 0, output
     assert out.is_file()
+    # The file keeps where each gate's map passes 0.5 (block 10's moved by --offsets).
+    state = load_file(str(out))
+    assert [float(state[f"attention.{g}.offset"]) for g in LITE0_GATES] == [-4, -3, -4, -4]
     return out
 
 
@@ -118,7 +123,7 @@ def test_another_built_ins_gate_file_is_named_and_exits_2(tmp_path: Path) -> Non
 
 
 def _commands() -> dict[str, object]:
-    from attnviz.cli.app import app
+    from attnviz.cli import app
 
     group = typer.main.get_command(app)
     return dict(group.commands)  # type: ignore[attr-defined]

@@ -47,7 +47,7 @@ class ToyPointAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x
 
-    def capture_attention(self, inputs: tuple[Tensor, ...], _output: object) -> AttentionCapture:
+    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:  # noqa: ARG002
         features = inputs[0]
         n, _, h, w = features.shape
         points = QUERY_POINTS.get()

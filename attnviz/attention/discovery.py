@@ -456,14 +456,24 @@ class _Probe(TorchFunctionMode):
         return rep
 
 
-def _permutation(func: object, args: tuple, _kwargs: dict) -> tuple[int, ...] | None:
-    """The dims of a 4-D permute / transpose as a permutation, else None."""
+def _permutation(func: object, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+    """The dims of a 4-D permute / transpose as a permutation, else None (positional or
+    keyword: ``x.permute(0, 2, 3, 1)``, ``torch.permute(x, dims=...)``, ``x.transpose(dim0=2,
+    dim1=3)``)."""
     if func in (torch.Tensor.permute, torch.permute):
-        dims = args[1:] if func is torch.Tensor.permute else args[1]
+        if "dims" in kwargs:
+            dims = kwargs["dims"]
+        else:
+            dims = args[1:] if func is torch.Tensor.permute else args[1]
         dims = dims[0] if len(dims) == 1 and isinstance(dims[0], list | tuple) else dims
         return tuple(int(d) % 4 for d in dims) if len(dims) == 4 else None
     if func in (torch.Tensor.transpose, torch.transpose, torch.Tensor.swapaxes, torch.swapaxes):
-        a, b = int(args[1]) % 4, int(args[2]) % 4
+        names = ("axis0", "axis1") if func in (torch.Tensor.swapaxes, torch.swapaxes) else ()
+        names = names or ("dim0", "dim1")
+        given = [*args[1:3], *(kwargs[k] for k in names if k in kwargs)]
+        if len(given) != 2:
+            return None
+        a, b = int(given[0]) % 4, int(given[1]) % 4
         order = [0, 1, 2, 3]
         order[a], order[b] = b, a
         return tuple(order)

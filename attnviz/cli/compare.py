@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from attnviz.choices import DEFAULT_MAX_PIXELS
-from attnviz.cli.options import Device, Format, Glob, MaxPixels, Quiet
+from attnviz.cli.flags import Device, Format, Glob, MaxPixels, Quiet
 from attnviz.cli.output import console, fail, print_summary
 from attnviz.errors import AttnvizError
 

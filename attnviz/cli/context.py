@@ -4,19 +4,17 @@ pyproject.toml (loaded into click's default_map), where each option's value came
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from attnviz.cli.output import fail
-
-if TYPE_CHECKING:
-    from attnviz.cli.config import Schema
-
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from attnviz.cli.help import option_kind
+from attnviz.cli.output import fail
 from attnviz.errors import UsageError
+
+if TYPE_CHECKING:
+    from attnviz.cli.config import Schema
 
 # Where the config files' defaults are kept for the commands (see load_config).
 CONFIG_META = "attnviz.cli.config"
@@ -76,8 +74,8 @@ def verbosity_of(ctx: typer.Context, quiet: bool, verbose: bool) -> int:
 
 def source(ctx: typer.Context, name: str) -> str:
     """Where an option's value came from: flag, environment, attnviz.toml, ... or default."""
-    source = ctx.get_parameter_source(name)
-    kind = source.name if source is not None else "DEFAULT"
+    given = ctx.get_parameter_source(name)
+    kind = given.name if given is not None else "DEFAULT"
     if kind == "DEFAULT_MAP":
         from attnviz.cli.config import Defaults
 

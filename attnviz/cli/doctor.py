@@ -211,7 +211,6 @@ def doctor(ctx: typer.Context) -> None:
 
     Example: attnviz doctor
     """
-    from attnviz.cli.doctor import Status, failed, run_checks
 
     run_defaults = (ctx.default_map or {}).get("run") or {}
     checks = run_checks(Path(str(run_defaults.get("out", "attnviz-out"))))
@@ -243,7 +242,6 @@ def doctor(ctx: typer.Context) -> None:
 def _config_check(loaded: object) -> Check:
     """The config files in effect, as one of the doctor's rows."""
     from attnviz.cli.config import CONFIG_FILE, PYPROJECT_FILE, Defaults
-    from attnviz.cli.doctor import Check, Status
 
     if isinstance(loaded, AttnvizError):
         return Check("config", Status.FAIL, str(loaded))

@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from attnviz import DEFAULT_MODEL
-from attnviz.cli.options import Device, Model
+from attnviz.cli.flags import Device, Model
 from attnviz.cli.output import console, fail, out_console, printable
 from attnviz.errors import AttnvizError, UsageError
 

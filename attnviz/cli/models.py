@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from attnviz import DEFAULT_MODEL
-from attnviz.cli.options import Model
+from attnviz.cli.flags import Model
 from attnviz.cli.output import fail, out_console
 from attnviz.errors import AttnvizError
 

@@ -11,7 +11,7 @@ import typer
 from attnviz import DEFAULT_MODEL
 from attnviz.choices import DEFAULT_MAX_PIXELS
 from attnviz.cli.context import effective_config, verbosity_of
-from attnviz.cli.options import Device, Format, Glob, MaxPixels, Model, Quiet
+from attnviz.cli.flags import Device, Format, Glob, MaxPixels, Model, Quiet
 from attnviz.cli.output import console, fail, print_summary, printable
 from attnviz.errors import AttnvizError, UsageError
 

@@ -81,8 +81,9 @@ def train(
 
     try:
         run, written = _training_run(
-            data, family, out, steps, batch_size, lr, floors, offsets, area, evidence,
-            cache, init, holdout, holdout_per_folder, seed,
+            data, family, out, steps=steps, batch_size=batch_size, lr=lr, floors=floors,
+            offsets=offsets, area=area, evidence=evidence, cache=cache, init=init,
+            holdout=holdout, holdout_per_folder=holdout_per_folder, seed=seed,
         )  # fmt: skip
     except AttnvizError as exc:
         raise fail(exc) from None
@@ -118,7 +119,7 @@ def train(
 
 
 def _training_run(
-    data: list[Path], family: str, out: Path | None, steps: int, batch_size: int | None,
+    data: list[Path], family: str, out: Path | None, *, steps: int, batch_size: int | None,
     lr: float | None, floors: str | None, offsets: str | None, area: float | None,
     evidence: float | None,
     cache: Path | None, init: Path | None, holdout: int, holdout_per_folder: int, seed: int,
@@ -133,13 +134,16 @@ def _training_run(
     common |= {k: v for k, v in given.items() if v is not None}
     from attnviz.models.registry import LITE0_BLOCKS
 
+    given_map_flags = " and ".join(
+        f"--{flag}" for flag, value in (("floors", floors), ("offsets", offsets)) if value
+    )
     if init is not None and family not in LITE0_BLOCKS:
         raise UsageError("--init starts a nonlocal or deform block from a file")
     if family == "attnpool":
         from attnviz.training.pool import PoolTrainConfig, train_attention_pool
 
-        if floors is not None or offsets is not None:
-            raise UsageError("--floors and --offsets set the gate families' maps, not attnpool's")
+        if given_map_flags:
+            raise UsageError(f"{given_map_flags} sets the gate families' maps, not attnpool's")
         chosen: dict[str, Any] = {k: v for k, v in (("out", out), ("area", area)) if v is not None}
         pool = PoolTrainConfig(**common, **chosen)
         return partial(train_attention_pool, pool), pool.out
@@ -158,8 +162,8 @@ def _training_run(
     if family in LITE0_BLOCKS:
         from attnviz.training.blocks import BlockTrainConfig, train_block
 
-        if floors is not None or offsets is not None:
-            raise UsageError(f"--floors and --offsets set the gate families' maps, not {family}'s")
+        if given_map_flags:
+            raise UsageError(f"{given_map_flags} sets the gate families' maps, not {family}'s")
         block = BlockTrainConfig(**common, family=family, out=out, init=init)
         assert block.out is not None  # set by __post_init__
         return partial(train_block, block), block.out

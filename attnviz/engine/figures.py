@@ -1,6 +1,7 @@
 """A run's figure of one photo as its options lay it out, and the statistics its record keeps.
 
-Shared by ``attnviz run`` (pipeline.py), videos (video.py) and compare: from a photo and
+Shared by ``attnviz run`` (outputs.py writes a photo's; plan.py names them), videos
+(video.py) and compare: from a photo and
 its maps (an ``ImageResult``) to the images written, knowing nothing of how they were
 computed or where they go.
 """

@@ -7,7 +7,7 @@ import csv
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,7 +20,6 @@ from attnviz.engine.figures import (
     separate_panels,
 )
 from attnviz.engine.options import RunOptions
-from attnviz.engine.runner import ImageResult
 from attnviz.io import (
     Decoded,
     InputItem,
@@ -30,6 +29,9 @@ from attnviz.io import (
 )
 from attnviz.io.files import atomic_write_bytes
 from attnviz.render.triptych import Range
+
+if TYPE_CHECKING:
+    from attnviz.engine.runner import ImageResult
 
 # Below this, a map's max - min on a photo is too small to see on panel 2's [0, 1] scale.
 FLAT_RANGE = 0.05

@@ -38,7 +38,7 @@ class RunSummary:
 
 
 class StrictStop(Exception):
-    """Internal: --strict and an input failed."""
+    """--strict and an input failed: the run stops (Report.failed raises it, run catches it)."""
 
 
 def output_settings(opts: RunOptions) -> dict[str, object]:

@@ -24,8 +24,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from attnviz.choices import DEFAULT_MAX_PIXELS
 from attnviz.errors import AttnvizError, UsageError
-from attnviz.io.decode import DEFAULT_MAX_PIXELS, decode_image
+from attnviz.io.decode import decode_image
 from attnviz.io.files import atomic_write_bytes, create_locked_temp, output_file_mode, write_error
 from attnviz.io.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 

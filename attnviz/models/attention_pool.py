@@ -24,7 +24,7 @@ stands out reads near 1 (a sixth of it, were the scores normal); on a photo the 
 fills, that is its most distinct part. The trunk itself is untouched; the gate only re-weights
 which positions the classifier averages. ``floor`` keeps part of the plain average, so the
 trunk's context still reaches the classifier and its predictions hold while ``M`` picks
-the object (see ``train_pool``).
+the object (see ``training.pool``).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class AttentionGatedPooling(nn.Module):
         keep_maps(self, fine, weights=weights)  # its capture reads it: affinities run once
         return self.pool(head, weights)
 
-    def capture_attention(self, inputs: tuple[Tensor, ...], _output: object) -> AttentionCapture:
+    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:  # noqa: ARG002
         fine, local, head = inputs[0], inputs[1], inputs[2]
         kept = kept_maps(self, fine)
         weights = kept["weights"] if kept else self.attention_map(fine, local, head)

@@ -147,7 +147,7 @@ class BAMGate(BAM):
         applied = applied_caption(float(self.floor), "sigmoid(c s)") or "sigmoid(c s)"
         return AttentionCapture.from_weighted(weights, weighted, f"{applied}, M = sigmoid(s)")
 
-    def seed(self, _slope: float) -> None:
+    def seed(self, slope: float) -> None:  # noqa: ARG002 - BAM's spatial branch starts flat
         # BAM's spatial branch sees the raw channels through a learnt 1x1 reduction, not
         # their mean: it starts flat (final conv zero) and learns its shape; the channel
         # branch starts at c = 1 for every channel, so the output starts as

@@ -112,7 +112,7 @@ class SpatialGate(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.gated(x, computed_map(self, x))
 
-    def capture_attention(self, inputs: tuple[Tensor, ...], _output: object) -> AttentionCapture:
+    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:  # noqa: ARG002
         features = inputs[0]
         weights = captured_map(self, features)
         caption = applied_caption(float(self.floor)) if self.squash else None
@@ -158,7 +158,7 @@ class CBAM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.SpatialGate(self.ChannelGate(x))
 
-    def capture_attention(self, inputs: tuple[Tensor, ...], _output: object) -> AttentionCapture:
+    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:  # noqa: ARG002
         channels = self.ChannelGate.channel_weights(inputs[0])
         features = inputs[0] * channels[:, :, None, None]
         weights = self.SpatialGate.attention_map(features)

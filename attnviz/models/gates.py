@@ -165,7 +165,7 @@ class StandardisedGate(nn.Module):
     def logits(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def part_logits(self, _x: Tensor) -> Mapping[str, Tensor]:
+    def part_logits(self, x: Tensor) -> Mapping[str, Tensor]:  # noqa: ARG002 - no parts
         return {}
 
     def squashed(self, logits: Tensor) -> Tensor:
@@ -183,7 +183,7 @@ class StandardisedGate(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.gated(x, computed_map(self, x))
 
-    def capture_attention(self, inputs: tuple[Tensor, ...], _output: object) -> AttentionCapture:
+    def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:  # noqa: ARG002
         features = inputs[0]
         weights = captured_map(self, features)
         parts = {name: self.squashed(lg) for name, lg in self.part_logits(features).items()}

@@ -31,6 +31,10 @@ from attnviz.io.manifest import MANIFEST_NAME, read_manifest
 from attnviz.io.write import write_image
 from attnviz.render.triptych import Box
 
+# The figures are attnviz's own, however large --panel-size made them: Pillow's guard
+# against decompression bombs has nothing to guard here (io/decode.py turns it off too).
+Image.MAX_IMAGE_PIXELS = None
+
 INDEX_NAME = "index.html"
 THUMBS_DIR = ".thumbs"
 # Thumbnails fit this box: sharp enough at the page's 300-420 CSS px card widths.

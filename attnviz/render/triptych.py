@@ -48,8 +48,7 @@ _WHITE = 255
 # Grey, not white: white would merge with the gutters and read as "high" in hot/bone colour maps.
 _LETTERBOX = 128
 MAX_ASPECT = 4  # a panel is at most 4x wider than tall, or 4x taller than wide
-# What a figure can show of each layer: the photo, the weight map, the weighted features over
-# the photo, the trunk's Grad-CAM over the photo, the photo with the map's thresholded outline.
+# The panels a figure shows unless --panels says otherwise (choices.PANELS lists them all).
 DEFAULT_PANELS = ("original", "map", "weighted")
 # Panels that are the same whatever the layer: a figure of several layers draws them once,
 # on a line of their own above the layers' lines.

@@ -5,7 +5,7 @@ Both blocks start as the identity (a zero-initialised BatchNorm on their residua
 branch), which already predicts what the trunk predicts, so distillation alone gives them
 nothing to learn; fine-tuning them on Imagenette's labels (their earlier recipe) taught
 them little either, and their maps did not follow the object. What tells a block where to
-attend is the trunk's class evidence (``train.evidence_mismatch``): the contribution of
+attend is the trunk's class evidence (``training.gates.evidence_mismatch``): the contribution of
 every position to the logit of the trunk's top-1 class. The loss, without labels:
 
 - KL(trunk || hosted): the model with the block must still predict what the trunk does;

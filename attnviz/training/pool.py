@@ -8,7 +8,7 @@ no labels:
 - KL(trunk || gated): the gated classifier must still predict what the trunk predicts;
 - ``area`` x the map's mean: the gate keeps as few positions as the prediction allows;
 - ``evidence`` x (1 - correlation of the gate's coarse scores with the trunk's class
-  evidence), as for the gate families (``train.evidence_mismatch``): KL and area alone pick
+  evidence), as for the gate families (``training.gates.evidence_mismatch``): KL and area alone pick
   a sufficient sliver of the object; this term asks the scores to follow all of the
   evidence for the class. It binds the scores before the spread and the sigmoid, so it
   shapes where the map opens, while the area and KL terms decide how sharply.
@@ -17,7 +17,7 @@ The features are cached at several input sizes and each step draws its batch fro
 them, so the map keeps its extent and the classifier its predictions when a user picks
 another ``--size``. Photos are flipped left-right at random (the cached features with
 them). An interrupted run resumes where it stopped when given the same settings
-(``train.TrainingState``).
+(``training.gates.TrainingState``).
 """
 
 from __future__ import annotations

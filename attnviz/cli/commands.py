@@ -15,9 +15,10 @@ from attnviz.cli.compare import compare
 from attnviz.cli.context import load_config
 from attnviz.cli.doctor import doctor
 from attnviz.cli.evaluate import eval_command
+from attnviz.cli.gallery import gallery
 from attnviz.cli.help import HelpCommand, HelpGroup
+from attnviz.cli.merge import merge
 from attnviz.cli.models import layers, models
-from attnviz.cli.outputs import gallery, merge
 from attnviz.cli.run import run
 from attnviz.cli.train import train
 
