@@ -359,6 +359,8 @@ def test_the_layer_list_is_renewed_when_modules_are_added() -> None:
         (torch.Tensor.transpose, (2,), {"dim1": 3}),
         (torch.transpose, (-2, -1), {}),
         (torch.Tensor.swapaxes, (), {"axis0": 2, "axis1": 3}),
+        (torch.swapdims, (3, 2), {}),
+        (torch.Tensor.permute, (), {"dims": (0, 1, 3, 2)}),
         (torch.Tensor.permute, (0, 1, 3, 2), {}),
         (torch.Tensor.permute, ((0, 1, 3, 2),), {}),
         (torch.permute, (), {"dims": (0, 1, 3, 2)}),

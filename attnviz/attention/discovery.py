@@ -467,7 +467,8 @@ def _permutation(func: object, args: tuple, kwargs: dict) -> tuple[int, ...] | N
             dims = args[1:] if func is torch.Tensor.permute else args[1]
         dims = dims[0] if len(dims) == 1 and isinstance(dims[0], list | tuple) else dims
         return tuple(int(d) % 4 for d in dims) if len(dims) == 4 else None
-    if func in (torch.Tensor.transpose, torch.transpose, torch.Tensor.swapaxes, torch.swapaxes):
+    swaps = (torch.Tensor.transpose, torch.transpose, torch.Tensor.swapdims, torch.swapdims)
+    if func in (*swaps, torch.Tensor.swapaxes, torch.swapaxes):
         names = ("axis0", "axis1") if func in (torch.Tensor.swapaxes, torch.swapaxes) else ()
         names = names or ("dim0", "dim1")
         given = [*args[1:3], *(kwargs[k] for k in names if k in kwargs)]

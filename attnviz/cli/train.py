@@ -152,7 +152,7 @@ def _training_run(
         raise UsageError("--area weighs attnpool's map mean; the gate families have none")
     for flag, text, example in (
         ("floors", floors, "0.95,0.95,0.95,0.7"),
-        ("offsets", offsets, "-4,-4,-3,-4"),
+        ("offsets", offsets, "-4,-3,-4,-4"),
     ):
         if text is not None:
             try:
