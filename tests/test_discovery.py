@@ -364,6 +364,9 @@ def test_the_layer_list_is_renewed_when_modules_are_added() -> None:
         (torch.Tensor.permute, (0, 1, 3, 2), {}),
         (torch.Tensor.permute, ((0, 1, 3, 2),), {}),
         (torch.permute, (), {"dims": (0, 1, 3, 2)}),
+        (torch.Tensor.movedim, (3, 2), {}),
+        (torch.movedim, (), {"source": 2, "destination": 3}),
+        (torch.Tensor.moveaxis, ((2, 3), (3, 2)), {}),
     ],
 )
 def test_a_swap_of_the_image_axes_reads_the_same_however_it_is_spelt(call, args, kwargs) -> None:

@@ -457,9 +457,10 @@ class _Probe(TorchFunctionMode):
 
 
 def _permutation(func: object, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
-    """The dims of a 4-D permute / transpose as a permutation, else None (positional or
-    keyword: ``x.permute(0, 2, 3, 1)``, ``torch.permute(x, dims=...)``, ``x.transpose(dim0=2,
-    dim1=3)``)."""
+    """The dims of a 4-D permute / transpose / movedim as a permutation (the result's axis i
+    is the input's axis dims[i]), else None; positional or keyword: ``x.permute(0, 2, 3,
+    1)``, ``torch.permute(x, dims=...)``, ``x.transpose(dim0=2, dim1=3)``, ``x.movedim(1,
+    3)``."""
     if func in (torch.Tensor.permute, torch.permute):
         if "dims" in kwargs:
             dims = kwargs["dims"]
@@ -478,6 +479,15 @@ def _permutation(func: object, args: tuple, kwargs: dict) -> tuple[int, ...] | N
         order = [0, 1, 2, 3]
         order[a], order[b] = b, a
         return tuple(order)
+    if func in (torch.Tensor.movedim, torch.movedim, torch.Tensor.moveaxis, torch.moveaxis):
+        given = [*args[1:3], *(kwargs[k] for k in ("source", "destination") if k in kwargs)]
+        if len(given) != 2:
+            return None
+        source, destination = ([int(d) % 4 for d in (g if isinstance(g, list | tuple) else [g])]
+                               for g in given)  # fmt: skip
+        moved = dict(zip(destination, source, strict=True))  # result axis -> input axis
+        rest = iter(d for d in range(4) if d not in source)
+        return tuple(moved[i] if i in moved else next(rest) for i in range(4))
     return None
 
 
