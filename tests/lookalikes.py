@@ -369,6 +369,17 @@ class TripletAttention(nn.Module):
         return (x1 + x2 + x3) / 3
 
 
+class TripletAttentionSpelt(TripletAttention):
+    """The same branches, their planes turned with other spellings: movedim, and transpose
+    with keyword dims (still only the H×W branch is spatial)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1 = self.cw(x.movedim(2, 1).contiguous()).movedim(1, 2).contiguous()
+        x2 = self.hc(x.transpose(dim0=1, dim1=3).contiguous())
+        x2 = torch.transpose(x2, dim0=3, dim1=1).contiguous()
+        return (x1 + x2 + self.hw(x)) / 3
+
+
 class SqueezeExcite(nn.Module):
     """SE (Hu et al., 2018): channel attention only."""
 

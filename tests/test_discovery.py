@@ -50,6 +50,7 @@ def maps_of(model: nn.Module, x: Tensor, layer: str) -> dict:
         (L.Host(L.CoordinateAttention(16)), {"block": "coordinate gate"}),
         (L.Host(L.SimAM()), {"block": "sigmoid gate"}),
         (L.Host(L.TripletAttention()), {"block.hw": "sigmoid gate"}),
+        (L.Host(L.TripletAttentionSpelt()), {"block.hw": "sigmoid gate"}),
         (L.Host(L.GlobalContext(16)), {"block": "softmax pooling"}),
         (L.Host(L.ViewingGate()), {"block": "sigmoid gate"}),
         (L.Host(L.SqueezeExcite(16)), {}),
