@@ -17,13 +17,7 @@ import numpy as np
 from attnviz.engine.options import RunOptions, drawn_panels, parse_norm
 from attnviz.io.inputs import file_part
 from attnviz.render.panels import colorbar
-from attnviz.render.triptych import (
-    Range,
-    Triptych,
-    compose_triptych,
-    draw_panels,
-    split_panels,
-)
+from attnviz.render.triptych import Range, Triptych, compose_triptych, draw_panels, split_panels
 
 if TYPE_CHECKING:
     from attnviz.engine.runner import ImageResult

@@ -20,13 +20,7 @@ from attnviz.engine.figures import (
     separate_panels,
 )
 from attnviz.engine.options import RunOptions
-from attnviz.io import (
-    Decoded,
-    InputItem,
-    output_path,
-    write_image,
-    write_npz,
-)
+from attnviz.io import Decoded, InputItem, output_path, write_image, write_npz
 from attnviz.io.files import atomic_write_bytes
 from attnviz.render.triptych import Range
 

@@ -19,9 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from attnviz.engine.figures import (
-    heat_maps,
-)
+from attnviz.engine.figures import heat_maps
 from attnviz.engine.options import RunOptions, check_options, parse_norm
 from attnviz.engine.outputs import flat_map_note, write_outputs, write_stats_csv
 from attnviz.engine.plan import (

@@ -10,15 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import attnviz
-from attnviz.engine.figures import (
-    output_suffixes,
-)
+from attnviz.engine.figures import output_suffixes
 from attnviz.engine.options import RunOptions
 from attnviz.errors import AttnvizError
-from attnviz.io import (
-    InputItem,
-    ManifestWriter,
-)
+from attnviz.io import InputItem, ManifestWriter
 from attnviz.io.resume import PreviousRun, input_fingerprint
 from attnviz.io.video import is_video
 from attnviz.models.user import is_user_model

@@ -20,11 +20,7 @@ from attnviz.attention.protocol import query_points
 from attnviz.engine.gradcam import last_feature_layer, trunk_grad_cam, trunk_mode
 from attnviz.engine.options import RunOptions
 from attnviz.errors import AttnvizError, UsageError
-from attnviz.io import (
-    Decoded,
-    InputItem,
-    decode_image,
-)
+from attnviz.io import Decoded, InputItem, decode_image
 from attnviz.models import LoadedModel
 from attnviz.models.outputs import logits_of, not_class_scores, top_classes
 from attnviz.render import LayerMaps
