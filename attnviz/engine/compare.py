@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -309,9 +308,7 @@ def compare(opts: CompareOptions, progress: Progress = lambda _done, _total: Non
                                summary)  # fmt: skip
                 progress(min(begin + opts.batch_size, len(photos)), len(photos))
         remove_stale_temps(opts.out)
-        if stop.signum is not None:
-            summary.signum = stop.signum
-            summary.stopped_by = signal.Signals(stop.signum).name
+        summary.stopped_by_signal(stop.signum)
     summary.wall_s = time.perf_counter() - start
     return summary
 

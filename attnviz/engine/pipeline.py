@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -146,9 +145,7 @@ def run(
             from attnviz.render.gallery import write_gallery
 
             write_gallery(opts.out)
-        if stop.signum is not None:
-            summary.signum = stop.signum
-            summary.stopped_by = signal.Signals(stop.signum).name
+        summary.stopped_by_signal(stop.signum)
     summary.wall_s = time.perf_counter() - start
     return summary
 

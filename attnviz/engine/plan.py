@@ -4,6 +4,7 @@ and the report that takes each result to the summary and the manifest together."
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,11 @@ class RunSummary:
     stopped_by: str | None = None  # "--strict", or the signal's name
     signum: int | None = None
     wall_s: float = 0.0
+
+    def stopped_by_signal(self, signum: int | None) -> None:
+        """Record the signal that stopped the run, if one did (GracefulStop.signum)."""
+        if signum is not None:
+            self.signum, self.stopped_by = signum, signal.Signals(signum).name
 
 
 class StrictStop(Exception):

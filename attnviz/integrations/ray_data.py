@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -303,9 +302,7 @@ def run_on_ray(
     remove_stale_temps(options.out)
     remove_stale_journals(options.out, MANIFEST_NAME)
     _finish(options, report)
-    if stop.signum is not None:
-        summary.signum = stop.signum
-        summary.stopped_by = signal.Signals(stop.signum).name
+    summary.stopped_by_signal(stop.signum)
     summary.wall_s = time.perf_counter() - start
     return summary
 
