@@ -9,7 +9,7 @@ import typer
 
 from attnviz.choices import DEFAULT_MAX_PIXELS
 from attnviz.cli.flags import Device, Format, Glob, MaxPixels, Quiet
-from attnviz.cli.output import console, fail, print_summary
+from attnviz.cli.output import console, counting, fail, print_summary
 from attnviz.errors import AttnvizError
 
 
@@ -81,8 +81,6 @@ def compare(
 
     Example: attnviz compare photo.jpg --models lite0-cbam,lite0-psa,gradcam
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from attnviz.engine.compare import CompareOptions
     from attnviz.engine.compare import compare as run_compare
 
@@ -92,16 +90,9 @@ def compare(
         device=device,
         batch_size=batch_size, glob=glob, max_pixels=max_pixels,
     )  # fmt: skip
-    progress = Progress(
-        "compare", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-        transient=True, disable=quiet,
-    )  # fmt: skip
-    task = progress.add_task("compare", total=None)
     try:
-        with progress:
-            summary = run_compare(
-                opts, lambda done, total: progress.update(task, completed=done, total=total)
-            )
+        with counting("compare", hidden=quiet) as progress:
+            summary = run_compare(opts, progress)
     except AttnvizError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:  # a second Ctrl-C: the figures written are whole

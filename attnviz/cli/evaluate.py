@@ -11,7 +11,7 @@ from rich.table import Table
 
 from attnviz import DEFAULT_MODEL
 from attnviz.cli.flags import Device, Model
-from attnviz.cli.output import console, fail, out_console, printable
+from attnviz.cli.output import console, counting, fail, out_console, printable
 from attnviz.errors import AttnvizError, UsageError
 
 
@@ -46,22 +46,14 @@ def eval_command(
     """
     import json
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from attnviz.evaluation.evaluate import evaluate, write_per_photo_csv
 
     if per_photo is not None and not per_photo.parent.is_dir():
         raise fail(UsageError(f"--per-photo: folder {per_photo.parent} does not exist"))
-    progress = Progress(
-        "eval", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-        transient=True, disable=as_json,
-    )  # fmt: skip
-    task = progress.add_task("eval", total=None)
     try:
-        with progress:
+        with counting("eval", hidden=as_json) as progress:
             result = evaluate(
-                images, boxes, model, layer, max(1, batch_size),
-                lambda done, total: progress.update(task, completed=done, total=total),
+                images, boxes, model, layer, max(1, batch_size), progress,
                 weights=weights, device=device, size=size,
             )  # fmt: skip
         if per_photo is not None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from attnviz.cli.output import console, fail, out_console, printable
+from attnviz.cli.output import console, counting, fail, out_console, printable
 from attnviz.errors import AttnvizError
 
 
@@ -18,20 +18,11 @@ def gallery(
 
     Example: attnviz gallery figures/
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from attnviz.render.gallery import write_gallery
 
-    progress = Progress(
-        "thumbnails", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-        transient=True,
-    )  # fmt: skip
-    task = progress.add_task("gallery", total=None)
     try:
-        with progress:
-            result = write_gallery(
-                out, lambda done, total: progress.update(task, completed=done, total=total)
-            )
+        with counting("thumbnails") as progress:
+            result = write_gallery(out, progress)
     except AttnvizError as exc:
         raise fail(exc) from None
     for note in result.notes:

@@ -1,9 +1,12 @@
 """What the commands print: two consoles (messages on stderr, results on stdout), text
-made safe for any terminal, one-line errors with their exit code, and a run's summary."""
+made safe for any terminal, one-line errors with their exit code, a counting progress bar,
+and a run's summary."""
 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 import typer
@@ -96,3 +99,19 @@ def print_summary(
             f"[bold red]stopped[/] by {summary.stopped_by}: finished outputs and the manifest are "
             "written; rerun the same command to resume"
         )
+
+
+@contextmanager
+def counting(label: str, hidden: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A transient bar on stderr while inside; yields the ``(done, total)`` callback that
+    moves it (compare, eval and gallery take one)."""
+    # rich.progress is imported here: --help never draws a bar.
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    progress = Progress(
+        label, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+        transient=True, disable=hidden,
+    )  # fmt: skip
+    task = progress.add_task(label, total=None)
+    with progress:
+        yield lambda done, total: progress.update(task, completed=done, total=total)
