@@ -456,6 +456,16 @@ class _Probe(TorchFunctionMode):
         return rep
 
 
+# The calls that swap two axes, with the keywords that name them.
+_SWAP_KEYWORDS: dict[object, tuple[str, str]] = {
+    **dict.fromkeys(
+        (torch.Tensor.transpose, torch.transpose, torch.Tensor.swapdims, torch.swapdims),
+        ("dim0", "dim1"),
+    ),
+    **dict.fromkeys((torch.Tensor.swapaxes, torch.swapaxes), ("axis0", "axis1")),
+}
+
+
 def _permutation(func: object, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
     """The dims of a 4-D permute / transpose / movedim as a permutation (the result's axis i
     is the input's axis dims[i]), else None; positional or keyword: ``x.permute(0, 2, 3,
@@ -468,11 +478,8 @@ def _permutation(func: object, args: tuple, kwargs: dict) -> tuple[int, ...] | N
             dims = args[1:] if func is torch.Tensor.permute else args[1]
         dims = dims[0] if len(dims) == 1 and isinstance(dims[0], list | tuple) else dims
         return tuple(int(d) % 4 for d in dims) if len(dims) == 4 else None
-    swaps = (torch.Tensor.transpose, torch.transpose, torch.Tensor.swapdims, torch.swapdims)
-    if func in (*swaps, torch.Tensor.swapaxes, torch.swapaxes):
-        names = ("axis0", "axis1") if func in (torch.Tensor.swapaxes, torch.swapaxes) else ()
-        names = names or ("dim0", "dim1")
-        given = [*args[1:3], *(kwargs[k] for k in names if k in kwargs)]
+    if func in _SWAP_KEYWORDS:
+        given = [*args[1:3], *(kwargs[k] for k in _SWAP_KEYWORDS[func] if k in kwargs)]
         if len(given) != 2:
             return None
         a, b = int(given[0]) % 4, int(given[1]) % 4
