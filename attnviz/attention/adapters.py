@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from attnviz.attention.protocol import AttentionCapture, Removable, Sink, on_forward
+from attnviz.attention.hooks import Removable
+from attnviz.attention.protocol import AttentionCapture, Sink, on_forward
 
 CaptureFn = Callable[[nn.Module, tuple[Tensor, ...], object], AttentionCapture]
 

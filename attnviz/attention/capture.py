@@ -23,11 +23,11 @@ from torch import Tensor, nn
 
 from attnviz.attention.adapters import adapter_for
 from attnviz.attention.discovery import describe, discovered, reads_query_point
+from attnviz.attention.hooks import removing
 from attnviz.attention.protocol import (
     AttentionCapture,
     CaptureFn,
     Capturer,
-    Removable,
     Sink,
     SpatialAttention,
     keeping_maps,
@@ -243,16 +243,12 @@ def capture_maps(
     """
     names = select_layers(model, layers)
     captured: dict[str, AttentionCapture] = {}
-    handles: list[Removable] = []
 
     def sink_for(name: str) -> Sink:
         return lambda capture: captured.__setitem__(name, capture)
 
-    try:
+    with removing() as handles:
         for name in names:
             handles += layer_capturer(model, name).attach(sink_for(name))
         with keeping_maps():
             yield captured
-    finally:
-        for handle in handles:
-            handle.remove()

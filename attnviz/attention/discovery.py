@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 import attnviz.attention.watch as watch
+from attnviz.attention.hooks import around_calls, removing
 
 # ---------------------------------------------------------------------------- what is found
 
@@ -529,29 +530,24 @@ def _pairs(result: object, out: object) -> list[tuple[Tensor, Tensor]]:
 def _module_stack(model: nn.Module) -> Iterator[list[_Invocation]]:
     """Forward hooks on every module that keep the stack of running module calls."""
     stack: list[_Invocation] = []
-    handles = []
 
-    def enter(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: tuple[object, ...]) -> None:
+    def enter(name: str, module: nn.Module) -> Callable[[tuple[object, ...]], None]:
+        def start(inputs: tuple[object, ...]) -> None:
             parent = stack[-1] if stack else None
             if parent is not None:
                 parent.children += 1
             stack.append(_Invocation(name, module, parent, inputs))
 
-        return hook
+        return start
 
-    def leave(_module: nn.Module, _inputs: tuple[object, ...], output: object) -> None:
+    def leave(_inputs: tuple[object, ...], output: object) -> None:
         if stack:
             stack.pop().output = output
 
-    try:
+    with removing() as handles:
         for name, module in model.named_modules():
-            handles.append(module.register_forward_pre_hook(enter(name)))
-            handles.append(module.register_forward_hook(leave, always_call=True))
+            handles += around_calls(module, enter(name, module), leave)
         yield stack
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # ---------------------------------------------------------------------------- analysis

@@ -19,6 +19,8 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from attnviz.attention.hooks import Removable, on_output
+
 
 @dataclass(frozen=True)
 class AttentionCapture:
@@ -169,12 +171,6 @@ CaptureFn = Callable[[tuple[Tensor, ...], object], AttentionCapture]
 Sink = Callable[[AttentionCapture], None]
 
 
-class Removable(Protocol):
-    """What hooks hand back: torch's RemovableHandle, or attnviz's own clean-up."""
-
-    def remove(self) -> None: ...
-
-
 Attach = Callable[[Sink], Sequence[Removable]]
 
 
@@ -182,13 +178,13 @@ def on_forward(module: nn.Module, capture: CaptureFn) -> Attach:
     """The usual hooks: one forward hook on the layer itself, turned into a capture."""
 
     def attach(sink: Sink) -> list[Removable]:
-        def hook(_module: nn.Module, inputs: tuple[Tensor, ...], output: object) -> None:
+        def read(inputs: tuple[Tensor, ...], output: object) -> None:
             # Invisible to discovered layers around this one: they count the model's calls.
             with torch._C.DisableTorchFunction():
                 found = capture(inputs, output)
             sink(found)
 
-        return [module.register_forward_hook(hook)]
+        return [on_output(module, read)]
 
     return attach
 

@@ -20,10 +20,10 @@ from torch.overrides import TorchFunctionMode
 
 import attnviz.attention.watch as watch
 from attnviz.attention.discovery import GateRecipe, Recipe, TokenLayout
+from attnviz.attention.hooks import Removable, around_calls
 from attnviz.attention.protocol import (
     QUERY_POINTS,
     AttentionCapture,
-    Removable,
     Sink,
     cell_marker,
     query_cells,
@@ -81,12 +81,12 @@ def attach_discovered(module: nn.Module, recipe: Recipe, sink: Sink) -> list[Rem
     wanted = _wanted(recipe)
     watchers = _Watchers()
 
-    def enter(_module: nn.Module, _inputs: tuple[object, ...]) -> None:
+    def enter(_inputs: tuple[object, ...]) -> None:
         tap = _Tap(wanted)
         watchers.stack.append(tap)
         tap.__enter__()
 
-    def leave(_module: nn.Module, inputs: tuple[object, ...], output: object) -> None:
+    def leave(inputs: tuple[object, ...], output: object) -> None:
         if not watchers.stack:
             return
         tap = watchers.stack.pop()
@@ -100,11 +100,7 @@ def attach_discovered(module: nn.Module, recipe: Recipe, sink: Sink) -> list[Rem
                 return  # not the shapes the recipe was learnt on
         sink(capture)
 
-    return [
-        module.register_forward_pre_hook(enter),
-        module.register_forward_hook(leave, always_call=True),
-        _PopLeftovers(watchers),
-    ]
+    return [*around_calls(module, enter, leave), _PopLeftovers(watchers)]
 
 
 def _wanted(recipe: Recipe) -> set[tuple[str, int]]:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from attnviz.attention import attention_layers
 from attnviz.attention.capture import layer_capturer, select_layers
-from attnviz.attention.protocol import AttentionCapture, Capturer, FoundBy, Removable, Sink
+from attnviz.attention.hooks import on_output, removing
+from attnviz.attention.protocol import AttentionCapture, Capturer, FoundBy, Sink
 from attnviz.models import find_attention, load_model
 from attnviz.models.registry import get_spec
 
@@ -58,11 +59,8 @@ def describe_layers(
     features: dict[str, tuple[int, ...]] = {}
     maps: dict[str, tuple[int, ...]] = {}
 
-    def feature_hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], object], None]:
-        def hook(_module: nn.Module, inputs: tuple[Tensor, ...], _output: object) -> None:
-            features[name] = tuple(inputs[0].shape[1:])
-
-        return hook
+    def feature_shape(name: str, inputs: tuple[Tensor, ...], _output: object) -> None:
+        features[name] = tuple(inputs[0].shape[1:])
 
     def sink(name: str) -> Sink:
         def keep(capture: AttentionCapture) -> None:
@@ -70,16 +68,11 @@ def describe_layers(
 
         return keep
 
-    handles: list[Removable] = []
-    try:
+    with removing() as handles, torch.inference_mode():
         for name in names:
-            handles.append(modules[name].register_forward_hook(feature_hook(name)))
+            handles.append(on_output(modules[name], partial(feature_shape, name)))
             handles += capturers[name].attach(sink(name))
-        with torch.inference_mode():
-            net(torch.zeros(1, 3, size, size))
-    finally:
-        for h in handles:
-            h.remove()
+        net(torch.zeros(1, 3, size, size))
     default = select_layers(net, spec.default_layer)[0] if attention_layers(net) else None
     rows = [
         LayerInfo(

@@ -8,10 +8,12 @@ attention gates switched off when it has any), for the trunk's predicted class.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
+from attnviz.attention.hooks import on_output, removing
 from attnviz.errors import UsageError
 from attnviz.models.outputs import logits_of
 
@@ -23,26 +25,21 @@ def last_feature_layer(net: nn.Module, x: Tensor) -> str:
     A fallback for models that do not name their Grad-CAM layer; one extra forward pass.
     """
     order: list[str] = []
-    handles = []
-    for name, module in net.named_modules():
-        if name and not list(module.children()):
 
-            def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
-                if (
-                    isinstance(out, Tensor)
-                    and out.ndim == 4
-                    and out.shape[1] > 1
-                    and out.shape[-1] * out.shape[-2] > 1
-                ):
-                    order.append(name)
+    def note(name: str, _inputs: tuple, out: object) -> None:
+        if (
+            isinstance(out, Tensor)
+            and out.ndim == 4
+            and out.shape[1] > 1
+            and out.shape[-1] * out.shape[-2] > 1
+        ):
+            order.append(name)
 
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.inference_mode():
-            net(x[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
+    with removing() as handles, torch.inference_mode():
+        for name, module in net.named_modules():
+            if name and not list(module.children()):
+                handles.append(on_output(module, partial(note, name)))
+        net(x[:1])
     if not order:
         raise ValueError("the model has no layer with a spatial (N, C, H, W) output")
     return order[-1]
@@ -79,24 +76,22 @@ def grad_cam(
     the model is in eval mode, so each logit depends on its own photo only.
     """
     module = dict(net.named_modules())[layer]
-    captured: list[Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    captured: list[object] = []
     # Tuple and dict outputs hold the class scores somewhere; logits_of finds them.
-    try:
+    with removing() as handles:
+        handles.append(on_output(module, lambda _inputs, out: captured.append(out)))
         with torch.enable_grad():
             logits = logits_of(net(x))
-            if not captured or not isinstance(captured[-1], Tensor) or captured[-1].ndim != 4:
+            features = captured[-1] if captured else None
+            if not isinstance(features, Tensor) or features.ndim != 4:
                 raise UsageError(
                     f"Grad-CAM needs a layer the trunk runs that outputs a (N, C, H, W) map; "
                     f"{layer!r} does not"
                 )
-            features = captured[-1]
             if classes is None:
                 classes = logits.argmax(1)
             score = logits.gather(1, classes[:, None]).sum()
             (gradients,) = torch.autograd.grad(score, features)
-    finally:
-        handle.remove()
     alpha = gradients.mean(dim=(2, 3), keepdim=True)
     maps = torch.relu((alpha * features).sum(dim=1))
     return maps.detach(), logits.detach()

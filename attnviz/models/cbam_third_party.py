@@ -19,22 +19,27 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
+from attnviz.attention.hooks import Removable, on_output
 from attnviz.attention.protocol import AttentionCapture, Sink
 from attnviz.errors import AttnvizError
 
 
-def attach_authors_spatial_gate(gate: nn.Module, sink: Sink) -> list[RemovableHandle]:
+def attach_authors_spatial_gate(gate: nn.Module, sink: Sink) -> list[Removable]:
     """Hooks on the authors' ``SpatialGate``: its ``spatial`` child gives the logits, the gate
     itself its input; together one capture per forward call."""
     maps: list[Tensor] = []
 
-    def on_spatial(_m: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
+    def on_spatial(_inputs: tuple[Tensor, ...], output: object) -> None:
+        if not isinstance(output, Tensor):
+            raise AttnvizError(
+                f"{type(gate).__name__}: its 'spatial' child gave {type(output).__name__}, "
+                "not a tensor"
+            )
         # The sigmoid now, on a new tensor: the gate may go on to change the logits in place.
         maps.append(torch.sigmoid(output))
 
-    def on_gate(_m: nn.Module, inputs: tuple[Tensor, ...], _output: object) -> None:
+    def on_gate(inputs: tuple[Tensor, ...], _output: object) -> None:
         features = inputs[0]
         if not maps:
             raise AttnvizError(
@@ -50,7 +55,7 @@ def attach_authors_spatial_gate(gate: nn.Module, sink: Sink) -> list[RemovableHa
         sink(AttentionCapture.from_weighted(weights, weights * features))
 
     spatial: nn.Module = gate.spatial  # type: ignore[assignment]
-    return [spatial.register_forward_hook(on_spatial), gate.register_forward_hook(on_gate)]
+    return [on_output(spatial, on_spatial), on_output(gate, on_gate)]
 
 
 def timm_spatial_weights(spatial: nn.Module, x: Tensor) -> Tensor:
