@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from attnviz.attention import capture_maps
 from attnviz.cli import app
 from attnviz.engine.gradcam import grad_cam, last_feature_layer, trunk_mode
+from attnviz.evaluation.evaluate import evaluate
 from attnviz.io import load_rgb
 from attnviz.models import load_model
 
@@ -196,3 +197,22 @@ def test_per_photo_rows_name_each_photo_as_the_csv_does_absolute_paths_too(
     assert result.exit_code == 0, result.output
     with open(per_photo, newline="") as f:
         assert {r["file"] for r in csv.DictReader(f)} == {absolute}
+
+
+def test_eval_scores_the_very_maps_run_saves(tmp_path: Path) -> None:
+    """Eval's forward passes are run's (BatchRunner): a photo's map has the same bytes."""
+    boxes = _boxed_set(tmp_path, count=3)
+    photos = [str(tmp_path / f"photo{i}.png") for i in range(3)]
+    result = evaluate(tmp_path, boxes, "lite0-cbam", "attention.head")
+    ran = CliRunner().invoke(app, [
+        "run", *photos, "--model", "lite0-cbam", "--layer", "attention.head",
+        "--save-raw", "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet",
+    ])  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    for i in range(3):
+        saved = np.load(tmp_path / "out" / f"photo{i}.npz")["attention.head"]
+        (row,) = [
+            r for r in result.per_photo
+            if r["file"] == f"photo{i}.png" and r["map"] == "attention.head"
+        ]  # fmt: skip
+        assert (row["min"], row["max"]) == (float(saved.min()), float(saved.max()))

@@ -27,7 +27,10 @@ def eval_command(
     ] = None,
     layer: Annotated[str, typer.Option(help="Attention layers to score (as in run).")] = "all",
     device: Device = "auto",
-    batch_size: Annotated[int, typer.Option(help="Photos per forward pass.")] = 50,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Photos decoded together (on a CPU the model sees one at a time)."),
+    ] = 50,
     size: Annotated[
         int | None, typer.Option(help="Input size in pixels (default: the model's).", min=32)
     ] = None,

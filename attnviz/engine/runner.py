@@ -81,6 +81,7 @@ class ImageResult:
     layers: list[LayerMaps]
     gradcam: np.ndarray | None = None  # the trunk's Grad-CAM, when a gradcam panel asks for it
     classes_note: str | None = None  # why top5 is empty: the output is not class scores
+    trunk_class: int | None = None  # the trunk's top class, with gradcam (Grad-CAM's target)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -187,11 +188,21 @@ class BatchRunner:
                 raise AttnvizError(f"no map from {', '.join(missing)} in this forward pass")
             maps = {name: layer_maps(name, c, self.parts) for name, c in captured.items()}
         cams: list[np.ndarray | None] = [None] * len(images)
+        trunk_classes: list[int | None] = [None] * len(images)
         if self.with_gradcam:
-            found, _, self.gradcam_layer = trunk_grad_cam(self.model.net, x, self.gradcam_layer)
+            found, trunk_logits, self.gradcam_layer = trunk_grad_cam(
+                self.model.net, x, self.gradcam_layer
+            )
             cams = list(found.float().cpu().numpy())
+            trunk_classes = [int(c) for c in trunk_logits.argmax(1).tolist()]
         return [
-            ImageResult(top5[i], [row for n in self.layers for row in maps[n][i]], cams[i], note)
+            ImageResult(
+                top5[i],
+                [row for n in self.layers for row in maps[n][i]],
+                cams[i],
+                note,
+                trunk_classes[i],
+            )
             for i in range(len(images))
         ]
 

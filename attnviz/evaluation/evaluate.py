@@ -17,23 +17,28 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from attnviz import DEFAULT_MODEL
-from attnviz.api import capture_arrays
-from attnviz.attention import capture_maps, select_layers
-from attnviz.engine.gradcam import has_trunk, trunk_grad_cam
+from attnviz.attention import select_layers
+from attnviz.engine.gradcam import has_trunk
+from attnviz.engine.runner import (
+    BatchRunner,
+    forward_batch,
+    forward_threads,
+    io_workers,
+    torch_threads,
+)
 from attnviz.errors import AttnvizError
 from attnviz.evaluation.localization import Box, LocalizationScores, to_unit_map
 from attnviz.io import load_rgb
 from attnviz.io.files import atomic_write_bytes
 from attnviz.models import LoadedModel, load_model
-from attnviz.models.outputs import logits_of
 
 COMBINED = "combined: product of layers"
 GAUSSIAN = "baseline: centred Gaussian"
@@ -129,7 +134,9 @@ def evaluate(
     """Every map's localisation on boxed photos, with the baselines; ``model`` in any form
     ``run`` takes, with ``weights`` (a checkpoint or trained gates), on ``device``, at input
     ``size`` (None: the model's own). Photos the CSV names but ``images`` lacks are skipped
-    and listed in ``missing``."""
+    and listed in ``missing``. ``batch_size`` photos are decoded at a time, the next batch
+    while the model runs; the forward passes are ``run``'s (BatchRunner on run's threads), so
+    a photo decoded at full size has the maps ``run --save-raw`` saves, to the byte."""
     named = read_boxes(boxes_csv, images)
     photos = [p for p in named if p.path.is_file()]
     missing = [p.path for p in named if not p.path.is_file()]
@@ -142,41 +149,41 @@ def evaluate(
     else:
         loaded = load_model(model, weights, device=device, size=size)
     names = select_layers(loaded.net, layers)
+    runner = BatchRunner(
+        loaded, names, with_gradcam=True, forward_batch=forward_batch(loaded.device)
+    )
     scores: dict[str, LocalizationScores] = defaultdict(LocalizationScores)
     ranges: dict[str, list[tuple[float, float]]] = defaultdict(list)  # per layer, (min, max)
-    gradcam_layer: str | None = loaded.spec.gradcam_layer
     correct = trunk_correct = agree = 0
-    for start in range(0, len(photos), batch_size):
-        batch = photos[start : start + batch_size]
-        pictures = [load_rgb(p.path) for p in batch]
-        x = loaded.preprocess(pictures)
-        with torch.inference_mode(), capture_maps(loaded.net, names) as captured:
-            predicted = logits_of(loaded(x)).argmax(1)
-            maps = {name: capture_arrays(c)[0] for name, c in captured.items()}
-        cams, trunk_logits, gradcam_layer = trunk_grad_cam(loaded.net, x, gradcam_layer)
-        trunk_predicted = trunk_logits.argmax(1)
-        labels = torch.tensor([p.label for p in batch], device=predicted.device)
-        correct += int((predicted == labels).sum())
-        trunk_correct += int((trunk_predicted == labels).sum())
-        agree += int((predicted == trunk_predicted).sum())
-        for i, (photo, picture) in enumerate(zip(batch, pictures, strict=True)):
+    for done, batch, pictures in _decoded(photos, batch_size):
+        for photo, picture in zip(batch, pictures, strict=True):
             h, w = picture.shape[:2]
             if photo.size is not None and photo.size != (w, h):
                 raise AttnvizError(
                     f"{photo.path}: is {w}x{h} (upright), but {boxes_csv} gives its boxes "
                     f"for {photo.size[0]}x{photo.size[1]}"
                 )
-            for name in names:
-                ranges[name].append((float(maps[name][i].min()), float(maps[name][i].max())))
-            units = {name: to_unit_map(maps[name][i], h, w) for name in names}
+        for photo, picture, result in zip(batch, pictures, runner.run(pictures), strict=True):
+            if not result.top5:
+                raise AttnvizError(f"eval scores classifiers' maps: {result.classes_note}")
+            predicted, trunk_predicted = result.top5[0]["index"], result.trunk_class
+            correct += predicted == photo.label
+            trunk_correct += trunk_predicted == photo.label
+            agree += predicted == trunk_predicted
+            h, w = picture.shape[:2]
+            maps = {name: row.weights for name, row in zip(names, result.layers, strict=True)}
+            for name, weight_map in maps.items():
+                ranges[name].append((float(weight_map.min()), float(weight_map.max())))
+            units = {name: to_unit_map(weight_map, h, w) for name, weight_map in maps.items()}
             if len(names) > 1:
                 # Where every layer agrees: each gate's map, at the photo's size, multiplied.
                 units[COMBINED] = to_unit_map(np.prod(list(units.values()), axis=0), h, w)
             units[GAUSSIAN] = to_unit_map(centred_gaussian(h, w), h, w)
-            units[GRADCAM] = to_unit_map(cams[i].float().cpu().numpy(), h, w)
+            assert result.gradcam is not None  # the runner was asked for it
+            units[GRADCAM] = to_unit_map(result.gradcam, h, w)
             for name, unit in units.items():
                 scores[name].add(unit, photo.boxes)
-        progress(min(start + batch_size, len(photos)), len(photos))
+        progress(done, len(photos))
     n = len(photos)
     gated = has_trunk(loaded.net)
     summaries = {name: s.summary() for name, s in scores.items()}
@@ -210,6 +217,27 @@ def evaluate(
         per_photo=per_photo,
         missing=missing,
     )
+
+
+def _decoded(
+    photos: list[BoxedPhoto], batch_size: int
+) -> Iterator[tuple[int, list[BoxedPhoto], list[np.ndarray]]]:
+    """(photos done after this batch, the batch, its pictures) on run's threads: the model's
+    on this one, the next batch decoding on the others meanwhile."""
+    batches = [photos[i : i + batch_size] for i in range(0, len(photos), batch_size)]
+
+    def decode(batch: list[BoxedPhoto]) -> list[np.ndarray]:
+        return [load_rgb(p.path) for p in batch]
+
+    with torch_threads(forward_threads()), ThreadPoolExecutor(io_workers()) as pool:
+        pending = pool.submit(decode, batches[0])
+        done = 0
+        for k, batch in enumerate(batches):
+            pictures = pending.result()
+            if k + 1 < len(batches):
+                pending = pool.submit(decode, batches[k + 1])
+            done += len(batch)
+            yield done, batch, pictures
 
 
 def write_per_photo_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
