@@ -1,3 +1,5 @@
+"""``python -m attnviz``: the same command line as ``attnviz``."""
+
 from attnviz.cli import main
 
 main()

@@ -29,7 +29,7 @@ FOLDERS = (DATA / "imagenette-train", DATA / "imagenet-sample")
 
 
 def labels() -> dict[str, int]:
-    """wnid or file name -> ImageNet class index."""
+    """Each wnid and file name of the sample's index -> its ImageNet class index."""
     out: dict[str, int] = {}
     with open(DATA / "imagenet-sample-index.csv", newline="") as f:
         for row in csv.DictReader(f):

@@ -1,3 +1,7 @@
+"""Spatial attention in a network: which layers are attention (attnviz's own ``protocol``,
+``adapters`` for third-party classes, ``discovery`` of the rest by what they compute) and the
+hooks that capture their maps (``capture``; ``tap`` and ``watch`` for discovered layers)."""
+
 from attnviz.attention.capture import (
     attention_layers,
     capture_maps,

@@ -31,6 +31,9 @@ CaptureFn = Callable[[nn.Module, tuple[Tensor, ...], object], AttentionCapture]
 
 @dataclass(frozen=True)
 class Adapter:
+    """How attnviz reads one third-party class: the family its maps belong to, the function that
+    captures them (``path``, imported on first use) and how that function is hooked (``kind``)."""
+
     family: str
     path: str  # "module:function", imported on first use
     kind: Literal["capture", "attach"] = "capture"
@@ -120,6 +123,8 @@ STRUCTURAL_ADAPTERS: list[tuple[Callable[[nn.Module], bool], Adapter]] = [
 
 
 def adapter_for(module: nn.Module) -> Adapter | None:
+    """The adapter for ``module``'s class (or a base class), else for its structure, else None;
+    None too where the class's adapter does not ``accept`` this instance."""
     for cls in type(module).__mro__:
         adapter = ADAPTERS.get(f"{cls.__module__}.{cls.__qualname__}")
         if adapter is not None:

@@ -83,6 +83,9 @@ class AttentionCapture:
 
 @runtime_checkable
 class SpatialAttention(Protocol):
+    """What makes a module spatial attention: its family's name, and a capture of its maps from
+    a forward hook's arguments."""
+
     attention_family: str
 
     def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:
@@ -100,6 +103,7 @@ QUERY_POINTS: ContextVar[Tensor | None] = ContextVar("attnviz_query_points", def
 
 @contextmanager
 def query_points(points: Tensor | None) -> Iterator[None]:
+    """Sets the query points (QUERY_POINTS) for the block: (N, 2) as (x, y) fractions, or None."""
     token = QUERY_POINTS.set(points)
     try:
         yield
@@ -118,6 +122,8 @@ KEPT_MAPS: ContextVar[dict[int, tuple[Tensor, dict[str, Tensor]]] | None] = Cont
 
 @contextmanager
 def keeping_maps() -> Iterator[None]:
+    """A block in which forwards hand their maps to their captures (:func:`keep_maps`), in a
+    dict of its own."""
     token = KEPT_MAPS.set({})
     try:
         yield
@@ -163,6 +169,8 @@ def cell_marker(cells: Tensor, height: int, width: int) -> Tensor:
 
 
 def is_spatial_attention(module: nn.Module) -> bool:
+    """Whether ``module`` captures its own maps (the SpatialAttention protocol); adapted and
+    discovered layers are found otherwise."""
     return isinstance(module, SpatialAttention)
 
 

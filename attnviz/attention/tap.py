@@ -121,6 +121,9 @@ def _wanted(recipe: Recipe) -> set[tuple[str, int]]:
 def build(
     recipe: Recipe, kept: dict[tuple[str, int], Tensor], inputs: tuple[object, ...], output: object
 ) -> AttentionCapture:
+    """The capture of one call of a discovered layer, built from the tensors its tap kept as
+    ``recipe`` says; a call of other shapes than the probe's may raise (RuntimeError, ValueError,
+    IndexError)."""
     if isinstance(recipe, GateRecipe):
         return _gate_capture(recipe, kept, inputs)
     if recipe.pattern == "criss-cross attention":

@@ -58,4 +58,5 @@ for command in (run, compare, layers, models, eval_command, train, doctor, galle
 
 
 def main() -> None:
+    """The ``attnviz`` entry point (console script and ``python -m attnviz``): the Typer app."""
     app()

@@ -33,6 +33,8 @@ MIN_PYTHON = (3, 10)
 
 
 class Status(str, Enum):
+    """How a check came out, from fine to broken."""
+
     OK = "ok"
     INFO = "info"  # worth knowing, nothing to fix (e.g. no GPU: attnviz runs on the CPU)
     WARN = "warn"  # works, but something is likely not what the user wants
@@ -41,6 +43,8 @@ class Status(str, Enum):
 
 @dataclass(frozen=True)
 class Check:
+    """One row of the report: what was checked, how it came out, and what was found."""
+
     name: str
     status: Status
     detail: str
@@ -52,6 +56,7 @@ def run_checks(out: Path | None = None) -> list[Check]:
 
 
 def failed(checks: list[Check]) -> bool:
+    """Whether any check failed (``attnviz doctor`` then exits 1)."""
     return any(c.status is Status.FAIL for c in checks)
 
 
@@ -211,7 +216,6 @@ def doctor(ctx: typer.Context) -> None:
 
     Example: attnviz doctor
     """
-
     run_defaults = (ctx.default_map or {}).get("run") or {}
     checks = run_checks(Path(str(run_defaults.get("out", "attnviz-out"))))
     checks.append(_config_check(ctx.meta.get(CONFIG_META)))

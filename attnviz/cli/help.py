@@ -64,6 +64,8 @@ class HelpGroup(TyperGroup):
 
 
 def print_help(command: TyperCommand | TyperGroup, ctx: Context) -> None:
+    """Prints the --help screen of a command or of the app to stdout: usage, the help text's
+    paragraphs, the arguments, the options and (for the app) the commands."""
     console = Console(color_system=None if colour_off() else "auto", highlight=False)
     params = [p for p in command.get_params(ctx) if not getattr(p, "hidden", False)]
     arguments = [p for p in params if isinstance(p, TyperArgument)]
@@ -85,6 +87,8 @@ def print_help(command: TyperCommand | TyperGroup, ctx: Context) -> None:
 
 
 def colour_off() -> bool:
+    """Whether output is plain, without colour or styles: NO_COLOR is set (to anything but the empty
+    string) or TERM is dumb."""
     # NO_COLOR (no-color.org) means any non-empty value. rich alone would still send bold
     # and dim escapes under NO_COLOR when FORCE_COLOR forces a terminal; a dumb terminal
     # shows every escape as junk.

@@ -38,7 +38,7 @@ out_console = Console(color_system=_COLOUR)
 
 
 def printable(text: object) -> str:
-    """Text safe for any terminal: a non-UTF-8 file name shows its bytes as \\x escapes."""
+    r"""Text safe for any terminal: a non-UTF-8 file name shows its bytes as \x escapes."""
     # Control characters (a newline, an escape sequence) in a file name must not forge
     # extra output lines or recolour the terminal.
     raw = "".join(
@@ -58,6 +58,8 @@ def _is_surrogate(c: str) -> bool:
 
 
 def fail(exc: AttnvizError) -> typer.Exit:
+    """Prints ``exc`` as one ``error:`` line on stderr; returns the typer.Exit to raise: code 2
+    for a UsageError, else 1."""
     console.print(f"[bold red]error:[/] {printable(exc)}", highlight=False, soft_wrap=True)
     return typer.Exit(2 if isinstance(exc, UsageError) else 1)
 

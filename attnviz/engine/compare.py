@@ -154,6 +154,8 @@ LAYOUTS = ("grid", "rows")
 
 @dataclass
 class CompareOptions:
+    """What ``attnviz compare`` was asked for, one field per flag (as the CLI parsed it)."""
+
     inputs: Sequence[Path]
     out: Path = Path("attnviz-out")
     models: str | None = None  # None: default_models()

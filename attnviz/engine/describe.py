@@ -19,6 +19,9 @@ from attnviz.models.registry import get_spec
 
 @dataclass(frozen=True)
 class LayerInfo:
+    """One row of ``attnviz layers``: a layer's name and family, its input's and its map's shapes
+    (without the batch axis, from the dry forward), and how it was found."""
+
     name: str
     family: str
     feature: tuple[int, ...]

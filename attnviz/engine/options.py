@@ -26,6 +26,8 @@ LAYOUTS = ("row", "grid", "separate")
 
 @dataclass
 class RunOptions:
+    """What a run was asked for, one field per ``attnviz run`` flag (as the CLI parsed it)."""
+
     inputs: Sequence[Path]
     out: Path = Path("attnviz-out")
     model: str = DEFAULT_MODEL

@@ -51,6 +51,9 @@ def write_outputs(
     opts: RunOptions,
     ranges: Mapping[str, Range] | None = None,
 ) -> dict[str, object]:
+    """Writes one photo's figure (or its separate panels) and, with --save-raw, its raw maps
+    under ``opts.out``; returns its manifest record. ``ranges``: the run's colour ranges
+    (--norm global)."""
     ranges = norm_ranges(opts.norm, heat_maps(result), ranges)
     image, original_hw = decoded.rgb, decoded.original_hw
     suffixes = output_suffixes(opts, [m.name for m in result.layers])

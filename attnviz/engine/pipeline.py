@@ -248,7 +248,6 @@ def _process_videos(
     frame_progress: FrameProgress,
 ) -> None:
     """One video after the other, each batched through the model like photos."""
-
     for item, fingerprint in videos:
         name, total = str(item.path), expected_frames(item.path, opts.every)
         frame_progress(name, 0, total)

@@ -23,6 +23,9 @@ from attnviz.render.triptych import FIGURE_VERSION
 
 @dataclass
 class RunSummary:
+    """What a run did: its counts, each failure and note as (input, text), what stopped it early
+    if anything did, and its wall time in seconds."""
+
     out: Path
     processed: int = 0
     skipped: int = 0  # up to date from an earlier run

@@ -27,6 +27,9 @@ from attnviz.render import LayerMaps
 
 
 def decode_input(item: InputItem, opts: RunOptions, min_side: int) -> Decoded:
+    """``item``'s photo, decoded by :func:`decode_image` with ``opts.max_pixels`` and
+    ``min_side``; raises AttnvizError for a photo that cannot be decoded or that ``--query``
+    falls outside."""
     decoded = decode_image(item.path, opts.max_pixels, min_side)
     check_query(opts.query, decoded.original_hw)
     return decoded
@@ -54,6 +57,8 @@ def forward_threads() -> int:
 
 
 def io_workers() -> int:
+    """Threads for decoding, rendering and writing when --workers is not given: the usable cores
+    that torch's threads leave, at least 1."""
     return max(1, _usable_cores() - forward_threads())
 
 
@@ -65,6 +70,7 @@ def _usable_cores() -> int:
 
 @contextlib.contextmanager
 def torch_threads(count: int) -> Iterator[None]:
+    """Torch's CPU thread count set to ``count`` inside the block, and restored after it."""
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:

@@ -47,6 +47,9 @@ GRADCAM = "baseline: Grad-CAM"
 
 @dataclass(frozen=True)
 class BoxedPhoto:
+    """One photo of the boxes CSV: its file, its ImageNet class index and its objects' boxes
+    (x0, y0, x1, y1) in pixels of the upright photo."""
+
     path: Path
     label: int
     boxes: tuple[Box, ...]
@@ -97,6 +100,10 @@ PER_PHOTO_COLUMNS = ("file", "map", "pointing", "energy", "box_iou", "min", "max
 
 @dataclass
 class EvalResult:
+    """What an evaluation found: each map's localisation scores, and the model's top-1 accuracy in
+    percent, with its gates and without them (its trunk), and how often the two agree (those two
+    None for a model without gates)."""
+
     photos: int
     # map name -> pointing, energy, maxboxacc_v2, ...; a layer's also range_median, range_p10
     scores: dict[str, dict[str, float]]

@@ -53,6 +53,7 @@ def pointing_hit(unit_map: np.ndarray, mask: np.ndarray) -> bool:
 
 
 def energy_share(unit_map: np.ndarray, mask: np.ndarray) -> float:
+    """The share of the map's mass inside ``mask``, on [0, 1] (0 for a map that is all zeros)."""
     total = float(unit_map.sum())
     return float(unit_map[mask].sum()) / total if total > 0 else 0.0
 

@@ -24,6 +24,8 @@ MANIFEST_NAME = "manifest.jsonl"
 
 
 def record_line(record: Mapping[str, Any]) -> str:
+    """A manifest record as one compact JSON line, without its newline: non-ASCII text as is,
+    unless a non-UTF-8 file name in it needs the whole line in ASCII escapes."""
     text = json.dumps(dict(record), ensure_ascii=False, separators=(",", ":"))
     try:
         text.encode("utf-8")

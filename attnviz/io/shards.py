@@ -54,12 +54,15 @@ class Shard:
         return self.file_for(Path("manifest.jsonl")).name
 
     def file_for(self, path: Path) -> Path:
-        """This shard's own version of a file all jobs are given: ``maps.shard-1-of-4.csv``."""
+        """The shard's own version of a file all jobs are given: ``maps.shard-1-of-4.csv``."""
         return path.with_name(f"{path.stem}.shard-{self.index}-of-{self.count}{path.suffix}")
 
 
 @dataclass
 class MergeReport:
+    """What a merge did: the manifest it wrote (``path``), the shard manifests it read, its records
+    and how many failed, and the shards (as "K/N") missing, interrupted or still running."""
+
     path: Path
     shards: list[Path]
     records: int = 0

@@ -43,6 +43,7 @@ HEAD_CHANNELS = 1280
 
 
 def upsample(x: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
+    """Maps (N, C, h, w) resized to ``size`` (H, W), bilinear."""
     return F.interpolate(x, size, mode="bilinear", align_corners=False)
 
 

@@ -59,7 +59,7 @@ def attach_authors_spatial_gate(gate: nn.Module, sink: Sink) -> list[Removable]:
 
 
 def timm_spatial_weights(spatial: nn.Module, x: Tensor) -> Tensor:
-    """timm's ``SpatialAttn`` / ``LightSpatialAttn`` map for features ``x``, (N, 1, H, W)."""
+    """The map (N, 1, H, W) of timm's ``SpatialAttn`` / ``LightSpatialAttn`` for features ``x``."""
     from timm.layers.cbam import LightSpatialAttn
 
     avg, mx = x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
@@ -72,7 +72,7 @@ def timm_spatial_weights(spatial: nn.Module, x: Tensor) -> Tensor:
 
 
 def timm_channel_weights(channel: nn.Module, x: Tensor) -> Tensor:
-    """timm's ``ChannelAttn`` / ``LightChannelAttn`` weights for features ``x``, (N, C)."""
+    """The weights of timm's ``ChannelAttn`` / ``LightChannelAttn`` for features ``x``, (N, C)."""
     from timm.layers.cbam import LightChannelAttn
 
     def mlp(v: Tensor) -> Tensor:
@@ -90,6 +90,8 @@ def timm_channel_weights(channel: nn.Module, x: Tensor) -> Tensor:
 def capture_timm_spatial(
     spatial: nn.Module, inputs: tuple[Tensor, ...], _output: object
 ) -> AttentionCapture:
+    """The adapter's capture of timm's ``SpatialAttn`` / ``LightSpatialAttn``: the map M,
+    recomputed from the layer's input F, and mean |M * F|."""
     features = inputs[0]
     weights = timm_spatial_weights(spatial, features)
     return AttentionCapture.from_weighted(weights, weights * features)
@@ -98,6 +100,8 @@ def capture_timm_spatial(
 def capture_timm_cbam(
     cbam: nn.Module, inputs: tuple[Tensor, ...], _output: object
 ) -> AttentionCapture:
+    """The adapter's capture of timm's ``CbamModule`` / ``LightCbamModule``: the spatial map of the
+    channel-gated input F_c, mean |M * F_c|, and the channel weights (N, C)."""
     x = inputs[0]
     channels = timm_channel_weights(cbam.channel, x)  # type: ignore[arg-type]
     gated = x * channels[:, :, None, None]

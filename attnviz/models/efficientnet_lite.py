@@ -50,6 +50,7 @@ class Conv2dSame(nn.Conv2d):
 
 
 def bn(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm over ``channels`` with the TensorFlow weights' eps (1e-3) and momentum (0.01)."""
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
@@ -64,6 +65,9 @@ def _fold(owner: nn.Module, conv: str, norm: str) -> None:
 
 @dataclass(frozen=True)
 class StageSpec:
+    """One stage of MBConv blocks: kernel size, stride (of its first block), expansion ratio,
+    output channels and number of blocks."""
+
     kernel: int
     stride: int
     expand: int

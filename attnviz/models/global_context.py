@@ -31,6 +31,8 @@ def context_weights(block: nn.Module, x: Tensor) -> Tensor:
 def capture_timm_global_context(
     block: nn.Module, inputs: tuple[Tensor, ...], _output: object
 ) -> AttentionCapture:
+    """The adapter's capture of timm's ``GlobalContext``: a / max(a), its weighted features, and
+    the channel gate's weights where ``fuse_scale`` gives a gate in [0, 1]."""
     x = inputs[0]
     attention = context_weights(block, x)
     weights = attention / attention.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)

@@ -13,6 +13,7 @@ from importlib.resources import files
 
 @cache
 def imagenet_categories() -> tuple[str, ...]:
+    """The 1,000 class names, by class index (read once from imagenet_classes.txt)."""
     text = files("attnviz.models").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
     names = tuple(text.splitlines())
     assert len(names) == 1000, "attnviz/models/imagenet_classes.txt must list 1,000 classes"

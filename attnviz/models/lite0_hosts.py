@@ -59,10 +59,13 @@ class Lite0WithBlock(Switchable, nn.Module):
 
 
 def lite0_nonlocal(after: int = HOST_BLOCK) -> Lite0WithBlock:
+    """An untrained Lite0 hosting a fresh non-local block (logits scaled by 1 / sqrt(inter)) after
+    block ``after``."""
     return Lite0WithBlock(NonLocalBlock(block_channels(after), scale=True), after)
 
 
 def lite0_deform(after: int = HOST_BLOCK) -> Lite0WithBlock:
+    """An untrained Lite0 hosting a fresh residual deformable convolution after block ``after``."""
     return Lite0WithBlock(ResidualDeformable(block_channels(after)), after)
 
 

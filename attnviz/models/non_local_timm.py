@@ -39,6 +39,8 @@ def _peak_normalised(values: Tensor) -> Tensor:
 def capture_timm_non_local(
     block: nn.Module, inputs: tuple[Tensor, ...], output: object
 ) -> AttentionCapture:
+    """The adapter's capture of timm's ``NonLocalAttn``, as the module docstring says: the query
+    point's row with its marker, and the mean received attention as a part."""
     x = inputs[0]
     n, _, h, w = x.shape
     attention = attention_matrix(block, x)

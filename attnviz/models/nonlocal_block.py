@@ -71,7 +71,7 @@ class NonLocalBlock(nn.Module):
         return logits.softmax(dim=-1), g
 
     def residual(self, x: Tensor) -> Tensor:
-        """z - x = BN(W_z(y)), the change the block makes to its input."""
+        """The change the block makes to its input: z - x = BN(W_z(y))."""
         f, g = self.attention(x)
         y = torch.einsum("nij,ncj->nci", f, g.flatten(2)).reshape(x.shape[0], -1, *x.shape[2:])
         return self.bn(self.W_z(y))

@@ -31,6 +31,7 @@ from attnviz.models.gates import (
 
 
 def scale_name(divisor: int) -> str:
+    """The part's name of the scale 1 / ``divisor``: "scale 1", "scale 1/2", ..."""
     return "scale 1" if divisor == 1 else f"scale 1/{divisor}"
 
 

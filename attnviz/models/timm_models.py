@@ -27,6 +27,7 @@ PREFIX = "timm:"
 
 
 def is_timm_model(name: str) -> bool:
+    """Whether ``name`` names a timm model (``timm:NAME``)."""
     return name.startswith(PREFIX)
 
 
@@ -42,6 +43,9 @@ def _timm() -> ModuleType:
 
 
 def timm_model_spec(ref: str) -> ModelSpec:
+    """The spec of ``ref`` (``timm:NAME``), whose attention is found by discovery and which needs
+    --weights (or --random-init); raises UsageError where timm is not installed or has no such
+    model."""
     name = ref[len(PREFIX) :]
     timm = _timm()
     if not name or not timm.is_model(name):

@@ -28,6 +28,8 @@ MODULE_REF = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
 def is_user_model(name: str) -> bool:
+    """Whether ``name`` names a user's model: ``file.py:factory`` or ``package.module:factory``
+    (but not ``timm:NAME``)."""
     return ".py:" in name or (MODULE_REF.match(name) is not None and not name.startswith("timm:"))
 
 

@@ -103,6 +103,9 @@ def _refusal(exc: pickle.UnpicklingError) -> str:
 
 
 def unwrap_state_dict(raw: object, path: Path | str = "weights") -> dict[str, Tensor]:
+    """A loaded file's tensors by key: its ``state_dict`` where it is a checkpoint holding one,
+    without the ``module.`` prefix that every key may carry (DataParallel); raises AttnvizError
+    (naming ``path``) for anything but a mapping of tensors."""
     if isinstance(raw, Mapping) and "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
         raw = raw["state_dict"]
     if not isinstance(raw, Mapping) or not all(isinstance(v, Tensor) for v in raw.values()):

@@ -171,9 +171,9 @@ def text_strip(text: str, width: int, height: int, scale: float, max_lines: int 
 
 
 def caption(panel: np.ndarray, text: str, scale: float | None = None) -> np.ndarray:
-    """Return ``panel`` with a white caption strip of dark text added above it.
+    r"""Return ``panel`` with a white caption strip of dark text added above it.
 
-    Long text wraps onto a second line (a "\\n" in ``text`` forces the break), then shrinks,
+    Long text wraps onto a second line (a "\n" in ``text`` forces the break), then shrinks,
     then is shortened with "..." in the middle. ``scale`` caps the text size (see
     ``common_caption_scale``); by default it is the panel's own.
     """

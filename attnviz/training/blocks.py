@@ -61,6 +61,9 @@ from attnviz.training.gates import (
 
 @dataclass
 class BlockTrainConfig:
+    """How to train a hosted block (``attnviz train --family nonlocal|deform``): data, steps,
+    optimiser, the evidence term's weight, the hold-out split and where the weights go."""
+
     data: Sequence[Path]
     family: str = "nonlocal"  # one of LITE0_BLOCKS
     out: Path | None = None  # None: pretrained/lite0-FAMILY.safetensors
@@ -127,6 +130,8 @@ def train_block(
     on_cache: OnCache = lambda _done, _total: None,
     on_step: OnStep = lambda _step, _total, _stats: None,
 ) -> TrainReport:
+    """Trains what decides where the block attends, resuming an interrupted run of the same
+    settings, and writes the block's weights to ``cfg.out``; returns the run's report."""
     torch.manual_seed(cfg.seed)
     assert cfg.out is not None  # set by __post_init__
     model = build_lite0_block(cfg.family, with_block=False)

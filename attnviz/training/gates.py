@@ -71,11 +71,17 @@ OnStep = Callable[[int, int, dict[str, float]], None]
 
 
 def default_out(family: str) -> Path:
+    """Where a family's trained gates go by default: pretrained/lite0-FAMILY.safetensors, relative
+    to the working directory."""
     return Path("pretrained") / lite0_gates_file(family)
 
 
 @dataclass
 class TrainConfig:
+    """How to train the Lite0 gates of one family (``attnviz train``): data, steps, learning rates,
+    the evidence term's weight, each gate's floor and offset, the hold-out split and where the
+    weights go."""
+
     data: Sequence[Path]
     family: str = "cbam"  # the kind of gate (gate_families.GATE_FAMILIES)
     out: Path | None = None  # None: pretrained/lite0-FAMILY.safetensors
@@ -107,6 +113,10 @@ class TrainConfig:
 
 @dataclass
 class TrainReport:
+    """What a training run did: its settings as text, how many photos it trained on and held out,
+    the top-1 agreement with the trunk on those held out (a share in [0, 1]), the mean of each
+    gate's map there (none for the hosted blocks) and the last step's KL."""
+
     config: dict
     train_images: int
     holdout_images: int
@@ -117,6 +127,8 @@ class TrainReport:
 
 
 def find_images(folders: Sequence[Path]) -> list[Path]:
+    """The images under each folder (recursively, by suffix), sorted within each folder; raises
+    AttnvizError for a missing folder, or when no folder holds an image."""
     files: list[Path] = []
     for folder in folders:
         if not folder.is_dir():
@@ -160,6 +172,7 @@ def frozen(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def gates_of(model: EfficientNetLite) -> dict[str, Lite0Gate]:
+    """The gates the model has, by slot name (those of LITE0_GATES)."""
     return dict(model.attention.items())  # type: ignore[arg-type]
 
 
@@ -224,6 +237,9 @@ class TrunkCache:
 def cache_trunk(
     model: EfficientNetLite, files: Sequence[Path], cfg: TrunkSettings, tick: Callable[[int], None]
 ) -> TrunkCache:
+    """The bare trunk's features entering the first gated block, its logits and its class
+    evidence for ``files``, decoded and preprocessed as ``attnviz run`` does; ``tick(n)`` after
+    each batch."""
     # Decode and preprocess exactly as `attnviz run` does, so the gates see what users see.
     loaded = LoadedModel(model, get_spec("lite0-cbam"), torch.device("cpu"), cfg.size)
     first = min(LITE0_GATE_BLOCKS)
@@ -257,6 +273,7 @@ def gated_forward(model: EfficientNetLite, cached: Tensor) -> tuple[Tensor, list
 
 
 def distillation_kl(student: Tensor, teacher: Tensor) -> Tensor:
+    """KL(teacher || student) between the softmaxes of the two logits, averaged over the batch."""
     return F.kl_div(
         F.log_softmax(student, 1), F.log_softmax(teacher, 1), log_target=True, reduction="batchmean"
     )
@@ -275,6 +292,7 @@ def evidence_mismatch(maps: Sequence[Tensor], evidence: Tensor) -> Tensor:
 
 
 def set_fill(model: EfficientNetLite, value: float) -> None:
+    """Sets every gate's ``fill`` (the share of the features' mean refilling what it suppresses)."""
     for gate in gates_of(model).values():
         gate.fill = value
 
@@ -443,6 +461,9 @@ def train_gates(
     on_cache: OnCache = lambda _done, _total: None,
     on_step: OnStep = lambda _step, _total, _stats: None,
 ) -> TrainReport:
+    """Trains the gates of ``cfg.family`` and ``pool_gain`` on the frozen trunk, resuming an
+    interrupted run of the same settings, and writes them to ``cfg.out``; returns the run's
+    report."""
     torch.manual_seed(cfg.seed)
     assert cfg.out is not None  # set by __post_init__
 

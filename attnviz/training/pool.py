@@ -53,6 +53,10 @@ from attnviz.training.gates import (
 
 @dataclass
 class PoolTrainConfig:
+    """How to train lite0-attnpool's pooling gate (``attnviz train --family attnpool``): data,
+    steps, learning rate, the area and evidence terms' weights, the input sizes, the hold-out
+    split and where the weights go."""
+
     data: Sequence[Path]
     out: Path = Path("pretrained") / shipped_file("lite0-attnpool")
     steps: int = 600
@@ -92,6 +96,8 @@ class PoolCache:
 def cache_trunk(
     model: Lite0AttentionPool, files: Sequence[Path], size: int, tick: Callable[[int], None]
 ) -> PoolCache:
+    """The gate's three inputs (fp16) and the bare trunk's logits for ``files`` at input ``size``,
+    decoded and preprocessed as ``attnviz run`` does; ``tick(n)`` after each batch."""
     # Decode and preprocess exactly as `attnviz run` does, so the gate sees what users see.
     loaded = LoadedModel(model, get_spec("lite0-attnpool"), torch.device("cpu"), size)
     inputs: list[list[Tensor]] = [[], [], []]
@@ -114,6 +120,9 @@ def train_attention_pool(
     on_cache: OnCache = lambda _done, _total: None,
     on_step: OnStep = lambda _step, _total, _stats: None,
 ) -> TrainReport:
+    """Trains the pooling gate and ``pool_gain`` on the frozen trunk's cached features, resuming
+    an interrupted run of the same settings, and writes them to ``cfg.out``; returns the run's
+    report."""
     torch.manual_seed(cfg.seed)
     if not cfg.sizes:
         raise AttnvizError("give at least one input size to train at")
