@@ -158,3 +158,35 @@ def test_merge_keeps_records_of_a_plain_run_in_the_same_folder(tmp_path: Path) -
     assert names == ["first.jpg", "p0.jpg", "p1.jpg", "p2.jpg"]
     code, output = attnviz("merge", out)  # merging again changes nothing
     assert code == 0 and len(manifest(out / "manifest.jsonl")) == 4
+
+
+def test_merge_takes_each_inputs_newest_record_but_never_a_failure_over_a_success(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    # An earlier merge left these; the shards have run again since.
+    (out / "manifest.jsonl").write_text(
+        '{"input": "a.jpg", "outputs": {"figure": "old-a.png"}}\n'
+        '{"input": "z.jpg", "outputs": {"figure": "z.png"}}\n'
+    )
+    (out / "manifest.shard-0-of-2.jsonl").write_text(
+        '{"input": "a.jpg", "outputs": {"figure": "a.png"}}\n'
+        '{"input": "c.jpg", "outputs": {"figure": "c.png"}}\n'
+    )
+    (out / "manifest.shard-1-of-2.jsonl").write_text(
+        '{"input": "b.jpg", "outputs": {"figure": "b.png"}}\n'
+    )
+    # Shard 1 was rerun and killed: its journal is newer than its manifest.
+    journal = out / ".attnviz-shard-1-of-2.k1ll3d.journal.tmp"
+    journal.write_text(
+        '{"input": "b.jpg", "outputs": {"figure": "b-rerun.png"}}\n'
+        '{"input": "c.jpg", "error": "cannot decode"}\n'
+    )
+    code, output = attnviz("merge", out)
+    assert code == 1 and "1/2" in output, output  # the killed shard is named
+    records = {r["input"]: r for r in manifest(out / "manifest.jsonl")}
+    assert records["a.jpg"]["outputs"] == {"figure": "a.png"}  # a shard's beats the folder's
+    assert records["b.jpg"]["outputs"] == {"figure": "b-rerun.png"}  # the journal is newest
+    assert "error" not in records["c.jpg"]  # a failure never replaces a success
+    assert records["z.jpg"]["outputs"] == {"figure": "z.png"}  # only the folder had it

@@ -40,7 +40,7 @@ class RunOptions:
     size: int | None = None
     device: str = "auto"
     batch_size: int = 8
-    workers: int | None = None  # threads decoding, rendering and writing; None: see below
+    workers: int | None = None  # threads decoding, rendering and writing; None: io_workers()
     fmt: str = "png"
     save_raw: bool = False
     glob: str | None = None

@@ -112,16 +112,20 @@ def merge_manifests(out_dir: Path) -> MergeReport:
     report.running = sorted({f"{k}/{n}" for n, k, _ in live if n == count})
     present = {index for n, index, _ in found + killed + live if n == count}
     report.missing = [f"{k}/{count}" for k in range(count) if k not in present]
-    merged: dict[str, dict[str, Any]] = {}
-    # Records only the folder's manifest holds (a plain run in the same folder, an earlier
-    # merge) stay listed, below any shard's record of the same input.
-    if report.path.is_file():
-        merged = {str(r.get("input")): r for r in read_manifest(report.path)}
+    # Read oldest first (manifests, then journals by age): a later record replaces an earlier
+    # one of the same input, except that a failure never replaces a success.
+    from_shards: dict[str, dict[str, Any]] = {}
     for _, _, path in found + killed:
         for record in read_manifest(path, allow_torn_tail=path.name.endswith(JOURNAL_SUFFIX)):
             key = str(record.get("input"))
-            if key not in merged or "error" in merged[key]:
-                merged[key] = record
+            if key not in from_shards or "error" in from_shards[key] or "error" not in record:
+                from_shards[key] = record
+    # Records only the folder's manifest holds (a plain run in the same folder, an earlier
+    # merge) stay listed; a shard's record of the same input replaces them.
+    merged: dict[str, dict[str, Any]] = {}
+    if report.path.is_file():
+        merged = {str(r.get("input")): r for r in read_manifest(report.path)}
+    merged.update(from_shards)
     lines = [record_line(r) + "\n" for r in merged.values()]
     atomic_write_bytes(report.path, "".join(lines).encode("utf-8"))
     report.records = len(merged)
