@@ -17,8 +17,8 @@ The features are cached at several input sizes and each step draws its batch fro
 them, so the map keeps its extent and the classifier its predictions when a user picks
 another ``--size``. Half the batches, drawn at random, are flipped left-right by flipping
 their cached features (close to, not exactly, the features of the flipped photos: the
-trunk's padding is not symmetric). An interrupted run resumes where it stopped when given the same settings
-(``training.gates.TrainingState``).
+trunk's padding is not symmetric). An interrupted run resumes where it stopped when given
+the same settings (``training.gates.TrainingState``).
 """
 
 from __future__ import annotations
