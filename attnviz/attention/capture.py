@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 
@@ -28,7 +28,6 @@ from attnviz.attention.protocol import (
     AttentionCapture,
     CaptureFn,
     Capturer,
-    Sink,
     SpatialAttention,
     keeping_maps,
     on_forward,
@@ -242,13 +241,17 @@ def capture_maps(
     so models returning tuples or dicts work as they are.
     """
     names = select_layers(model, layers)
+    with capturing({name: layer_capturer(model, name) for name in names}) as captured:
+        yield captured
+
+
+@contextmanager
+def capturing(capturers: Mapping[str, Capturer]) -> Iterator[dict[str, AttentionCapture]]:
+    """:func:`capture_maps` for layers already resolved to their capturers: what a loop over
+    many batches uses, so that the model's modules are not searched again for each one."""
     captured: dict[str, AttentionCapture] = {}
-
-    def sink_for(name: str) -> Sink:
-        return lambda capture: captured.__setitem__(name, capture)
-
     with removing() as handles:
-        for name in names:
-            handles += layer_capturer(model, name).attach(sink_for(name))
+        for name, capturer in capturers.items():
+            handles += capturer.attach(partial(captured.__setitem__, name))
         with keeping_maps():
             yield captured

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from attnviz.api import layer_maps
 from attnviz.attention import capture_maps, reads_query, select_layers
-from attnviz.attention.capture import user_selected
+from attnviz.attention.capture import capturing, layer_capturer, user_selected
 from attnviz.attention.protocol import query_points
 from attnviz.engine.gradcam import last_feature_layer, trunk_grad_cam, trunk_mode
 from attnviz.engine.options import RunOptions
@@ -118,6 +118,7 @@ class BatchRunner:
         query: tuple[float, float] | None = None,
     ) -> None:
         self.model, self.layers, self.with_gradcam = model, layers, with_gradcam
+        self.capturers = {name: layer_capturer(model.net, name) for name in layers}
         self.forward_batch = forward_batch
         self.parts = parts  # each layer's parts (heads, scales ...) as rows after it
         self.query = query  # (x, y) in the photos' own pixels, for point-read attention
@@ -186,7 +187,7 @@ class BatchRunner:
 
     def _forward(self, images: Sequence[np.ndarray]) -> list[ImageResult]:
         x = self._input(images)
-        with torch.inference_mode(), capture_maps(self.model.net, self.layers) as captured:
+        with torch.inference_mode(), capturing(self.capturers) as captured:
             logits = logits_of(self.model(x))
             top5, note = top_classes(logits), not_class_scores(logits)
             missing = [name for name in self.layers if name not in captured]

@@ -42,6 +42,11 @@ class Conv2dSame(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         kh, kw = self.kernel_size
         sh, sw = self.stride
+        if sh == sw == 1 and kh % 2 == kw % 2 == 1:
+            # At stride 1 an odd kernel's "SAME" is (k - 1) / 2 a side: the convolution pads
+            # it itself, without copying the input into a padded tensor first.
+            padding = ((kh - 1) // 2, (kw - 1) // 2)
+            return F.conv2d(x, self.weight, self.bias, 1, padding, self.dilation, self.groups)
         top, bottom = same_padding(x.shape[-2], kh, sh)
         left, right = same_padding(x.shape[-1], kw, sw)
         if top or bottom or left or right:
@@ -111,8 +116,8 @@ class MBConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = x
         if hasattr(self, "_expand_conv"):
-            y = F.relu6(self._bn0(self._expand_conv(y)))
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+            y = F.relu6(self._bn0(self._expand_conv(y)), inplace=True)
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
         return y + x if self.has_skip else y
 
@@ -182,7 +187,7 @@ class EfficientNetLite(Switchable, nn.Module):
         return self.attention[key] if self.gates_enabled and key in self.attention else None  # type: ignore[return-value]
 
     def stem(self, x: Tensor) -> Tensor:
-        return F.relu6(self._bn0(self._conv_stem(x)))
+        return F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
 
     def run_blocks(
         self, x: Tensor, start: int = 0, stop: int | None = None, maps: list[Tensor] | None = None
