@@ -65,6 +65,7 @@ def test_another_running_thread_gets_a_normal_exit(
     assert fast_exits == []
 
 
+@pytest.mark.subprocess
 def test_a_real_run_ends_with_its_code_output_and_files_whole(tmp_path: Path) -> None:
     write_photo(tmp_path / "good.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"not a photo")
