@@ -168,6 +168,7 @@ def test_merge_takes_each_inputs_newest_record_but_never_a_failure_over_a_succes
     # An earlier merge left these; the shards have run again since.
     (out / "manifest.jsonl").write_text(
         '{"input": "a.jpg", "outputs": {"figure": "old-a.png"}}\n'
+        '{"input": "y.jpg", "outputs": {"figure": "y.png"}}\n'
         '{"input": "z.jpg", "outputs": {"figure": "z.png"}}\n'
     )
     (out / "manifest.shard-0-of-2.jsonl").write_text(
@@ -176,6 +177,7 @@ def test_merge_takes_each_inputs_newest_record_but_never_a_failure_over_a_succes
     )
     (out / "manifest.shard-1-of-2.jsonl").write_text(
         '{"input": "b.jpg", "outputs": {"figure": "b.png"}}\n'
+        '{"input": "y.jpg", "error": "out of memory"}\n'
     )
     # Shard 1 was rerun and killed: its journal is newer than its manifest.
     journal = out / ".attnviz-shard-1-of-2.k1ll3d.journal.tmp"
@@ -188,5 +190,6 @@ def test_merge_takes_each_inputs_newest_record_but_never_a_failure_over_a_succes
     records = {r["input"]: r for r in manifest(out / "manifest.jsonl")}
     assert records["a.jpg"]["outputs"] == {"figure": "a.png"}  # a shard's beats the folder's
     assert records["b.jpg"]["outputs"] == {"figure": "b-rerun.png"}  # the journal is newest
-    assert "error" not in records["c.jpg"]  # a failure never replaces a success
+    assert "error" not in records["c.jpg"]  # a failure never replaces a success,
+    assert records["y.jpg"]["outputs"] == {"figure": "y.png"}  # not even the folder's
     assert records["z.jpg"]["outputs"] == {"figure": "z.png"}  # only the folder had it

@@ -85,11 +85,11 @@ def _shard_files(out_dir: Path, pattern: str, name: re.Pattern[str]) -> list[tup
 def merge_manifests(out_dir: Path) -> MergeReport:
     """Join the shard manifests of ``out_dir`` into its ``manifest.jsonl`` (atomically).
 
-    One record per input: where two shards recorded the same input (a rerun with another
-    N), a success wins over a failure, and any shard's record wins over one that only the
-    folder's manifest held. A killed job's journal counts as its shard's newest records
-    (the shard is reported as interrupted); a live job's is left alone (reported as
-    running). The shard manifests stay, so a shard can be rerun and the merge repeated.
+    One record per input, its newest: a shard's record replaces the folder manifest's, and
+    a killed job's journal counts as its shard's newest records (the shard is reported as
+    interrupted), except that a failure never replaces a success. A live job's journal is
+    left alone (reported as running). The shard manifests stay, so a shard can be rerun and
+    the merge repeated.
     """
     found = _shard_files(out_dir, "manifest.shard-*-of-*.jsonl", _SHARD_FILE)
     journals = _shard_files(out_dir, f".attnviz-shard-*-of-*{JOURNAL_SUFFIX}", _SHARD_JOURNAL)
@@ -112,20 +112,18 @@ def merge_manifests(out_dir: Path) -> MergeReport:
     report.running = sorted({f"{k}/{n}" for n, k, _ in live if n == count})
     present = {index for n, index, _ in found + killed + live if n == count}
     report.missing = [f"{k}/{count}" for k in range(count) if k not in present]
-    # Read oldest first (manifests, then journals by age): a later record replaces an earlier
-    # one of the same input, except that a failure never replaces a success.
-    from_shards: dict[str, dict[str, Any]] = {}
-    for _, _, path in found + killed:
-        for record in read_manifest(path, allow_torn_tail=path.name.endswith(JOURNAL_SUFFIX)):
-            key = str(record.get("input"))
-            if key not in from_shards or "error" in from_shards[key] or "error" not in record:
-                from_shards[key] = record
-    # Records only the folder's manifest holds (a plain run in the same folder, an earlier
-    # merge) stay listed; a shard's record of the same input replaces them.
+    # Oldest first: the folder's manifest (a plain run in the same folder, an earlier merge:
+    # inputs only it holds stay listed), the shard manifests, then killed jobs' journals by
+    # age. A later record replaces an earlier one, except that a failure never replaces a
+    # success.
     merged: dict[str, dict[str, Any]] = {}
     if report.path.is_file():
         merged = {str(r.get("input")): r for r in read_manifest(report.path)}
-    merged.update(from_shards)
+    for _, _, path in found + killed:
+        for record in read_manifest(path, allow_torn_tail=path.name.endswith(JOURNAL_SUFFIX)):
+            key = str(record.get("input"))
+            if key not in merged or "error" in merged[key] or "error" not in record:
+                merged[key] = record
     lines = [record_line(r) + "\n" for r in merged.values()]
     atomic_write_bytes(report.path, "".join(lines).encode("utf-8"))
     report.records = len(merged)
