@@ -1,5 +1,5 @@
 """``python -m attnviz``: the same command line as ``attnviz``."""
 
-from attnviz.cli import main
+from attnviz.cli import console
 
-main()
+console()

@@ -7,6 +7,6 @@ evaluate, train, doctor, gallery, merge), and they share ``flags`` (defined once
 Nothing here imports torch at start-up: each command imports the engine when it runs.
 """
 
-from attnviz.cli.commands import app, main
+from attnviz.cli.commands import app, console, main
 
-__all__ = ["app", "main"]
+__all__ = ["app", "console", "main"]

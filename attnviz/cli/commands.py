@@ -6,6 +6,7 @@ command imports what it needs when it runs."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -62,24 +63,43 @@ for command in (run, compare, layers, models, eval_command, train, doctor, galle
 
 
 def main() -> None:
-    """The ``attnviz`` entry point (console script and ``python -m attnviz``): the Typer app.
+    """The command line as a function: runs the command in ``sys.argv`` and, like any click
+    program, ends by raising SystemExit with its exit code."""
+    app()
 
-    Once a command has finished, the process ends without tearing the interpreter down when
-    torch is loaded and no other thread runs: everything is written and closed by then, and
+
+def console() -> None:
+    """The ``attnviz`` process (console script and ``python -m attnviz``): :func:`main`, then
+    the end of the process.
+
+    When the command has finished, torch is loaded and nothing else needs the interpreter
+    (no other non-daemon thread, no profiler, tracer or monitoring tool), the process ends
+    without tearing the interpreter down: everything is written and closed by then, and
     unloading torch's libraries would add about 0.4 s to every run (docs/performance.md).
     """
     try:
-        app()
+        main()
     except SystemExit as done:
         code = done.code
         if (code is None or isinstance(code, int)) and _nothing_left_to_finish():
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(AttributeError, ValueError, OSError):
+                    stream.flush()  # None, closed or a broken pipe: nothing more to say
             logging.shutdown()
             os._exit(code or 0)
         raise
 
 
 def _nothing_left_to_finish() -> bool:
-    """Whether torch is loaded (else a normal exit is as fast) and this is the only thread."""
-    return "torch" in sys.modules and threading.active_count() == 1
+    """Whether torch is loaded (else a normal exit is as fast) and no one would miss the
+    interpreter's teardown: no non-daemon thread but this one (a normal exit would wait for
+    it), no profiler or tracer (their reports are written at exit)."""
+    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12+: coverage and debuggers
+    return (
+        "torch" in sys.modules
+        and all(t.daemon for t in others)
+        and sys.getprofile() is None
+        and sys.gettrace() is None
+        and (monitoring is None or all(monitoring.get_tool(i) is None for i in range(6)))
+    )
