@@ -1,6 +1,7 @@
 """Spatial attention in a network: which layers are attention (attnviz's own ``protocol``,
-``adapters`` for third-party classes, ``discovery`` of the rest by what they compute) and the
-hooks that capture their maps (``capture``; ``tap`` and ``watch`` for discovered layers)."""
+``adapters`` for third-party classes, ``discovery`` of the rest by what they compute), which
+of them a selector picks and how their maps are captured (``capture``; ``tap`` and ``watch``
+for discovered layers), through the hooks that ``hooks`` registers and removes."""
 
 from attnviz.attention.capture import (
     attention_layers,

@@ -124,7 +124,7 @@ STRUCTURAL_ADAPTERS: list[tuple[Callable[[nn.Module], bool], Adapter]] = [
 
 def adapter_for(module: nn.Module) -> Adapter | None:
     """The adapter for ``module``'s class (or a base class), else for its structure, else None;
-    None too where the class's adapter does not ``accept`` this instance."""
+    None too where the class's adapter does not accept this instance (``accepts``)."""
     for cls in type(module).__mro__:
         adapter = ADAPTERS.get(f"{cls.__module__}.{cls.__qualname__}")
         if adapter is not None:

@@ -216,8 +216,8 @@ def flat_gain(gate: Lite0Gate, channels: int = 1280) -> float:
 
 @dataclass
 class TrunkCache:
-    """Per photo: the features entering the first gated block, the bare trunk's logits and
-    its class evidence map (head resolution) for its top-1 class."""
+    """Per photo: the first gated block's output (what its gate receives), the bare trunk's
+    logits and its class evidence map (head resolution) for its top-1 class."""
 
     features: Tensor
     logits: Tensor
@@ -237,9 +237,9 @@ class TrunkCache:
 def cache_trunk(
     model: EfficientNetLite, files: Sequence[Path], cfg: TrunkSettings, tick: Callable[[int], None]
 ) -> TrunkCache:
-    """The bare trunk's features entering the first gated block, its logits and its class
-    evidence for ``files``, decoded and preprocessed as ``attnviz run`` does; ``tick(n)`` after
-    each batch."""
+    """The bare trunk's output of the first gated block (its gate's input), its logits and its
+    class evidence for ``files``, preprocessed as ``attnviz run`` does (decoded at full size);
+    ``tick(n)`` after each batch."""
     # Decode and preprocess exactly as `attnviz run` does, so the gates see what users see.
     loaded = LoadedModel(model, get_spec("lite0-cbam"), torch.device("cpu"), cfg.size)
     first = min(LITE0_GATE_BLOCKS)
