@@ -6,6 +6,8 @@ Python never ends the caller's process."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import subprocess
 import sys
@@ -99,6 +101,22 @@ def test_under_a_profiler_the_exit_is_normal_so_it_can_write_its_report(
             commands.console()
     finally:
         sys.setprofile(None)
+    assert fast_exits == []
+
+
+class FullDisk(io.StringIO):
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_output_that_cannot_be_written_gets_the_normal_exit_that_reports_it(
+    monkeypatch: pytest.MonkeyPatch, fast_exits: list[int]
+) -> None:
+    """Only a reader that has gone (a broken pipe) has nothing more to be told."""
+    version(monkeypatch)
+    monkeypatch.setattr(sys, "stdout", FullDisk())
+    with pytest.raises(SystemExit):
+        commands.console()
     assert fast_exits == []
 
 

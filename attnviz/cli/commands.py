@@ -6,7 +6,6 @@ command imports what it needs when it runs."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -81,19 +80,32 @@ def console() -> None:
         main()
     except SystemExit as done:
         code = done.code
-        if (code is None or isinstance(code, int)) and _nothing_left_to_finish():
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(AttributeError, ValueError, OSError):
-                    stream.flush()  # None, closed or a broken pipe: nothing more to say
+        if (code is None or isinstance(code, int)) and _nothing_left_to_finish() and _flushed():
             logging.shutdown()
             os._exit(code or 0)
         raise
 
 
+def _flushed() -> bool:
+    """Whether stdout and stderr hold nothing more: flushed, or their reader has gone (a
+    broken pipe). Any other failure (a full disk) is left to the normal exit, which reports
+    it and exits non-zero."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None or stream.closed:
+            continue
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            continue
+        except OSError:
+            return False
+    return True
+
+
 def _nothing_left_to_finish() -> bool:
     """Whether torch is loaded (else a normal exit is as fast) and no one would miss the
     interpreter's teardown: no non-daemon thread but this one (a normal exit would wait for
-    it), no profiler or tracer (their reports are written at exit)."""
+    it), no profiler, tracer or monitoring tool (their reports are written at exit)."""
     others = [t for t in threading.enumerate() if t is not threading.current_thread()]
     monitoring = getattr(sys, "monitoring", None)  # Python 3.12+: coverage and debuggers
     return (
