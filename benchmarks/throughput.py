@@ -249,7 +249,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)  # the in-process contenders: (a), (b), (d), (e), (f)
     # `attnviz run` gets the environment a user's shell has: it picks its own threads.
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    # Users' Pythons cache bytecode; without it every start recompiles torch (~5 s here).
+    # Users' Pythons cache bytecode; so does this process tree (attnviz's own modules too).
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     results: dict[str, object] = {
         "count": args.count, "threads": args.threads, "device": "cpu", "model": args.model,

@@ -240,7 +240,7 @@ def cache_trunk(
     """The bare trunk's output of the first gated block (its gate's input), its logits and its
     class evidence for ``files``, preprocessed as ``attnviz run`` does (decoded at full size);
     ``tick(n)`` after each batch."""
-    # Decode and preprocess exactly as `attnviz run` does, so the gates see what users see.
+    # Preprocess exactly as `attnviz run` does, so the gates see what users see.
     loaded = LoadedModel(model, get_spec("lite0-cbam"), torch.device("cpu"), cfg.size)
     first = min(LITE0_GATE_BLOCKS)
     features, logits, evidence = [], [], []

@@ -98,8 +98,8 @@ def cache_trunk(
     model: Lite0AttentionPool, files: Sequence[Path], size: int, tick: Callable[[int], None]
 ) -> PoolCache:
     """The gate's three inputs (fp16) and the bare trunk's logits for ``files`` at input ``size``,
-    decoded and preprocessed as ``attnviz run`` does; ``tick(n)`` after each batch."""
-    # Decode and preprocess exactly as `attnviz run` does, so the gate sees what users see.
+    preprocessed as ``attnviz run`` does (decoded at full size); ``tick(n)`` after each batch."""
+    # Preprocess exactly as `attnviz run` does, so the gate sees what users see.
     loaded = LoadedModel(model, get_spec("lite0-attnpool"), torch.device("cpu"), size)
     inputs: list[list[Tensor]] = [[], [], []]
     logits = []
