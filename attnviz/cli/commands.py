@@ -6,7 +6,6 @@ command imports what it needs when it runs."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
@@ -81,7 +80,9 @@ def console() -> None:
     except SystemExit as done:
         code = done.code
         if (code is None or isinstance(code, int)) and _nothing_left_to_finish() and _flushed():
-            logging.shutdown()
+            logging = sys.modules.get("logging")  # torch's; not imported here, for --help's sake
+            if logging is not None:
+                logging.shutdown()  # what its exit hook would do: flush and close the handlers
             os._exit(code or 0)
         raise
 
