@@ -331,6 +331,14 @@ def test_doctor_fails_when_the_shipped_weights_are_missing(
     assert f"broken: gate weights, {DEFAULT_MODEL} load" in output
 
 
+def test_doctor_checks_the_output_folder_the_config_names(project: Path) -> None:
+    (project / "attnviz.toml").write_text(ATTNVIZ_TOML)  # [run] out = "figs"
+    code, output = attnviz("doctor")
+    assert code == 0, output
+    flat = re.sub(r"[\s│]+", "", output)  # a table may wrap the path over its rows
+    assert f"{project.resolve()}/figs:writable" in flat, output
+
+
 def test_doctor_reports_a_broken_config_file(project: Path) -> None:
     (project / "attnviz.toml").write_text("[run]\nnope = 1\n")
     code, output = attnviz("doctor")

@@ -13,7 +13,7 @@ from tests.conftest import attnviz, write_photo
 PROBE = """
 import sys
 from attnviz.cli import main
-sys.argv = ["attnviz", "run", *{args!r}]
+sys.argv = ["attnviz", *{args!r}]
 try:
     main()
 except SystemExit as exit:
@@ -24,16 +24,18 @@ except SystemExit as exit:
 @pytest.mark.parametrize(
     "args",
     [
-        ["examples/chelsae.jpg"],
-        ["examples/coffee.jpg", "--cmap", "jte"],
-        ["examples/coffee.jpg", "--panels", "original,mpa"],
-        ["examples/coffee.jpg", "--query", "10,x"],
-        ["examples/coffee.jpg", "--weights", "no-such.safetensors"],
+        ["run", "examples/chelsae.jpg"],
+        ["run", "examples/coffee.jpg", "--cmap", "jte"],
+        ["run", "examples/coffee.jpg", "--panels", "original,mpa"],
+        ["run", "examples/coffee.jpg", "--query", "10,x"],
+        ["run", "examples/coffee.jpg", "--weights", "no-such.safetensors"],
+        ["eval", "examples", "--boxes", "boxes.csv", "--per-photo", "no/such/scores.csv"],
     ],
 )
 def test_a_usage_error_exits_2_before_torch_numpy_or_opencv_loads(args: list[str], tmp_path: Path):
     root = Path(__file__).resolve().parents[1]
-    code = PROBE.format(args=[*args, "--out", str(tmp_path / "out")])
+    out_flag = ["--out", str(tmp_path / "out")] if args[0] == "run" else []
+    code = PROBE.format(args=[*args, *out_flag])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert out.stdout.split() == ["2", "False", "False", "False"], out.stderr
     assert not (tmp_path / "out").exists()

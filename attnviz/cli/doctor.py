@@ -216,9 +216,13 @@ def doctor(ctx: typer.Context) -> None:
 
     Example: attnviz doctor
     """
-    run_defaults = (ctx.default_map or {}).get("run") or {}
+    from attnviz.cli.config import Defaults  # as _config_check: not on --help's path
+
+    # The config's [run] section: this command's own default_map holds only [doctor]'s.
+    config = ctx.meta.get(CONFIG_META)
+    run_defaults = config.values.get("run", {}) if isinstance(config, Defaults) else {}
     checks = run_checks(Path(str(run_defaults.get("out", "attnviz-out"))))
-    checks.append(_config_check(ctx.meta.get(CONFIG_META)))
+    checks.append(_config_check(config))
     styles = {Status.OK: "green", Status.INFO: "cyan", Status.WARN: "yellow", Status.FAIL: "red"}
     title = f"attnviz {__version__} doctor"
     table = Table(title=title, title_justify="left")

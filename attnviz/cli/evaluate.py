@@ -47,12 +47,13 @@ def eval_command(
 
     Example: attnviz eval photos/ --boxes boxes.csv --per-photo scores.csv
     """
-    import json
-
-    from attnviz.evaluation.evaluate import evaluate, write_per_photo_csv
-
     if per_photo is not None and not per_photo.parent.is_dir():
         raise fail(UsageError(f"--per-photo: folder {per_photo.parent} does not exist"))
+    import json
+
+    # Torch and the model only once the flags are known to be usable.
+    from attnviz.evaluation.evaluate import evaluate, write_per_photo_csv
+
     try:
         with counting("eval", hidden=as_json) as progress:
             result = evaluate(
