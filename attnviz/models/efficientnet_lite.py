@@ -37,16 +37,19 @@ class Conv2dSame(nn.Conv2d):
     """A convolution with TensorFlow's "SAME" padding, computed from the input size."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1):
-        super().__init__(in_ch, out_ch, kernel, stride=stride, padding=0, groups=groups, bias=False)
+        # At stride 1 an odd kernel's "SAME" is (k - 1) / 2 a side whatever the input size:
+        # the convolution pads it itself, without copying the input into a padded tensor.
+        self.pads_itself = stride == 1 and kernel % 2 == 1
+        padding = (kernel - 1) // 2 if self.pads_itself else 0
+        super().__init__(
+            in_ch, out_ch, kernel, stride=stride, padding=padding, groups=groups, bias=False
+        )
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.pads_itself:
+            return super().forward(x)
         kh, kw = self.kernel_size
         sh, sw = self.stride
-        if sh == sw == 1 and kh % 2 == kw % 2 == 1:
-            # At stride 1 an odd kernel's "SAME" is (k - 1) / 2 a side: the convolution pads
-            # it itself, without copying the input into a padded tensor first.
-            padding = ((kh - 1) // 2, (kw - 1) // 2)
-            return F.conv2d(x, self.weight, self.bias, 1, padding, self.dilation, self.groups)
         top, bottom = same_padding(x.shape[-2], kh, sh)
         left, right = same_padding(x.shape[-1], kw, sw)
         if top or bottom or left or right:
