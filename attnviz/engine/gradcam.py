@@ -75,7 +75,7 @@ def grad_cam(
     ``classes`` defaults to each photo's predicted class. Photos in a batch do not mix:
     the model is in eval mode, so each logit depends on its own photo only.
     """
-    module = dict(net.named_modules())[layer]
+    module = net.get_submodule(layer)  # a path walk: this runs for every batch
     captured: list[object] = []
     # Tuple and dict outputs hold the class scores somewhere; logits_of finds them.
     with removing() as handles:

@@ -18,7 +18,7 @@ import csv
 import io
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,16 +233,17 @@ def _decoded(
     on this one, the next batch decoding on the others meanwhile."""
     batches = [photos[i : i + batch_size] for i in range(0, len(photos), batch_size)]
 
-    def decode(batch: list[BoxedPhoto]) -> list[np.ndarray]:
-        return [load_rgb(p.path) for p in batch]
-
     with torch_threads(forward_threads()), ThreadPoolExecutor(io_workers()) as pool:
-        pending = pool.submit(decode, batches[0])
+
+        def decode(batch: list[BoxedPhoto]) -> list[Future[np.ndarray]]:
+            return [pool.submit(load_rgb, p.path) for p in batch]  # a photo per worker
+
+        pending = decode(batches[0])
         done = 0
         for k, batch in enumerate(batches):
-            pictures = pending.result()
+            pictures = [future.result() for future in pending]
             if k + 1 < len(batches):
-                pending = pool.submit(decode, batches[k + 1])
+                pending = decode(batches[k + 1])
             done += len(batch)
             yield done, batch, pictures
 
