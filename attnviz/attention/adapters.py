@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, Literal
 
-from torch import Tensor, nn
+from torch import nn
 
 from attnviz.attention.hooks import Removable
-from attnviz.attention.protocol import AttentionCapture, Sink, on_forward
-
-CaptureFn = Callable[[nn.Module, tuple[Tensor, ...], object], AttentionCapture]
+from attnviz.attention.protocol import Sink, on_forward
 
 
 @dataclass(frozen=True)

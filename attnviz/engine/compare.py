@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import numpy as np
 from attnviz.choices import DEFAULT_MAX_PIXELS
 from attnviz.engine.figures import norm_ranges
 from attnviz.engine.options import RunOptions, check_options, parse_norm
-from attnviz.engine.plan import RunSummary, is_video_input
+from attnviz.engine.plan import Progress, RunSummary, is_video_input
 from attnviz.engine.runner import (
     BatchRunner,
     ImageResult,
@@ -282,10 +282,6 @@ def render_compare(
         decoded.rgb, layers, cmap=opts.cmap, alpha=opts.alpha, panel_height=opts.panel_height,
         ranges=figure_ranges(layers, opts.norm), original_hw=decoded.original_hw,
     )  # fmt: skip
-
-
-# Called after each photo with (photos done, photos total).
-Progress = Callable[[int, int], None]
 
 
 def compare(opts: CompareOptions, progress: Progress = lambda _done, _total: None) -> RunSummary:

@@ -22,6 +22,7 @@ from attnviz.engine.figures import heat_maps
 from attnviz.engine.options import RunOptions, check_options, parse_norm
 from attnviz.engine.outputs import flat_map_note, write_outputs, write_stats_csv
 from attnviz.engine.plan import (
+    Progress,
     Report,
     RunSummary,
     StrictStop,
@@ -56,10 +57,6 @@ from attnviz.io.shards import Shard
 from attnviz.io.video import expected_frames, open_frames
 from attnviz.models import load_model
 from attnviz.render.triptych import Range
-
-# Called after each input with (inputs done, inputs total).
-Progress = Callable[[int, int], None]
-
 
 # Called while a video is processed: (its path, frames done, frames expected or None).
 FrameProgress = Callable[[str, int, "int | None"], None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,9 @@ from attnviz.io.resume import PreviousRun, input_fingerprint
 from attnviz.io.video import is_video
 from attnviz.models.user import is_user_model
 from attnviz.render.triptych import FIGURE_VERSION
+
+# Called after each input with (inputs done, inputs total).
+Progress = Callable[[int, int], None]
 
 
 @dataclass

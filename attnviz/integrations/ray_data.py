@@ -71,8 +71,8 @@ import numpy as np
 
 from attnviz.engine.options import RunOptions, check_options, parse_norm
 from attnviz.engine.outputs import write_outputs, write_stats_csv
-from attnviz.engine.pipeline import Progress
 from attnviz.engine.plan import (
+    Progress,
     Report,
     RunSummary,
     Todo,
