@@ -411,6 +411,10 @@ def test_default_outputs_and_floors_and_the_options_each_family_refuses(tmp_path
     for family in ("attnpool", "deform"):
         code, output = run_cli("train", tmp_path, "--family", family, "--offsets=-3,-3,-3,-3")
         assert code == 2 and f"not {family}'s" in output, output
+    # Refused for what it is, even when empty or not numbers: not a parse error, not ignored.
+    for family, floors in (("deform", "x"), ("attnpool", "")):
+        code, output = run_cli("train", tmp_path, "--family", family, "--floors", floors)
+        assert code == 2 and f"not {family}'s" in output, output
 
 
 def test_each_gate_starts_from_its_floor_and_offset() -> None:

@@ -135,15 +135,16 @@ def _training_run(
     from attnviz.models.registry import LITE0_BLOCKS
 
     given_map_flags = " and ".join(
-        f"--{flag}" for flag, value in (("floors", floors), ("offsets", offsets)) if value
-    )
+        f"--{flag}" for flag, value in (("floors", floors), ("offsets", offsets))
+        if value is not None
+    )  # fmt: skip
     if init is not None and family not in LITE0_BLOCKS:
         raise UsageError("--init starts a nonlocal or deform block from a file")
+    if given_map_flags and (family == "attnpool" or family in LITE0_BLOCKS):
+        raise UsageError(f"{given_map_flags} sets the gate families' maps, not {family}'s")
     if family == "attnpool":
         from attnviz.training.pool import PoolTrainConfig, train_attention_pool
 
-        if given_map_flags:
-            raise UsageError(f"{given_map_flags} sets the gate families' maps, not attnpool's")
         chosen: dict[str, Any] = {k: v for k, v in (("out", out), ("area", area)) if v is not None}
         pool = PoolTrainConfig(**common, **chosen)
         return partial(train_attention_pool, pool), pool.out
@@ -162,8 +163,6 @@ def _training_run(
     if family in LITE0_BLOCKS:
         from attnviz.training.blocks import BlockTrainConfig, train_block
 
-        if given_map_flags:
-            raise UsageError(f"{given_map_flags} sets the gate families' maps, not {family}'s")
         block = BlockTrainConfig(**common, family=family, out=out, init=init)
         assert block.out is not None  # set by __post_init__
         return partial(train_block, block), block.out
