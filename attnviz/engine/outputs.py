@@ -54,7 +54,8 @@ def write_outputs(
     """Writes one photo's figure (or its separate panels) and, with --save-raw, its raw maps
     under ``opts.out``; returns its manifest record. ``ranges``: the run's colour ranges
     (--norm global)."""
-    ranges = norm_ranges(opts.norm, heat_maps(result), ranges)
+    heat = heat_maps(result)
+    ranges = norm_ranges(opts.norm, heat, ranges)
     image, original_hw = decoded.rgb, decoded.original_hw
     suffixes = output_suffixes(opts, [m.name for m in result.layers])
     map_boxes: dict[str, list[int]] | None = None
@@ -89,7 +90,7 @@ def write_outputs(
         # The colour range each heat map was drawn with: its own, or the run's (--norm).
         "heat_ranges": {
             name: list(ranges.get(name) or (float(values.min()), float(values.max())))
-            for name, values in heat_maps(result).items()
+            for name, values in heat.items()
         },
         **({"map_boxes": map_boxes} if map_boxes is not None else {}),
     }

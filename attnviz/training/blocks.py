@@ -40,7 +40,6 @@ from attnviz.models.registry import (
     LITE0_BLOCKS,
     LITE0_GATE_BLOCKS,
     build_lite0_block,
-    shipped_file,
 )
 from attnviz.models.weights import read_state_dict
 from attnviz.training.gates import (
@@ -50,6 +49,7 @@ from attnviz.training.gates import (
     TrainReport,
     TrunkCache,
     cached_trunk,
+    default_out,
     distillation_kl,
     evidence_mismatch,
     frozen,
@@ -83,7 +83,7 @@ class BlockTrainConfig:
         if self.family not in LITE0_BLOCKS:
             raise AttnvizError(f"no block {self.family!r}; choose {', '.join(LITE0_BLOCKS)}")
         if self.out is None:
-            self.out = Path("pretrained") / shipped_file(f"lite0-{self.family}")
+            self.out = default_out(self.family)
         if self.init is not None and self.init.resolve() == self.out.resolve():
             raise UsageError(
                 f"{self.init}: --init and --out name the same file; give another --out"

@@ -24,7 +24,7 @@ the same settings (``training.gates.TrainingState``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from attnviz.errors import AttnvizError
 from attnviz.io import load_rgb
 from attnviz.models import LoadedModel
 from attnviz.models.attention_pool import Lite0AttentionPool
-from attnviz.models.registry import build_lite0_attnpool, get_spec, shipped_file
+from attnviz.models.registry import build_lite0_attnpool, get_spec
 from attnviz.training.gates import (
     OnCache,
     OnStep,
@@ -42,6 +42,7 @@ from attnviz.training.gates import (
     TrainReport,
     cached_tensors,
     counter,
+    default_out,
     distillation_kl,
     evidence_mismatch,
     frozen,
@@ -59,7 +60,7 @@ class PoolTrainConfig:
     split and where the weights go."""
 
     data: Sequence[Path]
-    out: Path = Path("pretrained") / shipped_file("lite0-attnpool")
+    out: Path = field(default_factory=lambda: default_out("attnpool"))
     steps: int = 600
     batch_size: int = 64
     lr: float = 3e-3
