@@ -11,9 +11,16 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import attnviz
+from attnviz.attention import capture_maps
+from attnviz.attention.hooks import on_output, removing
 from attnviz.cli import app
 from attnviz.io import load_rgb
-from attnviz.models.attention_pool import AttentionGatedPooling, Lite0AttentionPool
+from attnviz.models.attention_pool import (
+    GATE_VIEW,
+    AttentionGatedPooling,
+    Lite0AttentionPool,
+    gate_view,
+)
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.registry import build_lite0_attnpool
 from attnviz.training.gates import resume_path
@@ -122,6 +129,45 @@ def test_the_capture_is_the_stride_8_map_the_classifier_pools_with() -> None:
     assert (weights[0] - weights[1]).abs().mean() > 0.02
 
 
+def test_at_any_input_size_the_map_is_made_from_the_photo_at_224_px() -> None:
+    """The gate looks at the scale it was trained at; the classifier pools the input's own
+    features with that map, and at 224 px the trunk runs once."""
+    torch.manual_seed(0)
+    model = build_lite0_attnpool(random_init=True).eval()
+    randomised(model.gate)
+    x = torch.randn(2, 3, 448, 448)
+    with torch.inference_mode(), capture_maps(model, "attention.pool") as maps:
+        logits = model(x)
+    capture = maps["attention.pool"]
+    with torch.inference_mode():
+        view = F.interpolate(x, (224, 224), mode="bicubic", antialias=True, align_corners=False)
+        expected_map = model.gate.attention_map(*model.features(view))
+        head = model.features(x)[2]
+        expected_logits = model.logits(model.gate.pool(head, expected_map))
+    assert capture.weights.shape == (2, 1, 28, 28)
+    torch.testing.assert_close(capture.weights, expected_map)
+    torch.testing.assert_close(logits, expected_logits)
+    assert capture.applied == "0.7 + 0.3 M; M made at 224 px"
+
+    stem_calls: list[torch.Size] = []
+    with removing() as handles, torch.inference_mode():
+        handles.append(
+            on_output(model.trunk._conv_stem, lambda _i, out: stem_calls.append(out.shape))
+        )
+        model(torch.randn(1, 3, 224, 224))
+        assert len(stem_calls) == 1  # at 224 px nothing runs twice
+        model(x[:1])
+    # The view runs first, so a hook on a trunk layer (Grad-CAM's) ends on the input's call.
+    assert [shape[-1] for shape in stem_calls[1:]] == [112, 224]
+
+
+def test_the_view_keeps_the_aspect_ratio_at_the_area_of_a_224_px_square() -> None:
+    assert GATE_VIEW == 224
+    assert gate_view(torch.zeros(1, 3, 224, 224)) is None
+    assert gate_view(torch.zeros(1, 3, 160, 160)).shape[-2:] == (224, 224)  # type: ignore[union-attr]
+    assert gate_view(torch.zeros(1, 3, 200, 800)).shape[-2:] == (112, 448)  # type: ignore[union-attr]
+
+
 def photos_folder(tmp_path: Path) -> Path:
     photos = tmp_path / "photos"
     for i in range(12):
@@ -216,8 +262,9 @@ def test_the_capture_reads_the_map_the_forward_computed_and_it_is_the_same(
         model(x)
     assert len(calls) == 1
     with torch.inference_mode():  # the capture on its own, outside a capture: computes it
-        fine, local, head = model.features(x)
-        alone = model.gate.capture_attention((fine, local, head), None)
+        view = gate_view(x)
+        assert view is not None  # 96 px: the map is made from the 224-px view
+        alone = model.gate.capture_attention((*model.features(view), model.features(x)[2]), None)
     assert torch.equal(maps["attention.pool"].weights, alone.weights)
     assert torch.equal(maps["attention.pool"].weighted, alone.weighted)
 

@@ -25,6 +25,13 @@ fills, that is its most distinct part. The trunk itself is untouched; the gate o
 which positions the classifier averages. ``floor`` keeps part of the plain average, so the
 trunk's context still reaches the classifier and its predictions hold while ``M`` picks
 the object (see ``training.pool``).
+
+The gate looks at the photo at the scale it was trained for: at any other input size the
+trunk runs twice, on the input (the head features the classifier pools) and on the input
+resized to ``GATE_VIEW`` pixels (what the map is made from). Block 4's features, which the
+affinities come from, change character with the scale: made from the input itself, the map
+of 224-px photos enlarged to 448 traced edges and lost 8.5 points of box energy. Made from
+the view, it is the map of the photo at 224 px at every size.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from attnviz.models.gates import Switchable, applied_caption, floored, standardi
 FINE_BLOCK = 4  # the last block of the stride-8 stage: 40 channels, 28 x 28 at 224 px
 LOCAL_BLOCK = 10  # the last block of the stride-16 stage: 112 channels, 14 x 14 at 224 px
 HEAD_CHANNELS = 1280
+GATE_VIEW = 224  # pixels: the input scale the gate makes its map at, the one it was trained at
 
 
 def upsample(x: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
@@ -130,18 +138,25 @@ class AttentionGatedPooling(nn.Module):
         """(N, C): what the classifier gets, the weighted features averaged."""
         return self.weighted(head, weights).mean(dim=(2, 3))
 
-    def forward(self, fine: Tensor, local: Tensor, head: Tensor) -> Tensor:
+    def forward(
+        self, fine: Tensor, local: Tensor, head: Tensor, pooled: Tensor | None = None
+    ) -> Tensor:
+        """The map made from ``fine``, ``local`` and ``head``, and the classifier's input:
+        ``pooled`` (default ``head``: the same photo at another scale) weighted by it."""
         weights = self.attention_map(fine, local, head)
         keep_maps(self, fine, weights=weights)  # its capture reads it: affinities run once
-        return self.pool(head, weights)
+        return self.pool(head if pooled is None else pooled, weights)
 
     def capture_attention(self, inputs: tuple[Tensor, ...], output: object) -> AttentionCapture:  # noqa: ARG002
         fine, local, head = inputs[0], inputs[1], inputs[2]
+        pooled = inputs[3] if len(inputs) > 3 else head
         kept = kept_maps(self, fine)
         weights = kept["weights"] if kept else self.attention_map(fine, local, head)
         # Panel 3 shows what the classifier averages: the applied weights times the features.
         caption = applied_caption(float(self.floor))
-        return AttentionCapture.from_weighted(weights, self.weighted(head, weights), caption)
+        if pooled is not head:
+            caption = f"{caption}; M made at {GATE_VIEW} px"
+        return AttentionCapture.from_weighted(weights, self.weighted(pooled, weights), caption)
 
 
 class Lite0AttentionPool(Switchable, nn.Module):
@@ -174,4 +189,21 @@ class Lite0AttentionPool(Switchable, nn.Module):
         return self.logits(self.gate(fine, local, head))  # through __call__: hooks see the gate
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classify(*self.features(x))
+        view = gate_view(x)
+        if view is None or not self.gates_enabled:
+            return self.classify(*self.features(x))
+        # The view first, so hooks on the trunk's layers (Grad-CAM's) see the input's call last.
+        seen = self.features(view)
+        head = self.features(x)[2]
+        return self.logits(self.gate(*seen, head))
+
+
+def gate_view(x: Tensor) -> Tensor | None:
+    """The input as the gate sees it: resized (bicubic, antialiased) to the area of a
+    ``GATE_VIEW``-pixel square with the input's aspect ratio; None when it already is."""
+    height, width = x.shape[-2:]
+    scale = GATE_VIEW / (height * width) ** 0.5
+    size = (max(32, round(height * scale)), max(32, round(width * scale)))
+    if size == (height, width):
+        return None
+    return F.interpolate(x, size, mode="bicubic", antialias=True, align_corners=False)

@@ -14,11 +14,14 @@ no labels:
   shapes where the map opens, while the area and KL terms decide how sharply.
 
 The features are cached at several input sizes and each step draws its batch from one of
-them, so the map keeps its extent and the classifier its predictions when a user picks
-another ``--size``. Half the batches, drawn at random, are flipped left-right by flipping
-their cached features (close to, not exactly, the features of the flipped photos: the
-trunk's padding is not symmetric). An interrupted run resumes where it stopped when given
-the same settings (``training.gates.TrainingState``).
+them, so the gate learns from the features of more than one scale. (In use, the model
+makes its map from the photo at 224 px whatever the input size,
+``models.attention_pool.GATE_VIEW``; the shipped gate was trained before that rule, so the
+other sizes act as augmentation, not as the inputs its map is made from.) Half the
+batches, drawn at random, are flipped left-right by flipping their cached features (close
+to, not exactly, the features of the flipped photos: the trunk's padding is not
+symmetric). An interrupted run resumes where it stopped when given the same settings
+(``training.gates.TrainingState``).
 """
 
 from __future__ import annotations
