@@ -78,7 +78,8 @@ def main() -> None:
                 agree += int((gated == trunk).sum())
                 for m, photo in zip(maps, photos[start : start + 25], strict=True):
                     spans.append(float(m.max() - m.min()))
-                    scores.add(to_unit_map(m[0].numpy(), 224, 224), photo.boxes)
+                    width, height = photo.size or load_rgb(photo.path).shape[1::-1]
+                    scores.add(to_unit_map(m[0].numpy(), height, width), photo.boxes)
             s = scores.summary()
             print(
                 f"| {size} | {rule} | {s['pointing']:.1f} | {s['energy']:.1f} | "

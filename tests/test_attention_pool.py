@@ -161,11 +161,36 @@ def test_at_any_input_size_the_map_is_made_from_the_photo_at_224_px() -> None:
     assert [shape[-1] for shape in stem_calls[1:]] == [112, 224]
 
 
+def test_with_the_gate_off_any_size_runs_the_bare_trunk_once() -> None:
+    torch.manual_seed(0)
+    model = build_lite0_attnpool(random_init=True).eval()
+    x = torch.randn(1, 3, 160, 160)
+    stem_calls: list[torch.Size] = []
+    with removing() as handles, torch.inference_mode(), model.gates_disabled():
+        handles.append(
+            on_output(model.trunk._conv_stem, lambda _i, out: stem_calls.append(out.shape))
+        )
+        logits = model(x)
+    assert len(stem_calls) == 1
+    with torch.inference_mode():
+        torch.testing.assert_close(logits, model.trunk(x))
+
+
+def test_the_caption_says_where_the_map_was_made_even_without_a_floor() -> None:
+    torch.manual_seed(0)
+    model = Lite0AttentionPool(floor=0.0).eval()
+    with torch.inference_mode(), capture_maps(model, "attention.pool") as maps:
+        model(torch.randn(1, 3, 96, 96))
+    assert maps["attention.pool"].applied == "M made at 224 px"
+
+
 def test_the_view_keeps_the_aspect_ratio_at_the_area_of_a_224_px_square() -> None:
     assert GATE_VIEW == 224
     assert gate_view(torch.zeros(1, 3, 224, 224)) is None
     assert gate_view(torch.zeros(1, 3, 160, 160)).shape[-2:] == (224, 224)  # type: ignore[union-attr]
     assert gate_view(torch.zeros(1, 3, 200, 800)).shape[-2:] == (112, 448)  # type: ignore[union-attr]
+    half = gate_view(torch.rand(1, 3, 448, 448).half())  # no half kernel on the CPU: via float32
+    assert half is not None and half.dtype == torch.float16 and half.shape[-2:] == (224, 224)
 
 
 def photos_folder(tmp_path: Path) -> Path:

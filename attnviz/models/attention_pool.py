@@ -31,10 +31,13 @@ trunk runs twice, on the input (the head features the classifier pools) and on t
 resized to ``GATE_VIEW`` pixels (what the map is made from). Block 4's features, which the
 affinities come from, change character with the scale: made from the input itself, the map
 of 224-px photos enlarged to 448 traced edges and lost 8.5 points of box energy. Made from
-the view, it is the map of the photo at 224 px at every size.
+the view, it is close to the map of the photo at 224 px at every size (below 224 the view
+is the small photo enlarged, so some detail is gone).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +158,8 @@ class AttentionGatedPooling(nn.Module):
         # Panel 3 shows what the classifier averages: the applied weights times the features.
         caption = applied_caption(float(self.floor))
         if pooled is not head:
-            caption = f"{caption}; M made at {GATE_VIEW} px"
+            made = f"M made at {GATE_VIEW} px"
+            caption = f"{caption}; {made}" if caption else made
         return AttentionCapture.from_weighted(weights, self.weighted(pooled, weights), caption)
 
 
@@ -192,7 +196,8 @@ class Lite0AttentionPool(Switchable, nn.Module):
         view = gate_view(x)
         if view is None or not self.gates_enabled:
             return self.classify(*self.features(x))
-        # The view first, so hooks on the trunk's layers (Grad-CAM's) see the input's call last.
+        # The view first: a hook that keeps a trunk layer's last call (`--layer` on a trunk
+        # module) sees the input's.
         seen = self.features(view)
         head = self.features(x)[2]
         return self.logits(self.gate(*seen, head))
@@ -200,10 +205,16 @@ class Lite0AttentionPool(Switchable, nn.Module):
 
 def gate_view(x: Tensor) -> Tensor | None:
     """The input as the gate sees it: resized (bicubic, antialiased) to the area of a
-    ``GATE_VIEW``-pixel square with the input's aspect ratio; None when it already is."""
+    ``GATE_VIEW``-pixel square with the input's aspect ratio, no side under 32 pixels;
+    None when it already is that size."""
     height, width = x.shape[-2:]
     scale = GATE_VIEW / (height * width) ** 0.5
     size = (max(32, round(height * scale)), max(32, round(width * scale)))
     if size == (height, width):
         return None
-    return F.interpolate(x, size, mode="bicubic", antialias=True, align_corners=False)
+    resize = partial(F.interpolate, size=size, mode="bicubic", antialias=True, align_corners=False)
+    try:  # in float32: antialiased resizing has no half-precision kernel on the CPU
+        view = resize(x.float())
+    except NotImplementedError:  # nor any kernel on some devices (MPS before torch 2.8)
+        view = resize(x.float().cpu()).to(x.device)
+    return view.to(x.dtype)
