@@ -1,6 +1,6 @@
 """How should lite0-attnpool make its map at an input size other than 224 px? (not a test)
 
-    uv run python experiments/size_rule.py [--sizes 224,160,448]
+    uv run python experiments/size_rule.py [--sizes 224,160,448] [--weights GATE.safetensors]
 
 Scored on the training split's boxes (`experiments/boxes-train.csv`: 200 photos the gate's
 training held out), so a rule can be chosen without looking at `boxes-dev`. Each photo is
@@ -56,6 +56,7 @@ def make_map(net: Lite0AttentionPool, rule: str, x: Tensor) -> Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="224,160,448")
+    parser.add_argument("--weights", type=Path, default=None, help="another lite0-attnpool gate")
     args = parser.parse_args()
     torch.set_num_threads(2)
     photos = read_boxes(BOXES, DATA / "imagenette-train")
@@ -63,7 +64,7 @@ def main() -> None:
     print("| size | map made | pointing | energy | MaxBoxAccV2 | agreement | range |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for size in (int(s) for s in args.sizes.split(",")):
-        model = attnviz.load_model("lite0-attnpool", device="cpu", size=size)
+        model = attnviz.load_model("lite0-attnpool", args.weights, device="cpu", size=size)
         net = model.net
         assert isinstance(net, Lite0AttentionPool)
         for rule in ("input", "pooled spread", "224-px view"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import attnviz
 from attnviz.attention import capture_maps
 from attnviz.attention.hooks import on_output, removing
 from attnviz.cli import app
+from attnviz.errors import AttnvizError
 from attnviz.io import load_rgb
 from attnviz.models.attention_pool import (
     GATE_VIEW,
@@ -203,7 +205,7 @@ def photos_folder(tmp_path: Path) -> Path:
 def test_a_short_training_run_writes_loadable_weights(tmp_path: Path) -> None:
     out = tmp_path / "pool.safetensors"
     cfg = PoolTrainConfig(data=[photos_folder(tmp_path)], out=out, steps=3, batch_size=4,
-                          holdout=4, sizes=(96, 64))  # fmt: skip
+                          holdout=4, sizes=(224, 96))  # fmt: skip
     steps: list[dict[str, float]] = []
     report = train_attention_pool(cfg, on_step=lambda _step, _total, stats: steps.append(stats))
 
@@ -217,12 +219,38 @@ def test_a_short_training_run_writes_loadable_weights(tmp_path: Path) -> None:
     assert set(shipped) == {"pool_gain"} | {f"attention.pool.{k}" for k in model.gate.state_dict()}
 
 
+def test_training_makes_the_map_at_224_px_and_pools_every_size_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in use: the map from the photos' 224-px features, the pooling at the drawn size."""
+    seen: dict[str, set[int]] = {"scores": set(), "pool": set()}
+    scores, pool = AttentionGatedPooling.scores, AttentionGatedPooling.pool
+
+    def noted_scores(self, local, head):  # type: ignore[no-untyped-def]
+        seen["scores"].add(local.shape[-1])
+        return scores(self, local, head)
+
+    def noted_pool(self, head, weights):  # type: ignore[no-untyped-def]
+        seen["pool"].add(head.shape[-1])
+        return pool(self, head, weights)
+
+    monkeypatch.setattr(AttentionGatedPooling, "scores", noted_scores)
+    monkeypatch.setattr(AttentionGatedPooling, "pool", noted_pool)
+    cfg = PoolTrainConfig(data=[photos_folder(tmp_path)], out=tmp_path / "pool.safetensors",
+                          steps=8, batch_size=4, holdout=4, sizes=(224, 96))  # fmt: skip
+    train_attention_pool(cfg)
+    assert seen == {"scores": {14}, "pool": {7, 3}}  # block 10 at 224 px; heads at 224 and 96
+
+    with pytest.raises(AttnvizError, match="first size to train at must be 224"):
+        train_attention_pool(replace(cfg, sizes=(96, 224)))
+
+
 def test_an_interrupted_run_resumes_and_ends_as_if_never_stopped(tmp_path: Path) -> None:
     photos, cache = photos_folder(tmp_path), tmp_path / "trunk.pt"
 
     def config(out: Path) -> PoolTrainConfig:
         return PoolTrainConfig(data=[photos], out=out, steps=6, batch_size=4, holdout=4,
-                               sizes=(96, 64), cache=cache)  # fmt: skip
+                               sizes=(224, 96), cache=cache)  # fmt: skip
 
     straight = config(tmp_path / "straight.safetensors")
     train_attention_pool(straight)

@@ -29,8 +29,9 @@ the object (see ``training.pool``).
 The gate looks at the photo at the scale it was trained for: at any other input size the
 trunk runs twice, on the input (the head features the classifier pools) and on the input
 resized to ``GATE_VIEW`` pixels (what the map is made from). Block 4's features, which the
-affinities come from, change character with the scale: made from the input itself, the map
-of 224-px photos enlarged to 448 traced edges and lost 8.5 points of box energy. Made from
+affinities come from, change character with the scale: made from the input itself, the
+previous gate's map of 224-px photos enlarged to 448 traced edges and lost 8.5 points of
+box energy (pretrained/README.md). Made from
 the view, it is close to the map of the photo at 224 px at every size (below 224 the view
 is the small photo enlarged, so some detail is gone).
 """

@@ -13,14 +13,14 @@ no labels:
   evidence for the class. It binds the scores before the spread and the sigmoid, so it
   shapes where the map opens, while the area and KL terms decide how sharply.
 
-The features are cached at several input sizes and each step draws its batch from one of
-them, so the gate learns from the features of more than one scale. (In use, the model
-makes its map from the photo at 224 px whatever the input size,
-``models.attention_pool.GATE_VIEW``; the shipped gate was trained before that rule, so the
-other sizes act as augmentation, not as the inputs its map is made from.) Half the
-batches, drawn at random, are flipped left-right by flipping their cached features (close
-to, not exactly, the features of the flipped photos: the trunk's padding is not
-symmetric). An interrupted run resumes where it stopped when given the same settings
+Training runs the model as it is used. The map is always made at 224 px
+(``models.attention_pool.GATE_VIEW``), whatever the input size, and the classifier pools
+the input's own head features with it; so the features are cached at several input sizes,
+and each step makes the map from a batch's 224-px features, then pools the head features
+and matches the trunk's logits at one of the sizes, drawn at random. Half the batches,
+drawn at random, are flipped left-right by flipping their cached features (close to, not
+exactly, the features of the flipped photos: the trunk's padding is not symmetric). An
+interrupted run resumes where it stopped when given the same settings
 (``training.gates.TrainingState``).
 """
 
@@ -36,7 +36,7 @@ from torch import Tensor
 from attnviz.errors import AttnvizError
 from attnviz.io import load_rgb
 from attnviz.models import LoadedModel
-from attnviz.models.attention_pool import Lite0AttentionPool
+from attnviz.models.attention_pool import GATE_VIEW, Lite0AttentionPool
 from attnviz.models.registry import build_lite0_attnpool, get_spec
 from attnviz.training.gates import (
     OnCache,
@@ -69,7 +69,8 @@ class PoolTrainConfig:
     lr: float = 3e-3
     area: float = 0.6  # weight of the map's mean opening
     evidence: float = 1.0  # weight of (1 - correlation with the trunk's class evidence)
-    sizes: tuple[int, ...] = (224, 160, 320)  # input sizes trained at; the first is measured
+    # Input sizes trained at. The first, GATE_VIEW, is where the map is made and measured.
+    sizes: tuple[int, ...] = (224, 160, 320)
     holdout: int = 500  # training photos kept aside to measure agreement
     holdout_per_folder: int = 0  # and at least this many from each data folder
     seed: int = 0
@@ -92,6 +93,11 @@ class PoolCache:
             inputs = [t.flip(-1) for t in inputs]
         fine, local, head = inputs
         return fine, local, head, self.logits[index]
+
+    def pooled(self, index: Tensor, flip: bool = False) -> tuple[Tensor, Tensor]:
+        """(head, teacher logits) of the photos at ``index``: what the map is pooled with."""
+        head = self.head[index].float()
+        return (head.flip(-1) if flip else head), self.logits[index]
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -129,8 +135,8 @@ def train_attention_pool(
     an interrupted run of the same settings, and writes them to ``cfg.out``; returns the run's
     report."""
     torch.manual_seed(cfg.seed)
-    if not cfg.sizes:
-        raise AttnvizError("give at least one input size to train at")
+    if cfg.sizes[:1] != (GATE_VIEW,):
+        raise AttnvizError(f"the first size to train at must be {GATE_VIEW}: the map is made there")
     holdout, train = split_holdout(cfg.data, cfg.holdout, cfg.seed, cfg.holdout_per_folder)
     files = holdout + train
 
@@ -153,6 +159,7 @@ def train_attention_pool(
            "sizes": list(cfg.sizes), "v": 3}  # fmt: skip
     cached = cached_tensors(cfg.cache, key, compute)
     train_sets = [PoolCache(*cached[f"train{size}"]) for size in cfg.sizes]
+    view_set = train_sets[0]  # what the map is made from
     hold_set = PoolCache(*cached["holdout"])
 
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
@@ -161,7 +168,7 @@ def train_attention_pool(
     # BatchNorm's running statistics are state too: a resumed run must get them back.
     progress = TrainingState(params + list(gate.buffers()), optimizer, schedule, generator)
     resume_file = resume_path(cfg.out)
-    this_run = run_key(cfg, key, files)
+    this_run = run_key(cfg, {**key, "map made at": GATE_VIEW}, files)
     first_step = progress.restore(resume_file, this_run)
     gate.train()  # batch statistics in the gate's own BatchNorm
     kl = torch.tensor(0.0)
@@ -169,12 +176,14 @@ def train_attention_pool(
         train_set = train_sets[int(torch.randint(len(train_sets), (), generator=generator))]
         index = torch.randint(len(train_set), (cfg.batch_size,), generator=generator)
         flip = bool(torch.rand((), generator=generator) < 0.5)
-        fine, local, head, teacher = train_set.batch(index, flip)
-        scores = gate.scores(local, head)
+        fine, local, seen_head, seen_teacher = view_set.batch(index, flip)
+        head, teacher = train_set.pooled(index, flip)  # the same photos at the drawn size
+        scores = gate.scores(local, seen_head)
         weights = gate.squash(gate.spread(scores, fine))
         kl = distillation_kl(model.logits(gate.pool(head, weights)), teacher)
         opening = weights.mean()
-        mismatch = evidence_mismatch([scores], model.trunk.class_evidence(head, teacher.argmax(1)))
+        evidence = model.trunk.class_evidence(seen_head, seen_teacher.argmax(1))
+        mismatch = evidence_mismatch([scores], evidence)
         loss = kl + cfg.area * opening + cfg.evidence * mismatch
         progress.step(loss, step + 1, cfg.steps, resume_file, this_run)
         on_step(
