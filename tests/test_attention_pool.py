@@ -26,7 +26,7 @@ from attnviz.models.attention_pool import (
 from attnviz.models.efficientnet_lite import EfficientNetLite
 from attnviz.models.registry import build_lite0_attnpool
 from attnviz.training.gates import resume_path
-from attnviz.training.pool import PoolTrainConfig, train_attention_pool
+from attnviz.training.pool import PoolCache, PoolTrainConfig, train_attention_pool
 from tests.conftest import write_photo
 from tests.test_train import monkeypatch_resume_every
 
@@ -222,27 +222,51 @@ def test_a_short_training_run_writes_loadable_weights(tmp_path: Path) -> None:
 def test_training_makes_the_map_at_224_px_and_pools_every_size_with_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As in use: the map from the photos' 224-px features, the pooling at the drawn size."""
-    seen: dict[str, set[int]] = {"scores": set(), "pool": set()}
-    scores, pool = AttentionGatedPooling.scores, AttentionGatedPooling.pool
+    """As in use: each step's map comes from its photos' 224-px features (and the evidence
+    from their 224-px head), and the same photos, flipped alike, are pooled at the drawn size."""
+    calls: list[tuple[str, int, list[int], bool]] = []  # (what, head side, photos, flipped)
+    batch, pooled = PoolCache.batch, PoolCache.pooled
+    evidence_heads: list[int] = []
+    class_evidence = EfficientNetLite.class_evidence
 
-    def noted_scores(self, local, head):  # type: ignore[no-untyped-def]
-        seen["scores"].add(local.shape[-1])
-        return scores(self, local, head)
+    def noted_batch(self, index, flip=False):  # type: ignore[no-untyped-def]
+        calls.append(("map", self.head.shape[-1], index.tolist(), flip))
+        return batch(self, index, flip)
 
-    def noted_pool(self, head, weights):  # type: ignore[no-untyped-def]
-        seen["pool"].add(head.shape[-1])
-        return pool(self, head, weights)
+    def noted_pooled(self, index, flip=False):  # type: ignore[no-untyped-def]
+        calls.append(("pool", self.head.shape[-1], index.tolist(), flip))
+        return pooled(self, index, flip)
 
-    monkeypatch.setattr(AttentionGatedPooling, "scores", noted_scores)
-    monkeypatch.setattr(AttentionGatedPooling, "pool", noted_pool)
+    def noted_evidence(self, head, classes):  # type: ignore[no-untyped-def]
+        evidence_heads.append(head.shape[-1])
+        return class_evidence(self, head, classes)
+
+    monkeypatch.setattr(PoolCache, "batch", noted_batch)
+    monkeypatch.setattr(PoolCache, "pooled", noted_pooled)
+    monkeypatch.setattr(EfficientNetLite, "class_evidence", noted_evidence)
     cfg = PoolTrainConfig(data=[photos_folder(tmp_path)], out=tmp_path / "pool.safetensors",
                           steps=8, batch_size=4, holdout=4, sizes=(224, 96))  # fmt: skip
     train_attention_pool(cfg)
-    assert seen == {"scores": {14}, "pool": {7, 3}}  # block 10 at 224 px; heads at 224 and 96
+
+    steps = calls[:16]  # then the hold-out's batches
+    maps, pools = steps[0::2], steps[1::2]
+    assert [c[0] for c in maps] == ["map"] * 8 and [c[0] for c in pools] == ["pool"] * 8
+    assert {c[1] for c in maps} == {7}  # the map: always the 224-px photos (a 7 x 7 head)
+    assert {c[1] for c in pools} == {7, 3}  # pooled at 224 and at 96 px
+    assert [c[2:] for c in maps] == [c[2:] for c in pools]  # the same photos, flipped alike
+    assert {c[3] for c in maps} == {True, False}
+    assert set(evidence_heads) == {7}
 
     with pytest.raises(AttnvizError, match="first size to train at must be 224"):
         train_attention_pool(replace(cfg, sizes=(96, 224)))
+
+
+def test_what_is_pooled_is_the_batch_s_head_and_teacher_flipped_alike() -> None:
+    cache = PoolCache(*(torch.randn(3, 2, 4, 4).half() for _ in range(3)), torch.randn(3, 5))
+    for flip in (False, True):
+        head, teacher = cache.pooled(torch.tensor([2, 0]), flip)
+        *_, expected_head, expected_teacher = cache.batch(torch.tensor([2, 0]), flip)
+        assert torch.equal(head, expected_head) and torch.equal(teacher, expected_teacher)
 
 
 def test_an_interrupted_run_resumes_and_ends_as_if_never_stopped(tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ Training runs the model as it is used. The map is always made at 224 px
 (``models.attention_pool.GATE_VIEW``), whatever the input size, and the classifier pools
 the input's own head features with it; so the features are cached at several input sizes,
 and each step makes the map from a batch's 224-px features, then pools the head features
-and matches the trunk's logits at one of the sizes, drawn at random. Half the batches,
+and matches the trunk's logits at one of the sizes, drawn at random. (The 224-px cache
+stands in for the view: below 224 px the model's view is the small input enlarged, so in
+use it holds less detail than the cached photo.) Half the batches,
 drawn at random, are flipped left-right by flipping their cached features (close to, not
 exactly, the features of the flipped photos: the trunk's padding is not symmetric). An
 interrupted run resumes where it stopped when given the same settings
@@ -135,7 +137,7 @@ def train_attention_pool(
     an interrupted run of the same settings, and writes them to ``cfg.out``; returns the run's
     report."""
     torch.manual_seed(cfg.seed)
-    if cfg.sizes[:1] != (GATE_VIEW,):
+    if not cfg.sizes or cfg.sizes[0] != GATE_VIEW:
         raise AttnvizError(f"the first size to train at must be {GATE_VIEW}: the map is made there")
     holdout, train = split_holdout(cfg.data, cfg.holdout, cfg.seed, cfg.holdout_per_folder)
     files = holdout + train
