@@ -31,25 +31,22 @@ import attnviz
 from attnviz.evaluation.evaluate import read_boxes
 from attnviz.evaluation.localization import LocalizationScores, to_unit_map
 from attnviz.io import load_rgb
-from attnviz.models.attention_pool import Lite0AttentionPool, gate_view, spread_along
-from attnviz.models.gates import standardised_sigmoid
+from attnviz.models.attention_pool import Lite0AttentionPool, gate_view
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BOXES = Path(__file__).resolve().parent / "boxes-train.csv"
 
 
-def make_map(net: Lite0AttentionPool, rule: str, x: Tensor) -> Tensor:
-    gate = net.gate
-    view = gate_view(x)
+def make_map(
+    net: Lite0AttentionPool, rule: str, x: Tensor, features: tuple[Tensor, Tensor, Tensor]
+) -> Tensor:
+    """The map of ``rule`` for the input ``x``, whose own features are ``features``."""
+    gate, view = net.gate, gate_view(x)
     if rule == "224-px view" and view is not None:
         return gate.attention_map(*net.features(view))
-    fine, local, head = net.features(x)
+    fine, local, head = features
     if rule == "pooled spread" and view is not None:
-        fine = F.adaptive_avg_pool2d(fine, (28, 28))
-        spread = spread_along(
-            gate.scores(local, head), fine, float(gate.temperature), int(gate.spread_steps)
-        )
-        return standardised_sigmoid(spread, gate.sharpness, gate.offset)
+        return gate.squash(gate.spread(gate.scores(local, head), F.adaptive_avg_pool2d(fine, 28)))
     return gate.attention_map(fine, local, head)
 
 
@@ -72,8 +69,9 @@ def main() -> None:
             for start in range(0, len(photos), 25):
                 x = model.preprocess(images[start : start + 25])
                 with torch.inference_mode():
-                    maps = make_map(net, rule, x)
-                    head = net.features(x)[2]
+                    features = net.features(x)
+                    maps = make_map(net, rule, x, features)
+                    head = features[2]
                     gated = net.logits(net.gate.pool(head, maps)).argmax(1)
                     trunk = net.trunk._fc(head.mean(dim=(2, 3))).argmax(1)
                 agree += int((gated == trunk).sum())

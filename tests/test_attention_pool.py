@@ -159,7 +159,8 @@ def test_at_any_input_size_the_map_is_made_from_the_photo_at_224_px() -> None:
         model(torch.randn(1, 3, 224, 224))
         assert len(stem_calls) == 1  # at 224 px nothing runs twice
         model(x[:1])
-    # The view runs first, so a hook on a trunk layer (Grad-CAM's) ends on the input's call.
+    # The view runs first, so a hook that keeps a trunk layer's last call (a `--layer` on a
+    # trunk module) ends on the input's.
     assert [shape[-1] for shape in stem_calls[1:]] == [112, 224]
 
 

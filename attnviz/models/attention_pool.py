@@ -31,9 +31,9 @@ trunk runs twice, on the input (the head features the classifier pools) and on t
 resized to ``GATE_VIEW`` pixels (what the map is made from). Block 4's features, which the
 affinities come from, change character with the scale: made from the input itself, the
 previous gate's map of 224-px photos enlarged to 448 traced edges and lost 8.5 points of
-box energy (pretrained/README.md). Made from
-the view, it is close to the map of the photo at 224 px at every size (below 224 the view
-is the small photo enlarged, so some detail is gone).
+box energy (pretrained/README.md). Made from the view, it is close to the map of the photo
+at 224 px at every size (below 224 the view is the small photo enlarged, so some detail is
+gone).
 """
 
 from __future__ import annotations
@@ -194,8 +194,8 @@ class Lite0AttentionPool(Switchable, nn.Module):
         return self.logits(self.gate(fine, local, head))  # through __call__: hooks see the gate
 
     def forward(self, x: Tensor) -> Tensor:
-        view = gate_view(x)
-        if view is None or not self.gates_enabled:
+        view = gate_view(x) if self.gates_enabled else None  # the bare trunk needs no view
+        if view is None:
             return self.classify(*self.features(x))
         # The view first: a hook that keeps a trunk layer's last call (`--layer` on a trunk
         # module) sees the input's.

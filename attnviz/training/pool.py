@@ -19,11 +19,10 @@ the input's own head features with it; so the features are cached at several inp
 and each step makes the map from a batch's 224-px features, then pools the head features
 and matches the trunk's logits at one of the sizes, drawn at random. (The 224-px cache
 stands in for the view: below 224 px the model's view is the small input enlarged, so in
-use it holds less detail than the cached photo.) Half the batches,
-drawn at random, are flipped left-right by flipping their cached features (close to, not
-exactly, the features of the flipped photos: the trunk's padding is not symmetric). An
-interrupted run resumes where it stopped when given the same settings
-(``training.gates.TrainingState``).
+use it holds less detail than the cached photo.) Half the batches, drawn at random, are
+flipped left-right by flipping their cached features (close to, not exactly, the features
+of the flipped photos: the trunk's padding is not symmetric). An interrupted run resumes
+where it stopped when given the same settings (``training.gates.TrainingState``).
 """
 
 from __future__ import annotations
@@ -90,19 +89,21 @@ class PoolCache:
 
     def batch(self, index: Tensor, flip: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(fine, local, head, teacher logits) of the photos at ``index``."""
-        inputs = [t[index].float() for t in (self.fine, self.local, self.head)]
-        if flip:
-            inputs = [t.flip(-1) for t in inputs]
-        fine, local, head = inputs
+        fine, local, head = (_rows(t, index, flip) for t in (self.fine, self.local, self.head))
         return fine, local, head, self.logits[index]
 
     def pooled(self, index: Tensor, flip: bool = False) -> tuple[Tensor, Tensor]:
         """(head, teacher logits) of the photos at ``index``: what the map is pooled with."""
-        head = self.head[index].float()
-        return (head.flip(-1) if flip else head), self.logits[index]
+        return _rows(self.head, index, flip), self.logits[index]
 
     def __len__(self) -> int:
         return len(self.logits)
+
+
+def _rows(features: Tensor, index: Tensor, flip: bool) -> Tensor:
+    """The cached fp16 features of the photos at ``index`` in float32, flipped left-right."""
+    rows = features[index].float()
+    return rows.flip(-1) if flip else rows
 
 
 @torch.inference_mode()
